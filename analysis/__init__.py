@@ -1,0 +1,1 @@
+"""FLOPs accounting, FLOPs-to-match and the comparison report."""

@@ -1,0 +1,1 @@
+"""Training with Lightning and the entry points (compare.py, train.py)."""

@@ -1,0 +1,262 @@
+"""Per-modality layers: the one routing primitive every sparse part of the suite uses.
+
+A sparse (modality-aware) layer holds one copy of its weights per modality and sends each token through the
+copy of its own modality. Dense is the one-modality case of the same classes, not a second code path.
+
+Routing groups tokens instead of masking them: `ModalityRouting` sorts the batch's tokens by modality once per
+forward (stable, so order within a modality is kept), every sparse layer of the model reuses that sort, each expert
+runs one matmul on its contiguous rows, and the inverse permutation puts the rows back in sequence order. Nothing
+computes every expert on every token, every token is written exactly once, and an expert whose modality is absent
+from the batch gets an exact zero gradient (its weights are a slice of one stacked parameter).
+
+Shapes: B batch, L sequence, T = B * L tokens, M n_modalities, D features. modality_ids: (B, L) int64 in [0, M).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class _PermuteRows(torch.autograd.Function):
+    """rows[index] whose backward is a gather with the inverse permutation.
+
+    autograd's own backward for index_select is a scatter-add into zeros; for a permutation the gradient is just the
+    inverse gather, which is cheaper and deterministic.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return rows.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+class ModalityRouting:
+    """How the tokens of one batch are grouped by modality; built once per forward and shared by all layers.
+
+    Args:
+        modality_ids: (B, L) integer tensor, every value in [0, n_modalities).
+        n_modalities: number of modalities M the model was built for.
+
+    Raises:
+        ValueError: if modality_ids is not a 2-D integer tensor or holds a value outside [0, n_modalities).
+    """
+
+    def __init__(self, modality_ids: Tensor, n_modalities: int) -> None:
+        if not isinstance(modality_ids, Tensor) or modality_ids.dim() != 2:
+            shape = tuple(modality_ids.shape) if isinstance(modality_ids, Tensor) else type(modality_ids).__name__
+            raise ValueError(f"modality_ids must be a (B, L) integer tensor, got {shape}")
+        if modality_ids.dtype.is_floating_point or modality_ids.dtype == torch.bool:
+            raise ValueError(f"modality_ids must hold integers, got dtype {modality_ids.dtype}")
+        flat = modality_ids.reshape(-1).long()
+        if flat.numel():
+            lo, hi = (int(v) for v in torch.aminmax(flat))
+            if lo < 0 or hi >= n_modalities:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"modality id {bad} is out of range: this model has n_modalities={n_modalities}, "
+                    f"valid ids are 0..{n_modalities - 1}"
+                )
+        self.modality_ids = modality_ids.long()
+        self.n_modalities = n_modalities
+        self.counts: list[int] = torch.bincount(flat, minlength=n_modalities).tolist()
+        self.order = torch.argsort(flat, stable=True)  # sorted position -> token index
+        self.inverse = torch.empty_like(self.order)
+        self.inverse[self.order] = torch.arange(flat.numel(), device=flat.device)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.modality_ids.numel()
+
+    def sort(self, x: Tensor) -> Tensor:
+        """(B, L, D) or (T, D) in sequence order -> (T, D) with rows grouped by modality."""
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] != self.n_tokens:
+            raise ValueError(
+                f"input has {rows.shape[0]} tokens but modality_ids {tuple(self.modality_ids.shape)} has {self.n_tokens}"
+            )
+        return _PermuteRows.apply(rows, self.order, self.inverse)
+
+    def unsort(self, rows: Tensor) -> Tensor:
+        """(T, D) grouped by modality -> (B, L, D) in sequence order."""
+        out = _PermuteRows.apply(rows, self.inverse, self.order)
+        return out.view(*self.modality_ids.shape, rows.shape[-1])
+
+    def split(self, rows: Tensor) -> tuple[Tensor, ...]:
+        """Sorted rows -> one contiguous block per modality (empty blocks for absent modalities)."""
+        return rows.split(self.counts)
+
+    def per_token(self, table: Tensor) -> Tensor:
+        """(M, D) per-modality vectors -> (B, L, D), each token's own modality's row (a gather, not M copies)."""
+        return F.embedding(self.modality_ids, table)
+
+
+def as_routing(modality_ids: Tensor | ModalityRouting | None, n_modalities: int) -> ModalityRouting | None:
+    """Accept raw ids or a prebuilt routing. Dense models (M = 1) need neither; sparse ones require one."""
+    if isinstance(modality_ids, ModalityRouting):
+        if modality_ids.n_modalities != n_modalities:
+            raise ValueError(
+                f"routing was built for {modality_ids.n_modalities} modalities, this layer has {n_modalities}"
+            )
+        return modality_ids
+    if modality_ids is None:
+        if n_modalities > 1:
+            raise ValueError(f"modality_ids (B, L) are required: this layer has n_modalities={n_modalities}")
+        return None
+    return ModalityRouting(modality_ids, n_modalities)
+
+
+class ModalityLinear(nn.Module):
+    """A linear layer with one weight copy per modality; token t uses the copy of modality_ids[t].
+
+    With n_modalities == 1 it is exactly `nn.Linear(in_features, out_features, bias)`: same parameter names, shapes,
+    initialisation and output. With M > 1 it holds `weight [M, out, in]` and `bias [M, out]`, each expert initialised
+    like its own `nn.Linear`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, n_modalities: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        if n_modalities < 1:
+            raise ValueError(f"n_modalities must be >= 1, got {n_modalities}")
+        self.in_features, self.out_features, self.n_modalities = in_features, out_features, n_modalities
+        lead = (n_modalities,) if n_modalities > 1 else ()
+        self.weight = nn.Parameter(torch.empty(*lead, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(*lead, out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's own initialisation, applied to each expert as if it were a separate layer.
+        weights = self.weight.unsqueeze(0) if self.n_modalities == 1 else self.weight
+        for m, w in enumerate(weights):
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            if self.bias is not None:
+                bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+                nn.init.uniform_(self.bias if self.n_modalities == 1 else self.bias[m], -bound, bound)
+
+    def forward(self, x: Tensor, routing: ModalityRouting | None = None) -> Tensor:
+        """x (..., in) in sequence order -> (..., out). `routing` is required when n_modalities > 1."""
+        if self.n_modalities == 1:
+            return F.linear(x, self.weight, self.bias)
+        if routing is None:
+            raise ValueError(f"this layer has {self.n_modalities} modality experts: pass the batch's routing")
+        return routing.unsort(self.forward_sorted(routing.sort(x), routing))
+
+    def forward_sorted(self, rows: Tensor, routing: ModalityRouting | None) -> Tensor:
+        """(T, in) rows already grouped by modality -> (T, out) in the same order. Lets a chain of per-token layers
+        pay for one sort and one unsort instead of one pair per layer."""
+        if self.n_modalities == 1:
+            return F.linear(rows, self.weight, self.bias)
+        biases = self.bias.unbind(0) if self.bias is not None else (None,) * self.n_modalities
+        outs = [
+            F.linear(block, w, b)
+            for block, w, b in zip(routing.split(rows), self.weight.unbind(0), biases, strict=True)
+            if block.shape[0] > 0  # one matmul per modality present
+        ]
+        if not outs:  # an empty batch
+            return rows.new_zeros(0, self.out_features)
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"n_modalities={self.n_modalities}, bias={self.bias is not None}"
+        )
+
+
+class ModalityRMSNorm(nn.Module):
+    """RMSNorm with one scale vector per modality (`weight [M, D]`); with one modality a plain RMSNorm (`weight [D]`).
+
+    The per-token scale is a gather of each token's own modality's row, so no token is normalised M times.
+    """
+
+    def __init__(self, d: int, n_modalities: int = 1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.d, self.n_modalities, self.eps = d, n_modalities, eps
+        self.weight = nn.Parameter(torch.ones(*((n_modalities,) if n_modalities > 1 else ()), d))
+
+    def forward(self, x: Tensor, routing: ModalityRouting | None = None) -> Tensor:
+        # Normalise in float32: the mean of squares loses precision in bf16. The result keeps x's dtype.
+        normed = F.rms_norm(x.float(), (self.d,), eps=self.eps)
+        if self.n_modalities == 1:
+            scale = self.weight
+        elif routing is None:
+            raise ValueError(f"this norm has {self.n_modalities} modality copies: pass the batch's routing")
+        else:
+            scale = routing.per_token(self.weight)
+        return (normed * scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.d}, n_modalities={self.n_modalities}, eps={self.eps}"
+
+
+def validate_parts(decouple: Iterable[str], valid: tuple[str, ...], family: str) -> tuple[str, ...]:
+    """Check a `decouple` selection against the part names a mixer knows; returns it as a tuple in canonical order."""
+    if isinstance(decouple, str):
+        decouple = (decouple,)
+    chosen = tuple(decouple)
+    unknown = [p for p in chosen if p not in valid]
+    if unknown:
+        raise ValueError(f"unknown {family} part(s) to decouple: {unknown}; valid choices are {list(valid)}")
+    return tuple(p for p in valid if p in chosen)
+
+
+SPARSE_LAYERS = (ModalityLinear, ModalityRMSNorm)
+
+
+def _sparse_keys(module: nn.Module) -> dict[str, int]:
+    """State-dict keys of `module` that carry a leading modality axis, with their number of modalities."""
+    keys = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, SPARSE_LAYERS) and sub.n_modalities > 1:
+            prefix = f"{name}." if name else ""
+            for pname, _ in sub.named_parameters(recurse=False):
+                keys[prefix + pname] = sub.n_modalities
+    return keys
+
+
+def upcycle_state_dict(sparse: nn.Module, dense_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A dense model's state dict, turned into one that `sparse` loads: every expert gets the dense weights.
+
+    Args:
+        sparse: the sparse module (any module containing ModalityLinear / ModalityRMSNorm layers).
+        dense_state: state dict of the matching dense module (same keys, no modality axis).
+
+    Returns:
+        A state dict for `sparse.load_state_dict(..., strict=True)`.
+    """
+    target, sparse_keys = sparse.state_dict(), _sparse_keys(sparse)
+    missing, unexpected = sorted(set(target) - set(dense_state)), sorted(set(dense_state) - set(target))
+    if missing or unexpected:
+        raise KeyError(f"dense state dict does not match the sparse module: missing {missing}, unexpected {unexpected}")
+    out = {}
+    for key, value in dense_state.items():
+        want = target[key].shape
+        if key in sparse_keys and value.shape == want[1:]:
+            out[key] = value.unsqueeze(0).expand(want).clone()
+        elif value.shape == want:
+            out[key] = value
+        else:
+            raise ValueError(f"{key}: dense shape {tuple(value.shape)} does not fit sparse shape {tuple(want)}")
+    return out
+
+
+def expert_state_dict(sparse: nn.Module, k: int) -> dict[str, Tensor]:
+    """Expert k of a sparse module, exported as the state dict of the dense module (shared parts unchanged)."""
+    sparse_keys = _sparse_keys(sparse)
+    out = {}
+    for key, value in sparse.state_dict().items():
+        if key in sparse_keys:
+            if not 0 <= k < sparse_keys[key]:
+                raise ValueError(f"expert {k} does not exist: {key} has experts 0..{sparse_keys[key] - 1}")
+            value = value[k].clone()
+        out[key] = value
+    return out

@@ -1,0 +1,218 @@
+"""`MultiModalLM`: one model class for the four arms, built from a `ModelConfig`.
+
+token embedding over the joint vocabulary (+ patch projection and timestep embedding for continuous image
+patches) -> stack of residual blocks (Mamba mixers or transformer blocks, dense or per modality) -> final RMSNorm
+-> LM head over the vocabulary (+ patch head predicting each noised patch's noise).
+
+Shapes: B batch, L sequence, D d_model, V vocab_size, P patch_dim, n number of patch positions in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.config import ModelConfig, ParamCount
+from models.layers import SPARSE_LAYERS, ModalityLinear, ModalityRMSNorm, ModalityRouting
+from models.mamba import MambaMixer
+from models.scan import resolve_backend
+from models.transformer import TransformerBlock
+
+
+class MambaBlock(nn.Module):
+    """x + mixer(RMSNorm(x)): mamba-ssm's block (pre-norm, shared norm)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = ModalityRMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mixer = MambaMixer(
+            cfg.d_model,
+            d_state=cfg.d_state,
+            d_conv=cfg.d_conv,
+            expand=cfg.expand,
+            dt_rank=cfg.dt_rank,
+            dt_min=cfg.dt_min,
+            dt_max=cfg.dt_max,
+            dt_init=cfg.dt_init,
+            dt_scale=cfg.dt_scale,
+            dt_init_floor=cfg.dt_init_floor,
+            conv_bias=cfg.conv_bias,
+            bias=cfg.bias,
+            n_modalities=cfg.n_modalities,
+            decouple=cfg.decouple,
+            scan_backend=cfg.scan_backend,
+        )
+
+    def forward(self, x: Tensor, routing: ModalityRouting | None) -> Tensor:
+        return x + self.mixer(self.norm(x), routing)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of diffusion timesteps: (n,) -> (n, dim), float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([args.cos(), args.sin()], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class LMOutput(NamedTuple):
+    logits: Tensor  # (B, L, V): next-token logits at every position
+    patch_pred: Tensor | None  # (n, P): predicted noise at each patch position, in patch_mask's row-major order
+
+
+class MultiModalLM(nn.Module):
+    """The suite's language model over interleaved modalities, for every arm.
+
+    Args:
+        cfg: the architecture.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embedding = nn.Embedding(cfg.vocab_size, d)
+        if cfg.patch_dim:
+            self.patch_in = nn.Linear(cfg.patch_dim, d)
+            self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+            self.patch_head = nn.Linear(d, cfg.patch_dim)
+        if cfg.family == "mamba":
+            self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_block))
+        else:
+            self.layers = nn.ModuleList(
+                TransformerBlock(
+                    d,
+                    cfg.n_head,
+                    cfg.mlp_hidden,
+                    n_modalities=cfg.n_modalities,
+                    decouple=cfg.decouple if cfg.is_sparse else (),
+                    norm_placement=cfg.norm_placement,
+                    norm_eps=cfg.norm_eps,
+                    rope_theta=cfg.rope_theta,
+                )
+                for _ in range(cfg.n_block)
+            )
+        self.norm_f = ModalityRMSNorm(d, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Model-level initialisation on top of each layer's own.
+
+        Embedding N(0, init_std); the LM head likewise. Mamba keeps nn.Linear's default for its projections
+        (mamba-ssm) and rescales out_proj by 1/sqrt(n_block), its residual-branch rescaling; transformers use
+        N(0, init_std) for every projection and init_std/sqrt(2·n_block) for the residual outputs wo and w2
+        (GPT-2). Biases are zeroed except the dt bias, whose inverse-softplus init must survive.
+        """
+        std = self.cfg.init_std
+        nn.init.normal_(self.embedding.weight, std=std)
+        nn.init.normal_(self.lm_head.weight, std=std)
+        for name, module in self.layers.named_modules():
+            if not isinstance(module, ModalityLinear):
+                continue
+            if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
+                module.bias.zero_()
+            if self.cfg.family == "mamba":
+                if name.endswith("out_proj"):
+                    module.weight.div_(math.sqrt(self.cfg.n_block))
+            else:
+                residual_out = name.endswith(("wo", "w2"))
+                nn.init.normal_(module.weight, std=std / math.sqrt(2 * self.cfg.n_block) if residual_out else std)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        modality_ids: Tensor | None = None,
+        patches: Tensor | None = None,
+        patch_mask: Tensor | None = None,
+        timesteps: Tensor | None = None,
+    ) -> LMOutput:
+        """Per-position outputs for a batch of interleaved sequences.
+
+        Args:
+            tokens: (B, L) int64 ids in the joint vocabulary (ignored at patch positions).
+            modality_ids: (B, L) int64 in [0, n_modalities); required by sparse arms, validated for all.
+            patches: (B, L, P) continuous patch inputs (Transfusion); read only where patch_mask is True.
+            patch_mask: (B, L) bool, True at positions that carry a (noised) image patch instead of a token.
+            timesteps: (B, L) int64 diffusion timestep of each patch position's image.
+
+        Returns:
+            LMOutput(logits (B, L, V), patch_pred (n, P) or None).
+        """
+        cfg = self.cfg
+        if tokens.dim() != 2 or tokens.dtype.is_floating_point:
+            raise ValueError(f"tokens must be a (B, L) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+        if tokens.numel():
+            lo, hi = (int(v) for v in torch.aminmax(tokens))
+            if lo < 0 or hi >= cfg.vocab_size:
+                raise ValueError(f"token id {lo if lo < 0 else hi} is out of range: valid ids are 0..{cfg.vocab_size - 1}")
+        routing = None
+        if modality_ids is not None:
+            if modality_ids.shape != tokens.shape:
+                raise ValueError(
+                    f"modality_ids shape {tuple(modality_ids.shape)} != tokens shape {tuple(tokens.shape)}"
+                )
+            routing = ModalityRouting(modality_ids, cfg.n_modalities)  # validates the ids for every arm
+        elif cfg.is_sparse and cfg.n_modalities > 1:
+            raise ValueError(f"arch {cfg.arch!r} routes by modality: modality_ids (B, L) are required")
+        if not cfg.is_sparse:
+            routing = None  # dense arms never route
+
+        h = self.embedding(tokens)  # (B, L, D)
+        if patches is not None:
+            patch_h = self._embed_patches(tokens, patches, patch_mask, timesteps)  # (n, D)
+            h = h.masked_scatter(patch_mask[..., None], patch_h.to(h.dtype))
+        for layer in self.layers:
+            h = layer(h, routing)
+        h = self.norm_f(h)
+        logits = self.lm_head(h)
+        patch_pred = self.patch_head(h[patch_mask]) if patches is not None else None
+        return LMOutput(logits, patch_pred)
+
+    def _embed_patches(self, tokens: Tensor, patches: Tensor, patch_mask: Tensor | None, timesteps: Tensor | None):
+        """(n, D) embeddings of the patch positions: patch projection + timestep embedding of their image."""
+        if not self.cfg.patch_dim:
+            raise ValueError("this model has no patch layers: build it with patch_dim > 0 to pass patches")
+        want = (*tokens.shape, self.cfg.patch_dim)
+        if patches.shape != want:
+            raise ValueError(f"patches must have shape (B, L, patch_dim) = {want}, got {tuple(patches.shape)}")
+        for name, t, dtype_ok in (
+            ("patch_mask", patch_mask, lambda x: x.dtype == torch.bool),
+            ("timesteps", timesteps, lambda x: not x.dtype.is_floating_point),
+        ):
+            if t is None or t.shape != tokens.shape or not dtype_ok(t):
+                got = None if t is None else f"{tuple(t.shape)} {t.dtype}"
+                raise ValueError(f"{name} must be a (B, L) tensor like tokens ({tuple(tokens.shape)}), got {got}")
+        temb = self.time_mlp(timestep_embedding(timesteps[patch_mask], self.cfg.d_model))
+        return self.patch_in(patches[patch_mask]) + temb
+
+    @property
+    def scan_backend(self) -> str | None:
+        """The selective-scan backend a forward on this model's device uses (None for transformers)."""
+        if self.cfg.family != "mamba":
+            return None
+        return resolve_backend(self.cfg.scan_backend, self.embedding.weight.device)
+
+    def param_count(self) -> ParamCount:
+        """(total, active per token) from the modules themselves: a sparse layer's token uses one of its M copies."""
+        total = sum(p.numel() for p in self.parameters())
+        inactive = sum(
+            p.numel() * (m.n_modalities - 1) // m.n_modalities
+            for m in self.modules()
+            if isinstance(m, SPARSE_LAYERS)
+            for p in m.parameters(recurse=False)
+        )
+        return ParamCount(total, total - inactive)
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> MultiModalLM:
+    """MultiModalLM(cfg), built directly on `device` ("meta" counts parameters without allocating)."""
+    with torch.device(device) if device is not None else nullcontext():
+        return MultiModalLM(cfg)

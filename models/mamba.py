@@ -1,0 +1,183 @@
+"""The Mamba-1 mixer, dense (`mamba`) and Mixture-of-Mamba (`mom`) in one class.
+
+Mamba: Gu & Dao, arXiv 2312.00752, and state-spaces/mamba `mamba_ssm/modules/mamba_simple.py`, whose names and
+initialisation we keep so a dense mixer's state dict loads into mamba-ssm's `Mamba` and Hugging Face's
+`MambaMixer` and back. Mixture-of-Mamba: Liang et al., arXiv 2501.16295: in_proj, x_proj, dt_proj and out_proj
+get one copy per modality (any subset, for the ablation); conv1d, A_log and D stay shared.
+
+Shapes: B batch, L sequence, D d_model, E d_inner (= expand * D), N d_state, R dt_rank, M n_modalities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.layers import ModalityLinear, ModalityRouting, as_routing, validate_parts
+from models.scan import BACKENDS, resolve_backend, selective_scan
+
+MAMBA_PARTS = ("in_proj", "x_proj", "dt_proj", "out_proj")
+
+
+@lru_cache(maxsize=1)
+def _causal_conv1d_fn():
+    """causal-conv1d's CUDA kernel, or None where it does not import (always on CPU-only machines)."""
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except ImportError:
+        return None
+    return causal_conv1d_fn
+
+
+class MambaMixer(nn.Module):
+    """Selective-SSM mixer (Mamba-1) whose projections can be decoupled per modality.
+
+    in_proj -> causal depthwise conv1d -> SiLU -> x_proj -> dt_proj -> selective scan (D skip, SiLU(z) gate)
+    -> out_proj. With `n_modalities=1` this is mamba-ssm's `Mamba` (same parameter names and shapes); with M > 1
+    every projection named in `decouple` holds `[M, ...]` weights and routes each token to its modality's copy.
+
+    The dt bias is always applied, whether dt_proj is shared or decoupled. The official MoM code drops it when
+    dt_proj is shared (it calls the scan with `delta_bias=None` after a weight-only matmul); we do not reproduce
+    that, so a sparse mixer whose experts hold identical weights equals the dense mixer exactly.
+
+    Args:
+        d_model: model width D.
+        d_state: SSM state size N.
+        d_conv: causal conv kernel width.
+        expand: E = expand * D.
+        dt_rank: rank R of the Δ projection; "auto" is ceil(D / 16).
+        dt_min, dt_max: range of the initial Δ (log-uniform), as in mamba-ssm.
+        dt_init: "random" (uniform ±R^-0.5·dt_scale) or "constant" initialisation of dt_proj.weight.
+        dt_scale: scale of that initialisation.
+        dt_init_floor: lower clamp of the initial Δ.
+        conv_bias: bias on the depthwise conv.
+        bias: bias on in_proj and out_proj.
+        n_modalities: M, the number of modality experts for decoupled projections (1 = dense).
+        decouple: the projections that get per-modality copies; any subset of MAMBA_PARTS (default: all four).
+            Ignored when n_modalities == 1.
+        scan_backend: "auto", "torch", "ref" or "cuda" (see models.scan).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        n_modalities: int = 1,
+        decouple: Iterable[str] = MAMBA_PARTS,
+        scan_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if scan_backend not in BACKENDS:
+            raise ValueError(f"unknown scan_backend {scan_backend!r}; valid choices are {list(BACKENDS)}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"unknown dt_init {dt_init!r}; valid choices are ['random', 'constant']")
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.n_modalities = n_modalities
+        decouple = validate_parts(decouple, MAMBA_PARTS, "Mamba")  # checked even when dense: a typo never passes
+        self.decouple = decouple if n_modalities > 1 else ()
+        self.scan_backend = scan_backend
+        self.last_backend: str | None = None  # the backend the latest forward actually used
+
+        def proj(name: str, d_in: int, d_out: int, has_bias: bool) -> ModalityLinear:
+            return ModalityLinear(d_in, d_out, n_modalities if name in self.decouple else 1, bias=has_bias)
+
+        E, N, R = self.d_inner, d_state, self.dt_rank
+        self.in_proj = proj("in_proj", d_model, 2 * E, bias)
+        # Shared across modalities: a token's conv window spans its neighbours, whatever their modality.
+        self.conv1d = nn.Conv1d(E, E, kernel_size=d_conv, groups=E, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = proj("x_proj", E, R + 2 * N, False)
+        self.dt_proj = proj("dt_proj", R, E, True)
+        self.out_proj = proj("out_proj", E, d_model, bias)
+
+        # S4D-real initialisation, A = -[1..N] for every channel; kept as log and in float32 (exp(Δ·A) underflows
+        # and loses precision in bf16). Shared across modalities, as in the MoM paper.
+        A = torch.arange(1, N + 1, dtype=torch.float32).repeat(E, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(E))
+        self.A_log._no_weight_decay = True  # read by the optimiser's parameter grouping
+        self.D._no_weight_decay = True
+        self._init_dt(dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+
+    @torch.no_grad()
+    def _init_dt(self, dt_init: str, dt_scale: float, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+        """mamba-ssm's Δ initialisation, applied to each expert of a decoupled dt_proj independently."""
+        std = self.dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        bias = self.dt_proj.bias
+        dt = torch.exp(torch.rand(bias.shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        # Inverse softplus, so that softplus(bias) = dt lies in [dt_min, dt_max] at initialisation.
+        bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        bias._no_reinit = True  # model-level init must not zero it like other biases
+
+    def forward(self, x: Tensor, modality_ids: Tensor | ModalityRouting | None = None) -> Tensor:
+        """x (B, L, D), modality_ids (B, L) or a prebuilt ModalityRouting (None when dense) -> (B, L, D)."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"MambaMixer expects x of shape (B, L, {self.d_model}), got {tuple(x.shape)}")
+        routing = as_routing(modality_ids, self.n_modalities)
+        batch, seqlen, _ = x.shape
+        backend = resolve_backend(self.scan_backend, x.device)
+        self.last_backend = backend
+
+        xz = self.in_proj(x, routing).transpose(1, 2)  # (B, 2E, L)
+        xs, z = xz.chunk(2, dim=1)  # (B, E, L) each
+        xs = self._conv(xs, seqlen, backend)
+
+        # x_proj and dt_proj are per-token, so a decoupled pair shares one sort and one unsort of the tokens.
+        R, N = self.dt_rank, self.d_state
+        rows = routing.sort(xs.transpose(1, 2)) if routing is not None else xs.transpose(1, 2)
+        x_dbl = self.x_proj.forward_sorted(rows, routing)  # (.., R + 2N)
+        # dt_proj in float32 with its bias: it is tiny (R = D/16), and softplus(W·r + b) with b ≈ -4 is sensitive
+        # to bf16 rounding; mamba-ssm likewise adds the dt bias in float32 inside its kernel.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            dt = self.dt_proj.forward_sorted(x_dbl[..., :R].float(), routing)  # (.., E)
+        BC = x_dbl[..., R:]
+        if routing is not None:
+            dt, BC = routing.unsort(dt), routing.unsort(BC)
+        Bm, Cm = BC.split([N, N], dim=-1)  # (B, L, N) each
+
+        A = -torch.exp(self.A_log.float())  # (E, N)
+        y = selective_scan(
+            xs,
+            dt.transpose(1, 2),
+            A,
+            Bm.transpose(1, 2),
+            Cm.transpose(1, 2),
+            D=self.D.float(),
+            z=z,
+            delta_bias=None,  # already inside dt (see above)
+            delta_softplus=True,
+            backend=backend,
+        )  # (B, E, L)
+        return self.out_proj(y.transpose(1, 2), routing)  # (B, L, D)
+
+    def _conv(self, xs: Tensor, seqlen: int, backend: str) -> Tensor:
+        """Causal depthwise conv over time, then SiLU: (B, E, L) -> (B, E, L)."""
+        conv_fn = _causal_conv1d_fn() if backend == "cuda" else None
+        if conv_fn is not None:
+            return conv_fn(xs, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        # padding = d_conv - 1 on both sides; keeping the first L outputs makes it causal.
+        return F.silu(self.conv1d(xs)[..., :seqlen])
+
+    def extra_repr(self) -> str:
+        return f"n_modalities={self.n_modalities}, decouple={list(self.decouple)}, scan_backend={self.scan_backend!r}"
