@@ -1,8 +1,8 @@
 """The suite's architectures, in plain torch: dense Mamba, Mixture-of-Mamba, Transformer, Mixture-of-Transformers.
 
-    from models import ModelConfig, build_model
-    model = build_model(ModelConfig.from_scale("tiny", arch="mom", vocab_size=4096, n_modalities=2))
-    out = model(tokens, modality_ids)          # out.logits: (B, L, V)
+from models import ModelConfig, build_model
+model = build_model(ModelConfig.from_scale("tiny", arch="mom", vocab_size=4096, n_modalities=2))
+out = model(tokens, modality_ids)          # out.logits: (B, L, V)
 """
 
 from models.config import ARCHS, DENSE_OF, FAMILY, SCALES, ModelConfig, ParamCount, param_count

@@ -109,7 +109,9 @@ class ModelConfig:
         if self.patch_dim < 0:
             raise ValueError(f"patch_dim must be >= 0, got {self.patch_dim}")
         if self.norm_placement not in NORM_PLACEMENTS:
-            raise ValueError(f"unknown norm_placement {self.norm_placement!r}; valid choices are {list(NORM_PLACEMENTS)}")
+            raise ValueError(
+                f"unknown norm_placement {self.norm_placement!r}; valid choices are {list(NORM_PLACEMENTS)}"
+            )
         if self.scan_backend not in BACKENDS:
             raise ValueError(f"unknown scan_backend {self.scan_backend!r}; valid choices are {list(BACKENDS)}")
         if self.family == "transformer" and self.d_model % self.n_head:

@@ -82,7 +82,8 @@ class ModalityRouting:
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] != self.n_tokens:
             raise ValueError(
-                f"input has {rows.shape[0]} tokens but modality_ids {tuple(self.modality_ids.shape)} has {self.n_tokens}"
+                f"input has {rows.shape[0]} tokens but modality_ids {tuple(self.modality_ids.shape)} "
+                f"has {self.n_tokens}"
             )
         return _PermuteRows.apply(rows, self.order, self.inverse)
 

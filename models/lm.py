@@ -43,7 +43,7 @@ class MambaBlock(nn.Module):
             dt_init_floor=cfg.dt_init_floor,
             conv_bias=cfg.conv_bias,
             bias=cfg.bias,
-            n_modalities=cfg.n_modalities,
+            n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
             decouple=cfg.decouple,
             scan_backend=cfg.scan_backend,
         )
@@ -90,8 +90,8 @@ class MultiModalLM(nn.Module):
                     d,
                     cfg.n_head,
                     cfg.mlp_hidden,
-                    n_modalities=cfg.n_modalities,
-                    decouple=cfg.decouple if cfg.is_sparse else (),
+                    n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
+                    decouple=cfg.decouple,
                     norm_placement=cfg.norm_placement,
                     norm_eps=cfg.norm_eps,
                     rope_theta=cfg.rope_theta,
@@ -152,7 +152,8 @@ class MultiModalLM(nn.Module):
         if tokens.numel():
             lo, hi = (int(v) for v in torch.aminmax(tokens))
             if lo < 0 or hi >= cfg.vocab_size:
-                raise ValueError(f"token id {lo if lo < 0 else hi} is out of range: valid ids are 0..{cfg.vocab_size - 1}")
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is out of range: valid ids are 0..{cfg.vocab_size - 1}")
         routing = None
         if modality_ids is not None:
             if modality_ids.shape != tokens.shape:

@@ -19,7 +19,10 @@ from tests.helpers import interleaved_ids
 def per_token_linear(layer: ModalityLinear, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Independent reference: a Python loop over tokens, each through its own modality's weights."""
     rows, flat = x.reshape(-1, x.shape[-1]), ids.reshape(-1)
-    out = [F.linear(r, layer.weight[m], None if layer.bias is None else layer.bias[m]) for r, m in zip(rows, flat)]
+    out = [
+        F.linear(r, layer.weight[m], None if layer.bias is None else layer.bias[m])
+        for r, m in zip(rows, flat, strict=True)
+    ]
     return torch.stack(out).view(*ids.shape, -1)
 
 
