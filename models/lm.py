@@ -199,7 +199,8 @@ class MultiModalLM(nn.Module):
         """The selective-scan backend a forward on this model's device uses (None for transformers)."""
         if self.cfg.family != "mamba":
             return None
-        return resolve_backend(self.cfg.scan_backend, self.embedding.weight.device)
+        weight = self.embedding.weight
+        return resolve_backend(self.cfg.scan_backend, weight.device, weight.dtype)
 
     def param_count(self) -> ParamCount:
         """(total, active per token) from the modules themselves: a sparse layer's token uses one of its M copies."""

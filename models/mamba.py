@@ -136,7 +136,7 @@ class MambaMixer(nn.Module):
             raise ValueError(f"MambaMixer expects x of shape (B, L, {self.d_model}), got {tuple(x.shape)}")
         routing = as_routing(modality_ids, self.n_modalities)
         batch, seqlen, _ = x.shape
-        backend = resolve_backend(self.scan_backend, x.device)
+        backend = resolve_backend(self.scan_backend, x.device, x.dtype)
         self.last_backend = backend
 
         xz = self.in_proj(x, routing).transpose(1, 2)  # (B, 2E, L)

@@ -1,0 +1,246 @@
+"""Tests for models/scan.py: the fast "torch" backend against the reference loop, numerics, dtypes and dispatch."""
+
+import itertools
+
+import pytest
+import torch
+
+from models import scan
+from models.scan import BACKENDS, resolve_backend, selective_scan, selective_scan_ref
+
+ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(batch, dim, dstate, L, *, dtype=torch.float32, seed=0, a_min=-4.0):
+    """Random scan inputs (u, delta, A, B, C, D, z, delta_bias) in the shapes selective_scan takes."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    inputs = (
+        randn(batch, dim, L),
+        0.5 * randn(batch, dim, L),
+        a_min * torch.rand(dim, dstate, generator=g, dtype=torch.float64),
+        randn(batch, dstate, L),
+        randn(batch, dstate, L),
+        randn(dim),
+        randn(batch, dim, L),
+        0.1 * randn(dim),
+    )
+    return [t.to(dtype) for t in inputs]
+
+
+def run_with_grads(fn, inputs, use, delta_softplus, seed=1):
+    """Run fn on the used inputs (others None), backprop a fixed random cotangent; return (out, {name: grad})."""
+    leaves = {k: t.detach().clone().requires_grad_() for k, t in zip(ARG_NAMES, inputs, strict=True) if k in use}
+    out = fn(**{k: leaves.get(k) for k in ARG_NAMES}, delta_softplus=delta_softplus)
+    # torch.randn(shape) in float32, not randn_like: the cotangent must not depend on the output's strides or dtype.
+    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
+    out.backward(cotangent)
+    return out.detach(), {k: t.grad for k, t in leaves.items()}
+
+
+def fast(**kwargs):
+    """The "torch" backend, by keyword."""
+    return selective_scan(**kwargs, backend="torch")
+
+
+OPTIONALS = [
+    pytest.param(("D", "z", "delta_bias"), True, id="D-z-bias-softplus"),
+    pytest.param((), False, id="plain"),
+    pytest.param(("D",), True, id="D-softplus"),
+    pytest.param(("z", "delta_bias"), False, id="z-bias"),
+]
+
+
+@pytest.mark.parametrize("L", [1, 7, 64, 257])
+@pytest.mark.parametrize(("optional", "softplus"), OPTIONALS)
+def test_fast_matches_reference(L, optional, softplus):
+    """The torch backend gives the reference's output and the gradient of every input, for odd and long L."""
+    inputs = make_inputs(2, 6, 8, L)
+    if not softplus:
+        inputs[1] = inputs[1].abs()  # a raw negative delta makes exp(delta * A) > 1 and the scan blow up
+    use = ("u", "delta", "A", "B", "C", *optional)
+    out_ref, grads_ref = run_with_grads(selective_scan_ref, inputs, use, softplus)
+    out, grads = run_with_grads(fast, inputs, use, softplus)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == grads_ref.keys()
+    for k in grads:
+        torch.testing.assert_close(grads[k], grads_ref[k], rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f"d{k}: {m}")
+
+
+def test_strided_inputs_and_no_grad():
+    """Non-contiguous inputs (transposed views, as a mixer passes them) give the reference's output and grads."""
+
+    def stored_as(t, *order):
+        """The same values, held in memory in the given dimension order (a permuted view of a contiguous copy)."""
+        inverse = sorted(range(len(order)), key=order.__getitem__)
+        return t.permute(*order).contiguous().permute(*inverse)
+
+    u, delta, A, B, C, D, z, delta_bias = make_inputs(2, 5, 4, 19)
+    # (B, E, L) views of (B, L, E) memory, like x.transpose(1, 2) in a mixer, and an (E, B, L) one.
+    args = [stored_as(u, 0, 2, 1), stored_as(delta, 0, 2, 1), stored_as(A, 1, 0), stored_as(B, 0, 2, 1)]
+    args += [C, D, stored_as(z, 1, 0, 2), delta_bias]
+    assert not any(t.is_contiguous() for t in (args[0], args[1], args[3], args[6]))
+    out_ref, grads_ref = run_with_grads(selective_scan_ref, args, ARG_NAMES, True)
+    out, grads = run_with_grads(fast, args, ARG_NAMES, True)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    for k in grads:
+        torch.testing.assert_close(grads[k], grads_ref[k], rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f"d{k}: {m}")
+    with torch.no_grad():
+        torch.testing.assert_close(fast(**dict(zip(ARG_NAMES, args, strict=True)), delta_softplus=True), out_ref)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+def test_chunk_boundaries(monkeypatch, chunk):
+    """Results do not depend on the chunk length, including chunks that do not divide L."""
+    inputs = make_inputs(2, 4, 4, 23, dtype=torch.float64)
+    use = ARG_NAMES
+    out_ref, grads_ref = run_with_grads(selective_scan_ref, inputs, use, True)
+    monkeypatch.setattr(scan, "_chunk_len", lambda L, state_bytes: min(L, chunk))
+    out, grads = run_with_grads(fast, inputs, use, True)
+    torch.testing.assert_close(out, out_ref)
+    for k in grads:
+        torch.testing.assert_close(grads[k], grads_ref[k], msg=lambda m, k=k: f"d{k}: {m}")
+
+
+@pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw-delta"])
+def test_large_decay_is_finite_and_accurate(softplus):
+    """With |delta * A| up to ~16 (A down to -16, delta ~1) both backends stay finite and match float64."""
+    inputs = make_inputs(2, 8, 16, 64, a_min=-16.0)
+    # delta up to ~1 (after the softplus, or given directly), so delta * A reaches about -16.
+    u01 = torch.rand(inputs[1].shape, generator=torch.Generator().manual_seed(3))
+    inputs[1] = 3.5 * u01 - 3.0 if softplus else u01
+    inputs[2][:, 0] = -16.0
+    use = ARG_NAMES
+    out64, grads64 = run_with_grads(selective_scan_ref, [t.double() for t in inputs], use, softplus)
+    out_ref, grads_ref = run_with_grads(selective_scan_ref, inputs, use, softplus)
+    out, grads = run_with_grads(fast, inputs, use, softplus)
+    for o, gs in ((out_ref, grads_ref), (out, grads)):
+        assert torch.isfinite(o).all() and all(torch.isfinite(g).all() for g in gs.values())
+        torch.testing.assert_close(o, out64.float(), rtol=1e-4, atol=1e-4)
+        for k in gs:
+            torch.testing.assert_close(gs[k], grads64[k].float(), rtol=1e-4, atol=1e-3, msg=lambda m, k=k: f"d{k}: {m}")
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    for k in grads:
+        torch.testing.assert_close(grads[k], grads_ref[k], rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f"d{k}: {m}")
+
+
+def test_bfloat16_inputs():
+    """bf16 inputs give a bf16 output close to the float32 result (<= 2e-2 relative) and grads in the input dtypes."""
+    inputs = make_inputs(2, 8, 8, 33)
+    dtypes = {
+        "u": torch.bfloat16,
+        "delta": torch.bfloat16,
+        "A": torch.float32,
+        "B": torch.bfloat16,
+        "C": torch.bfloat16,
+        "D": torch.float32,
+        "z": torch.bfloat16,
+        "delta_bias": torch.float32,
+    }
+    mixed = [t.to(dtypes[k]) for k, t in zip(ARG_NAMES, inputs, strict=True)]
+    out, grads = run_with_grads(fast, mixed, ARG_NAMES, True)
+    # The float32 result from the same (bf16-rounded) values: the only difference left is the output rounding.
+    out32, _ = run_with_grads(fast, [t.float() for t in mixed], ARG_NAMES, True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), out32, rtol=2e-2, atol=2e-2)
+    for k, grad in grads.items():
+        assert grad.dtype == dtypes[k], k
+
+
+def test_gradcheck_float64():
+    """Float64 gradcheck of the torch backend (custom backward) with every input requiring grad."""
+    inputs = [t.requires_grad_() for t in make_inputs(2, 3, 2, 5, dtype=torch.float64)]
+
+    def fn(*args):
+        return selective_scan(*args, delta_softplus=True, backend="torch")
+
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_ref_backend_is_the_reference():
+    """backend="ref" is exactly selective_scan_ref."""
+    inputs = make_inputs(1, 3, 4, 9)
+    torch.testing.assert_close(selective_scan(*inputs, backend="ref"), selective_scan_ref(*inputs), rtol=0, atol=0)
+
+
+def test_resolve_backend_on_cpu():
+    """Backend "auto" and "torch" resolve to "torch" on CPU and "ref" to "ref"."""
+    cpu = torch.device("cpu")
+    assert resolve_backend("auto", cpu) == "torch"
+    assert resolve_backend("torch", cpu) == "torch"
+    assert resolve_backend("ref", cpu) == "ref"
+    assert set(BACKENDS) == {"auto", "torch", "ref", "cuda"}
+
+
+def test_unknown_backend_message():
+    """An unknown backend raises ValueError naming the bad value and the valid choices."""
+    with pytest.raises(ValueError, match="nope") as info:
+        resolve_backend("nope", torch.device("cpu"))
+    assert all(name in str(info.value) for name in BACKENDS)
+    with pytest.raises(ValueError, match="nope"):
+        selective_scan(*make_inputs(1, 2, 2, 3)[:5], backend="nope")
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and scan.mamba_ssm_available(), reason="mamba-ssm CUDA is available")
+def test_cuda_backend_unavailable_here():
+    """Requesting "cuda" without mamba-ssm or without CUDA tensors raises a RuntimeError that says why."""
+    with pytest.raises(RuntimeError) as info:
+        selective_scan(*make_inputs(1, 2, 2, 3)[:5], backend="cuda")
+    msg = str(info.value)
+    if scan.mamba_ssm_available():
+        assert "cpu" in msg
+    else:
+        assert "requirements-gpu.txt" in msg and scan.mamba_ssm_import_error() in msg
+
+
+@pytest.mark.parametrize(
+    ("index", "bad_shape", "name"),
+    [
+        (1, (2, 4, 6), "delta"),
+        (2, (5, 3), "A"),
+        (3, (2, 4, 7), "B"),
+        (4, (2, 3), "C"),
+        (5, (5,), "D"),
+        (6, (2, 4, 8), "z"),
+        (7, (4, 1), "delta_bias"),
+    ],
+)
+def test_shape_errors_name_the_argument(index, bad_shape, name):
+    """A wrongly shaped argument raises ValueError naming it, its expected shape and the shape it got."""
+    args = make_inputs(2, 4, 3, 7)
+    args[index] = torch.zeros(bad_shape)
+    with pytest.raises(ValueError) as info:
+        selective_scan(*args)
+    msg = str(info.value)
+    assert f" {name} must " in msg and "shape (" in msg and str(tuple(bad_shape)) in msg, msg
+
+
+def test_u_rank_error():
+    """u of the wrong rank raises ValueError naming u and the expected (B, E, L) layout."""
+    u, *rest = make_inputs(2, 4, 3, 7)
+    with pytest.raises(ValueError, match=r"u must have shape \(B, E, L\)"):
+        selective_scan(u[0], *rest)
+
+
+@pytest.mark.gpu
+def test_fast_matches_mamba_ssm_on_cuda():
+    """On CUDA the torch backend matches mamba-ssm's selective_scan_fn (float32 output and all gradients)."""
+    pytest.importorskip("mamba_ssm")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    assert scan.mamba_ssm_available(), scan.mamba_ssm_import_error()
+    inputs = [t.cuda() for t in make_inputs(2, 64, 16, 300)]
+    for optional, softplus in itertools.product([(), ("D", "z", "delta_bias")], [False, True]):
+        use = ("u", "delta", "A", "B", "C", *optional)
+        out_ref, grads_ref = run_with_grads(lambda **kw: selective_scan(**kw, backend="cuda"), inputs, use, softplus)
+        out, grads = run_with_grads(fast, inputs, use, softplus)
+        torch.testing.assert_close(out, out_ref, rtol=6e-4, atol=2e-3)  # mamba-ssm's own float32 tolerance
+        for k in grads:
+            # Gradients summed over B and L (dA, dD, d delta_bias) are large: compare relative to their scale.
+            scale = grads_ref[k].abs().max().item()
+            torch.testing.assert_close(
+                grads[k], grads_ref[k], rtol=1e-3, atol=1e-3 * scale, msg=lambda m, k=k: f"d{k}: {m}"
+            )
