@@ -1,8 +1,30 @@
 #!/usr/bin/env bash
-# Sets the project up on a fresh machine: a virtual environment in .venv holding the project (editable) and its
-# test tools. Safe to run again; it only installs what is missing. PYTHON=python3.x picks another interpreter.
+# Sets the project up on a fresh machine: the Debian packages that hold the default data (real text, images and
+# speech; DATA.md), then a virtual environment in .venv with the project (editable) and its test tools.
+# Safe to run again; it only installs what is missing. PYTHON=python3.x picks another interpreter.
+# Without root or apt (another OS), the data step is skipped with a warning and the datamodules fall back to
+# pip-only sources.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+DEBIAN_DATA="dataset-fashion-mnist fortunes fortunes-min fonts-noto-color-emoji asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+AUSTEN_DIR=.cache/debian/janeaustenr
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    missing=$(for p in $DEBIAN_DATA; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+    if [ -n "$missing" ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+    # Jane Austen's novels, read straight from the R package's data file: no R needed (1.6 MB).
+    if [ ! -f "$AUSTEN_DIR/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb" ]; then
+        mkdir -p .cache/debian
+        (cd .cache/debian && apt-get download -qq r-cran-janeaustenr 2>/dev/null \
+            && dpkg-deb -x r-cran-janeaustenr_*_all.deb janeaustenr && rm -f r-cran-janeaustenr_*_all.deb)
+    fi
+else
+    echo "setup.sh: no root/apt here - skipping the Debian data packages; datamodules will use pip-only fallbacks" >&2
+fi
+
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
