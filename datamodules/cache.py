@@ -1,0 +1,93 @@
+"""A versioned, content-keyed cache folder that is either complete and verified, or rebuilt.
+
+    <root>/v<VERSION>-<key>/      key = hash of every parameter that changes the content
+        manifest.json             parameters + sha256 of every file
+        ...files...
+
+A folder is built under a temporary name and renamed into place only once every file and the manifest are written,
+so an interrupted build never looks finished. On load every file is checked against the manifest; a folder that
+fails the check (partial, edited, truncated) is reported and rebuilt, never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+CACHE_VERSION = 1
+
+
+class CorruptCache(RuntimeError):
+    """A cache folder exists but does not match its manifest."""
+
+
+def cache_key(params: dict) -> str:
+    """Stable short hash of JSON-serialisable parameters."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_path(root: str | Path, params: dict) -> Path:
+    return Path(root) / f"v{CACHE_VERSION}-{cache_key(params)}"
+
+
+def verify(path: Path) -> dict:
+    """The manifest of a complete, intact cache folder; CorruptCache saying what is wrong otherwise."""
+    manifest_file = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CorruptCache(f"{path}: unreadable manifest ({exc})") from exc
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CorruptCache(f"{path}: {name} is missing")
+        if _sha256(file) != digest:
+            raise CorruptCache(f"{path}: {name} does not match its checksum")
+    return manifest
+
+
+def build_or_load(root: str | Path, params: dict, build: Callable[[Path], None]) -> tuple[Path, dict]:
+    """Return (folder, manifest) of the cache for `params`, building it with `build(tmp_folder)` when needed.
+
+    `build` writes its files into the folder it is given. A corrupt existing folder is moved aside and rebuilt with a
+    warning; if the rebuilt folder still fails its check the error says how to clear the cache.
+    """
+    path = cache_path(root, params)
+    if path.exists():
+        try:
+            return path, verify(path)
+        except CorruptCache as exc:
+            warnings.warn(f"rebuilding the data cache: {exc}", RuntimeWarning, stacklevel=2)
+            shutil.rmtree(path)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.perf_counter()
+    build(tmp)
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    manifest = {"version": CACHE_VERSION, "params": params, "files": files, "build_s": time.perf_counter() - start}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process finished the same build first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return path, verify(path)
+    except CorruptCache as exc:
+        raise CorruptCache(f"{exc}; delete {path} (or the whole {Path(root)}) and run again") from exc
