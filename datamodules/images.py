@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.errors import SourceUnavailable
+
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 
@@ -56,10 +58,6 @@ DIGIT_TEMPLATES = ("{c}", "the digit {c}", "a handwritten {c}", "the number {c}"
 # Pillow renders this CBDT bitmap font only at its native strike size.
 _EMOJI_NATIVE_SIZE = 109
 _SKIN_TONES = frozenset(chr(cp) for cp in range(0x1F3FB, 0x1F400))
-
-
-class SourceUnavailable(RuntimeError):
-    """A data source is not installed on this machine; the message says what to install."""
 
 
 @dataclass

@@ -24,12 +24,10 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
+from datamodules.errors import SourceUnavailable
+
 ASTERISK_ROOT = "/usr/share/asterisk/sounds/en_US_f_Allison"
 ASTERISK_TRANSCRIPTS = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
-
-
-class SourceUnavailable(RuntimeError):
-    """A data source is not installed on this machine; the message says what to install."""
 
 
 @dataclass

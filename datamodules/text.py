@@ -26,6 +26,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from datamodules.errors import CorruptSource, SourceUnavailable
+
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _RDB_SUBPATH = Path("usr/lib/R/site-library/janeaustenr/data/Rdata.rdb")
 AUSTEN_CANDIDATES = (
@@ -54,14 +56,6 @@ _MINOR_WORDS = {"a", "an", "and", "of", "the"}
 # Fortune files that are not prose quotes.
 _FORTUNE_SKIP_NAMES = {"art", "ascii-art"}
 _FORTUNE_SKIP_SUFFIXES = (".dat", ".u8", "-o")
-
-
-class SourceUnavailable(RuntimeError):
-    """A data source's files are not installed on this machine."""
-
-
-class CorruptSource(ValueError):
-    """A data source's files exist but cannot be parsed."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
