@@ -1,0 +1,300 @@
+"""`MultiModalDataModule`: the Transfusion, Chameleon and three-modality settings, served identically to every arm.
+
+    dm = MultiModalDataModule(setting="chameleon", seq_len=256, batch_size=16, seed=0)
+    dm.prepare_data(); dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+
+A batch is a dict of tensors (B batch, L seq_len, P patch width):
+    tokens (B, L) int64            joint-vocabulary ids (<patch> at continuous-patch positions)
+    modality_ids (B, L) int64      modality of each input position (0 text, 1 image, 2 speech)
+    targets (B, L) int64           next-token id, or -100 where there is no next-token loss
+    target_modality (B, L) int64   modality of the target, -1 where the target is -100
+  Transfusion only:
+    patches (B, L, P) float32      noised patch x_t at patch positions (zeros elsewhere)
+    noise (B, L, P) float32        the noise ε to predict at patch positions (zeros elsewhere)
+    patch_mask (B, L) bool         positions that carry a patch
+    timesteps (B, L) int64         the DDPM timestep of the position's image (0 elsewhere)
+
+Determinism: the order of training sequences in epoch e and the diffusion noise of sequence i in epoch e are drawn
+from (seed, e) and (seed, e, i): the same seed gives every arm byte-identical batches in the same order. Validation
+uses a fixed set of sequences with fixed timesteps and noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datamodules.prepare import Corpus, PrepareParams, as_float, as_rgb, load_corpus, prepare_corpus
+from datamodules.sequences import (
+    Document,
+    PackedSequences,
+    cosine_alpha_bar,
+    diffusion_inputs,
+    next_token_targets,
+    pack_documents,
+    paired_document,
+    target_modalities,
+    text_document,
+)
+from datamodules.vocab import BOA, BOI, EOA, EOI, PATCH, JointVocab
+
+SETTINGS = ("transfusion", "chameleon", "three_modality")
+N_MODALITIES = {"transfusion": 2, "chameleon": 2, "three_modality": 3}
+DIFFUSION_STEPS = 1000
+VAL_IMAGES_PER_SOURCE = 300
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) pairs: a permutation drawn from (seed, epoch), or the fixed order when not shuffling.
+
+    Lightning calls `set_epoch` at every epoch start (also after a resume), so an epoch's order and noise do not
+    depend on how the run got there.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else range(self.n)
+        return ((self.epoch, int(i)) for i in order)
+
+
+class SequenceDataset(Dataset):
+    """Packed sequences -> batch items (see the module docstring). Items are addressed by (epoch, index)."""
+
+    def __init__(self, packed: PackedSequences, vocab: JointVocab, seed: int, stream: int) -> None:
+        self.packed, self.vocab, self.seed, self.stream = packed, vocab, seed, stream
+        self.alpha_bar = cosine_alpha_bar(DIFFUSION_STEPS)
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, i = key
+        ids = self.packed.ids[i]
+        tokens = ids[:-1]
+        targets = next_token_targets(ids)
+        item = {
+            "tokens": torch.from_numpy(tokens.copy()),
+            "modality_ids": torch.from_numpy(self.vocab.modality_of(tokens)),
+            "targets": torch.from_numpy(targets),
+            "target_modality": torch.from_numpy(target_modalities(targets, self.vocab)),
+        }
+        if self.packed.patches is not None:
+            p = self.packed
+            clean = p.patches[p.patch_offsets[i] : p.patch_offsets[i + 1]]
+            rng = np.random.default_rng((self.seed, self.stream, epoch, i))
+            noised, noise, timesteps = diffusion_inputs(clean, p.image_index[i][:-1], self.alpha_bar, rng)
+            mask = tokens == PATCH
+            full = np.zeros((len(tokens), clean.shape[1]), np.float32)
+            item["patches"], item["noise"] = torch.from_numpy(full.copy()), torch.from_numpy(full)
+            item["patches"][mask], item["noise"][mask] = torch.from_numpy(noised), torch.from_numpy(noise)
+            item["patch_mask"] = torch.from_numpy(mask)
+            item["timesteps"] = torch.from_numpy(timesteps)
+        return item
+
+
+class MultiModalDataModule(L.LightningDataModule):
+    """One datamodule family for the three settings (DESIGN.md §2-§3).
+
+    Args:
+        setting: "transfusion", "chameleon" or "three_modality".
+        seq_len: positions per sequence (an image or utterance must fit in one, with its markers).
+        batch_size: sequences per batch.
+        seed: fixes document order, caption-first draws, epoch order and diffusion noise.
+        val_sequences: validation sequences per validation set (fixed).
+        text_ratio: text-only tokens per token of paired documents in the training stream (balance of modalities).
+        caption_first: probability that a caption precedes its image.
+        cache_dir: root of the prepared-data cache.
+        text_vocab_size, image_patch, image_codebook, fashion_train_images, emoji, speech_units,
+            speech_train_utterances, speech_val_utterances, own_data, prefer_debian: see `PrepareParams`.
+    """
+
+    def __init__(
+        self,
+        setting: str = "chameleon",
+        seq_len: int = 256,
+        batch_size: int = 16,
+        seed: int = 0,
+        val_sequences: int = 64,
+        text_ratio: float = 1.0,
+        caption_first: float = 0.8,
+        cache_dir: str = ".cache/data",
+        text_vocab_size: int = 2048,
+        image_patch: int = 4,
+        image_codebook: int = 256,
+        fashion_train_images: int = 10000,
+        emoji: bool = True,
+        speech_units: int = 64,
+        speech_train_utterances: int = 1500,
+        speech_val_utterances: int = 200,
+        own_data: str | None = None,
+        prefer_debian: bool = True,
+    ) -> None:
+        super().__init__()
+        if setting not in SETTINGS:
+            raise ValueError(f"unknown setting {setting!r}; valid choices are {list(SETTINGS)}")
+        if seq_len < 2 or batch_size < 1 or val_sequences < 1:
+            raise ValueError(f"need seq_len >= 2, batch_size >= 1, val_sequences >= 1; got {seq_len}, "
+                             f"{batch_size}, {val_sequences}")  # fmt: skip
+        self.save_hyperparameters()
+        self.setting, self.seq_len, self.batch_size, self.seed = setting, seq_len, batch_size, seed
+        self.val_sequences, self.text_ratio, self.caption_first, self.cache_dir = (
+            val_sequences, text_ratio, caption_first, cache_dir)  # fmt: skip
+        self.params = PrepareParams(
+            text_vocab_size=text_vocab_size, image_patch=image_patch, image_codebook=image_codebook,
+            fashion_train_images=fashion_train_images, emoji=emoji, speech_units=speech_units,
+            speech_train_utterances=speech_train_utterances, speech_val_utterances=speech_val_utterances,
+            seed=seed, own_data=own_data, prefer_debian=prefer_debian,
+        )  # fmt: skip
+        if setting != "three_modality":  # speech is only built when it is used
+            self.params = replace(self.params, speech_train_utterances=0, speech_val_utterances=0)
+        self.corpus: Corpus | None = None
+
+    # -- Lightning hooks ------------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Build the cached corpus once (tokenizers, codebooks, encoded sources) and print its dataset card."""
+        prepare_corpus(self.params, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is not None:
+            return
+        self.corpus = load_corpus(prepare_corpus(self.params, self.cache_dir, verbose=False))
+        c = self.corpus
+        self.vocab = JointVocab(
+            text_size=c.tokenizer.get_vocab_size(),
+            image_size=0 if self.continuous else sum(s.vq.codebook_size for s in c.images),
+            speech_size=self.params.speech_units if self.setting == "three_modality" else 0,
+        )
+        self.train_set = self._dataset("train", stream=0)
+        self.val_sets = {"val": self._dataset("val", stream=1)}
+        if self.setting == "three_modality" and c.speech_real_val is not None:
+            self.val_sets["val_real_speech"] = self._dataset("real_speech", stream=2)
+        self.sources = c.card["sources"]
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(ds, batch_size=self.batch_size, sampler=EpochSampler(len(ds), self.seed, shuffle=False))
+            for ds in self.val_sets.values()
+        ]
+
+    # -- what models need to know ---------------------------------------------------------------------------------
+
+    @property
+    def continuous(self) -> bool:
+        return self.setting == "transfusion"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.size
+
+    @property
+    def n_modalities(self) -> int:
+        return N_MODALITIES[self.setting]
+
+    @property
+    def patch_dim(self) -> int:
+        """Continuous patch width (Transfusion; RGB patches), 0 for the discrete settings."""
+        return 3 * self.params.image_patch**2 if self.continuous else 0
+
+    # -- assembling a setting -------------------------------------------------------------------------------------
+
+    def _dataset(self, split: str, stream: int) -> SequenceDataset:
+        rng = np.random.default_rng((self.seed, stream))
+        docs = self._paired_documents(split, rng)
+        if split != "real_speech":
+            paired_tokens = sum(len(d.ids) for d in docs)
+            text = self._text_documents(split, paired_tokens, rng)
+            text_tokens = sum(len(d.ids) for d in text)
+            if text_tokens < self.text_ratio * paired_tokens:  # text ran out first: thin the paired documents instead
+                keep = rng.permutation(len(docs))[
+                    : max(1, int(len(docs) * text_tokens / (self.text_ratio * paired_tokens)))
+                ]
+                docs = [docs[i] for i in sorted(keep)]
+            docs += text
+        order = rng.permutation(len(docs))
+        packed = pack_documents([docs[i] for i in order], self.seq_len)
+        if split != "train":
+            packed = _first(packed, self.val_sequences)
+        if len(packed) == 0 or (split == "train" and len(packed) < self.batch_size):
+            raise ValueError(f"{self.setting}/{split}: only {len(packed)} sequences of {self.seq_len}; "
+                             "the data are too small for this seq_len / batch_size")  # fmt: skip
+        return SequenceDataset(packed, self.vocab, self.seed, stream)
+
+    def _text_documents(self, split: str, paired_tokens: int, rng: np.random.Generator) -> list[Document]:
+        texts = self.corpus.text_train if split == "train" else self.corpus.text_val
+        budget = self.text_ratio * paired_tokens if paired_tokens else float("inf")
+        docs, used = [], 0
+        for i in rng.permutation(len(texts)):
+            if used >= budget:
+                break
+            docs.append(text_document(texts[i]))
+            used += len(texts[i]) + 2
+        return docs
+
+    def _paired_documents(self, split: str, rng: np.random.Generator) -> list[Document]:
+        c, docs = self.corpus, []
+        if split != "real_speech":
+            offset = self.vocab.image_offset
+            for src in c.images:
+                keep = np.flatnonzero(src.is_val == (split != "train"))
+                if split != "train":  # a fixed, small image share, so speech and text keep a real share of val
+                    keep = keep[np.random.default_rng(self.seed).permutation(len(keep))[:VAL_IMAGES_PER_SOURCE]]
+                block_len = src.codes.shape[1] + 2
+                if block_len > self.seq_len + 1:
+                    raise ValueError(f"seq_len={self.seq_len} is too short to hold one {src.name} image: it needs "
+                                     f"{block_len} positions with its markers")  # fmt: skip
+                patches = src.normalizer.encode(as_rgb(as_float(src.images[keep]))) if self.continuous else None
+                for j, i in enumerate(keep):
+                    text_first = bool(rng.random() < self.caption_first)
+                    if self.continuous:
+                        block = np.full(src.codes.shape[1], PATCH)
+                        docs.append(paired_document(src.captions[i], block, BOI, EOI, text_first, patches[j]))
+                    else:
+                        docs.append(paired_document(src.captions[i], src.codes[i] + offset, BOI, EOI, text_first))
+                if not self.continuous:
+                    offset += src.vq.codebook_size
+        if self.setting == "three_modality":
+            speech = {"train": c.speech_train, "val": c.speech_val, "real_speech": c.speech_real_val}[split]
+            for i in range(len(speech.units)):
+                units = speech.units[i]
+                if len(units) + 2 > self.seq_len + 1:
+                    continue  # an utterance longer than a sequence cannot be kept whole; counted in `stats`
+                text_first = bool(rng.random() < 0.5)
+                docs.append(paired_document(speech.transcripts[i], self.vocab.speech_ids(units), BOA, EOA, text_first))
+        return docs
+
+    def stats(self) -> dict:
+        """Tokens per modality (by target) in the packed train and validation sets."""
+        out = {}
+        for name, ds in {"train": self.train_set, **self.val_sets}.items():
+            ids = ds.packed.ids
+            real = ids[ids != 0]
+            counts = np.bincount(self.vocab.modality_of(real), minlength=3)
+            out[name] = {"sequences": len(ids), **{m: int(n) for m, n in zip(("text", "image", "speech"), counts)}}
+        return out
+
+
+def _first(packed: PackedSequences, n: int) -> PackedSequences:
+    """The first n sequences (validation uses a fixed, small set)."""
+    if packed.patches is None:
+        return PackedSequences(packed.ids[:n])
+    end = packed.patch_offsets[min(n, len(packed))]
+    return PackedSequences(packed.ids[:n], packed.patches[:end], packed.patch_offsets[: n + 1], packed.image_index[:n])
