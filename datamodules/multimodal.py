@@ -42,7 +42,7 @@ from datamodules.sequences import (
     target_modalities,
     text_document,
 )
-from datamodules.vocab import BOA, BOI, EOA, EOI, PATCH, JointVocab
+from datamodules.vocab import BOA, BOI, EOA, EOI, MODALITY_NAMES, PATCH, JointVocab
 
 SETTINGS = ("transfusion", "chameleon", "three_modality")
 N_MODALITIES = {"transfusion": 2, "chameleon": 2, "three_modality": 3}
@@ -288,7 +288,7 @@ class MultiModalDataModule(L.LightningDataModule):
             ids = ds.packed.ids
             real = ids[ids != 0]
             counts = np.bincount(self.vocab.modality_of(real), minlength=3)
-            out[name] = {"sequences": len(ids), **{m: int(n) for m, n in zip(("text", "image", "speech"), counts)}}
+            out[name] = {"sequences": len(ids), **{m: int(n) for m, n in zip(MODALITY_NAMES, counts, strict=True)}}
         return out
 
 

@@ -250,10 +250,9 @@ def load_corpus(folder: str | Path) -> Corpus:
     for k in range(len(card["images"])):
         with np.load(folder / f"image{k}.npz") as z:
             state = {n: z[n] for n in z.files}
-        pick = lambda prefix: {n[len(prefix) :]: v for n, v in state.items() if n.startswith(prefix)}  # noqa: E731
         images.append(ImageSource(str(state["name"]), state["images"], state["is_val"], ragged[f"captions{k}"],
-                                  state["codes"].astype(np.int64), PatchVQ.from_state(pick("vq_")),
-                                  PatchNormalizer.from_state(pick("norm_"))))  # fmt: skip
+                                  state["codes"].astype(np.int64), PatchVQ.from_state(_prefixed(state, "vq_")),
+                                  PatchNormalizer.from_state(_prefixed(state, "norm_"))))  # fmt: skip
 
     def speech(name: str) -> SpeechSplit | None:
         if f"{name}_units" not in ragged:
@@ -262,6 +261,11 @@ def load_corpus(folder: str | Path) -> Corpus:
 
     return Corpus(load_tokenizer(folder / "tokenizer.json"), ragged["text_train"], ragged["text_val"], images,
                   speech("speech_train"), speech("speech_val"), speech("speech_real_val"), card)  # fmt: skip
+
+
+def _prefixed(state: dict, prefix: str) -> dict:
+    """The entries of `state` whose names start with `prefix`, with the prefix removed."""
+    return {n[len(prefix) :]: v for n, v in state.items() if n.startswith(prefix)}
 
 
 def format_card(card: dict) -> str:
