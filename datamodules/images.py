@@ -166,9 +166,9 @@ def load_fashion_mnist(root: str | Path = FASHION_MNIST_ROOT, limit_train: int |
     return ImageSet(pixels, captions, np.array(split), "fashion_mnist")
 
 
-def _stable_is_val(name: str, val_percent: int = 10) -> bool:
-    """Puts a name in val from a hash that, unlike Python's salted ``hash``, is the same in every process."""
-    digest = hashlib.sha1(name.encode("utf-8")).digest()
+def _stable_is_val(key: str, val_percent: int = 10) -> bool:
+    """Puts a key in val from a hash that, unlike Python's salted ``hash``, is the same in every process."""
+    digest = hashlib.sha1(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "big") % 100 < val_percent
 
 
@@ -199,7 +199,7 @@ def load_emoji(size: int = 32, skin_tones: bool = False, font_path: str | Path =
 
     About 1,900 images without skin-tone variants (3,880 with them), (size, size, 3) RGB on white, in about 1.3 s.
     Emoji the font cannot draw (newer than its Emoji 15 data) come out blank and are dropped. About 10% go to val,
-    chosen by a stable hash of the name.
+    chosen by a stable hash of the rendered picture.
 
     Args:
         size: output side in pixels.
@@ -233,7 +233,9 @@ def load_emoji(size: int = 32, skin_tones: bool = False, font_path: str | Path =
         name = info["en"].strip(":").replace("_", " ")
         images.append(pixels)
         captions.append(name)
-        split.append("val" if _stable_is_val(name) else "train")
+        # Split by the picture, not the name: some emoji share one glyph (a territory drawn with its country's flag),
+        # and both captions must land on the same side of the split.
+        split.append("val" if _stable_is_val(pixels.tobytes().hex()) else "train")
     return ImageSet(np.stack(images), captions, np.array(split), "emoji")
 
 

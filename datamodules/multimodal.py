@@ -113,13 +113,15 @@ class MultiModalDataModule(L.LightningDataModule):
         setting: "transfusion", "chameleon" or "three_modality".
         seq_len: positions per sequence (an image or utterance must fit in one, with its markers).
         batch_size: sequences per batch.
-        seed: fixes document order, caption-first draws, epoch order and diffusion noise.
+        seed: fixes document order, caption-first draws, epoch order and diffusion noise (the run's seed).
         val_sequences: validation sequences per validation set (fixed).
         text_ratio: text-only tokens per token of paired documents in the training stream (balance of modalities).
         caption_first: probability that a caption precedes its image.
         cache_dir: root of the prepared-data cache.
         text_vocab_size, image_patch, image_codebook, fashion_train_images, emoji, speech_units,
             speech_train_utterances, speech_val_utterances, own_data, prefer_debian: see `PrepareParams`.
+        data_seed: seed of the tokenizers' fitting (VQ, speech-unit k-means). Kept apart from `seed` so that
+            runs with several seeds share one prepared corpus and differ only in order, noise and initialisation.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class MultiModalDataModule(L.LightningDataModule):
         speech_val_utterances: int = 200,
         own_data: str | None = None,
         prefer_debian: bool = True,
+        data_seed: int = 0,
     ) -> None:
         super().__init__()
         if setting not in SETTINGS:
@@ -157,7 +160,7 @@ class MultiModalDataModule(L.LightningDataModule):
             text_vocab_size=text_vocab_size, image_patch=image_patch, image_codebook=image_codebook,
             fashion_train_images=fashion_train_images, emoji=emoji, speech_units=speech_units,
             speech_train_utterances=speech_train_utterances, speech_val_utterances=speech_val_utterances,
-            seed=seed, own_data=own_data, prefer_debian=prefer_debian,
+            seed=data_seed, own_data=own_data, prefer_debian=prefer_debian,
         )  # fmt: skip
         if setting != "three_modality":  # speech is only built when it is used
             self.params = replace(self.params, speech_train_utterances=0, speech_val_utterances=0)
@@ -174,6 +177,9 @@ class MultiModalDataModule(L.LightningDataModule):
             return
         self.corpus = load_corpus(prepare_corpus(self.params, self.cache_dir, verbose=False))
         c = self.corpus
+        if self.setting == "three_modality" and c.speech_train is None:
+            raise ValueError("setting three_modality needs speech, and the prepared corpus has none "
+                             "(own data without audio documents?)")  # fmt: skip
         self.vocab = JointVocab(
             text_size=c.tokenizer.get_vocab_size(),
             image_size=0 if self.continuous else sum(s.vq.codebook_size for s in c.images),

@@ -17,9 +17,10 @@ import numpy as np
 
 from datamodules import cache
 from datamodules.errors import SourceUnavailable
-from datamodules.images import ImageSet, PatchNormalizer, PatchVQ, load_digits_images, load_emoji, load_fashion_mnist
+from datamodules.images import PatchNormalizer, PatchVQ, load_digits_images, load_emoji, load_fashion_mnist
+from datamodules.own import OwnData, load_own_data
 from datamodules.speech import EspeakSynth, SpeechUnits, Utterance, load_asterisk_prompts, synthesize_corpus
-from datamodules.text import TextCorpus, load_text_corpus, load_tokenizer, save_tokenizer, train_bpe
+from datamodules.text import load_text_corpus, load_tokenizer, save_tokenizer, train_bpe
 from datamodules.vocab import SPECIAL_TOKENS
 
 
@@ -106,13 +107,10 @@ def as_rgb(images: np.ndarray) -> np.ndarray:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def _load_sources(p: PrepareParams) -> tuple[TextCorpus, list[ImageSet], list[str], list[str]]:
-    """Text corpus, image sets, and the lists of sources used and warnings raised."""
+def _load_sources(p: PrepareParams) -> OwnData:
+    """Text corpus and image sets (speech comes later, only when asked for) with the sources used and warnings."""
     if p.own_data:
-        from datamodules.own import load_own_data
-
-        own = load_own_data(p.own_data)
-        return own.text, own.images, own.sources, []
+        return load_own_data(p.own_data)
     text = load_text_corpus(prefer_debian=p.prefer_debian)
     sources, warns = list(text.sources), list(text.warnings)
     images = []
@@ -129,7 +127,8 @@ def _load_sources(p: PrepareParams) -> tuple[TextCorpus, list[ImageSet], list[st
             sources.append("emoji (Debian fonts-noto-color-emoji + PyPI emoji names)")
         except SourceUnavailable as exc:
             warns.append(f"emoji images skipped: {exc}")
-    return text, images, sources, warns
+    text.warnings = warns
+    return OwnData(text, images, [], [], sources)
 
 
 def _speech_texts(texts: list[str], seed: int) -> list[str]:
@@ -150,11 +149,15 @@ def _build(folder: Path, p: PrepareParams) -> None:
     """Everything prepare_corpus caches, written into `folder`."""
     times: dict[str, float] = {}
     start = time.perf_counter()
-    text, image_sets, sources, warns = _load_sources(p)
+    loaded = _load_sources(p)
+    text, image_sets, sources, warns = loaded.text, loaded.images, loaded.sources, loaded.text.warnings
     times["load_sources_s"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    tok = train_bpe(text.train, p.text_vocab_size, list(SPECIAL_TOKENS), seed=p.seed)
+    # Captions and transcripts are text too: the BPE sees them beside the passages (training split only).
+    captions = [c for s in image_sets for c, split in zip(s.captions, s.split, strict=True) if split == "train"]
+    bpe_texts = text.train + captions + [u.text for u in loaded.speech_train]
+    tok = train_bpe(bpe_texts, p.text_vocab_size, list(SPECIAL_TOKENS), seed=p.seed)
     save_tokenizer(tok, folder / "tokenizer.json")
     encode = lambda texts: Ragged.from_rows([np.array(e.ids) for e in tok.encode_batch(texts)])  # noqa: E731
     text_train, text_val = encode(text.train), encode(text.val)
@@ -184,9 +187,10 @@ def _build(folder: Path, p: PrepareParams) -> None:
             "pixel_variance": float(s.images[~train].var())})  # fmt: skip
     times["images_s"] = time.perf_counter() - t
 
-    if not p.own_data and p.speech_train_utterances > 0:
+    if loaded.speech_train or (not p.own_data and p.speech_train_utterances > 0):
         t = time.perf_counter()
-        card["speech"] = _build_speech(folder, p, text, tok, arrays, card["sources"], card["warnings"])
+        splits = _speech_splits(p, loaded, card["sources"], card["warnings"])
+        card["speech"] = _build_speech(folder, p, splits, tok, arrays)
         times["speech_s"] = time.perf_counter() - t
     np.savez(folder / "ragged.npz", **{f"{n}_{part}": getattr(r, part) for n, r in arrays.items()
                                        for part in ("values", "offsets")})  # fmt: skip
@@ -194,23 +198,32 @@ def _build(folder: Path, p: PrepareParams) -> None:
     (folder / "card.json").write_text(json.dumps(card, indent=1, default=float))
 
 
-def _build_speech(folder: Path, p: PrepareParams, text: TextCorpus, tok, arrays: dict, sources, warns) -> dict:
-    """Synthesised speech (train/val) from the text corpus, real Asterisk prompts, and the unit codebook."""
+def _speech_splits(p: PrepareParams, loaded: OwnData, sources: list, warns: list) -> dict[str, list[Utterance]]:
+    """Own utterances, or espeak-ng reading the text corpus (train/val) plus the real Asterisk prompts."""
+    if p.own_data:
+        return {"speech_train": loaded.speech_train, "speech_val": loaded.speech_val}
     synth = EspeakSynth()
     lo, hi = p.speech_chars
-    train = synthesize_corpus(_speech_texts(text.train, p.seed), synth, max_chars=hi, min_chars=lo,
-                              max_sentences=p.speech_train_utterances)  # fmt: skip
-    val = synthesize_corpus(_speech_texts(text.val, p.seed), synth, max_chars=hi, min_chars=lo,
-                            max_sentences=p.speech_val_utterances)  # fmt: skip
+    splits = {
+        name: synthesize_corpus(_speech_texts(texts, p.seed), synth, max_chars=hi, min_chars=lo, max_sentences=n)
+        for name, texts, n in (
+            ("speech_train", loaded.text.train, p.speech_train_utterances),
+            ("speech_val", loaded.text.val, p.speech_val_utterances),
+        )
+    }
     sources.append(f"speech: espeak-ng in-process ({synth.source}) reading the text corpus")
-    units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(train)
-    np.savez(folder / "speech_units.npz", **units.state())
-    splits = {"speech_train": train, "speech_val": val}
     try:
         splits["speech_real_val"] = load_asterisk_prompts()
         sources.append("real speech validation: Asterisk prompts, Allison Smith (Debian asterisk-core-sounds-en-wav)")
     except SourceUnavailable as exc:
         warns.append(f"no real-speech validation set: {exc}")
+    return splits
+
+
+def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utterance]], tok, arrays: dict) -> dict:
+    """Fit the unit codebook on the training utterances; encode every split (transcripts and units)."""
+    units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
+    np.savez(folder / "speech_units.npz", **units.state())
     info = {"units": p.speech_units}
     for name, utts in splits.items():
         split = _encode_speech(units, utts, tok, utts[0].source if utts else "")
