@@ -312,7 +312,10 @@ def render_data_overview(dm, out_path: str | Path, n_images: int = 8, n_sequence
         ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma", extent=(0, t_end, 0, mel.shape[1]))
         ax.set_ylabel("mel band", fontsize=9)
         ax.set_xticks([])
-        same = "" if cached is None else f"; equal to the cached units: {np.array_equal(merged, cached)}"
+        same = ""
+        if cached is not None:  # espeak varies by a few samples when it has already spoken in this process
+            same = "; identical to the cached units" if np.array_equal(merged, cached) else (
+                f"; the cached units ({len(cached)}) differ slightly: espeak varies within a process")  # fmt: skip
         ax.set_title(f"Speech, transcript: {text}   ({len(audio) / sr:.2f} s, {len(mel)} frames of 10 ms, "
                      f"{len(merged)} merged units{same})", fontsize=10)  # fmt: skip
         ax = fig.add_subplot(sub[1])
