@@ -4,6 +4,7 @@ import json
 import socket
 import time
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -24,9 +25,9 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data-cache"))
 
 
-@pytest.fixture(scope="module")
-def modules(cache_dir):
-    """One set-up datamodule per setting, built with the network unavailable; prints the build time."""
+@contextmanager
+def no_network():
+    """Any socket connection attempted inside fails."""
     original = socket.socket.connect
 
     def refuse(*args, **kwargs):
@@ -34,7 +35,16 @@ def modules(cache_dir):
 
     socket.socket.connect = refuse
     try:
-        out = {}
+        yield
+    finally:
+        socket.socket.connect = original
+
+
+@pytest.fixture(scope="module")
+def modules(cache_dir):
+    """One set-up datamodule per setting, built with the network unavailable; prints the build time."""
+    out = {}
+    with no_network():
         for setting in SETTINGS:
             start = time.perf_counter()
             dm = MultiModalDataModule(setting=setting, cache_dir=cache_dir, **SMALL)
@@ -42,9 +52,22 @@ def modules(cache_dir):
             dm.setup("fit")
             print(f"{setting}: prepared and set up in {time.perf_counter() - start:.1f} s; {dm.stats()}")
             out[setting] = dm
-    finally:
-        socket.socket.connect = original
     return out
+
+
+def test_default_cache_builds_offline(tmp_path, capsys):
+    """The default three-modality corpus (every default source) builds with no network; the card is printed."""
+    start = time.perf_counter()
+    with no_network():
+        dm = MultiModalDataModule(setting="three_modality", cache_dir=str(tmp_path))
+        dm.prepare_data()
+        dm.setup("fit")
+    elapsed = time.perf_counter() - start
+    card = capsys.readouterr().out
+    with capsys.disabled():
+        print(f"\ndefault three_modality cache built in {elapsed:.1f} s\n{card}")
+    assert "Dataset card" in card and "janeaustenr" in card and "Asterisk" in card
+    assert len(dm.train_set) > 5000
 
 
 def first_batch(dm, loader: str = "train"):
