@@ -1,6 +1,6 @@
 """Prepare the data of the chosen settings, print each dataset card and the tokens per modality.
 
-    python -m datamodules [--settings all] [--seq-len 256] [--cache-dir .cache/data]
+python -m datamodules [--settings all] [--seq-len 256] [--cache-dir .cache/data]
 """
 
 import argparse

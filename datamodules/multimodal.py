@@ -150,18 +150,30 @@ class MultiModalDataModule(L.LightningDataModule):
         if setting not in SETTINGS:
             raise ValueError(f"unknown setting {setting!r}; valid choices are {list(SETTINGS)}")
         if seq_len < 2 or batch_size < 1 or val_sequences < 1:
-            raise ValueError(f"need seq_len >= 2, batch_size >= 1, val_sequences >= 1; got {seq_len}, "
-                             f"{batch_size}, {val_sequences}")  # fmt: skip
+            raise ValueError(
+                f"need seq_len >= 2, batch_size >= 1, val_sequences >= 1; got {seq_len}, {batch_size}, {val_sequences}"
+            )
         self.save_hyperparameters()
         self.setting, self.seq_len, self.batch_size, self.seed = setting, seq_len, batch_size, seed
         self.val_sequences, self.text_ratio, self.caption_first, self.cache_dir = (
-            val_sequences, text_ratio, caption_first, cache_dir)  # fmt: skip
+            val_sequences,
+            text_ratio,
+            caption_first,
+            cache_dir,
+        )
         self.params = PrepareParams(
-            text_vocab_size=text_vocab_size, image_patch=image_patch, image_codebook=image_codebook,
-            fashion_train_images=fashion_train_images, emoji=emoji, speech_units=speech_units,
-            speech_train_utterances=speech_train_utterances, speech_val_utterances=speech_val_utterances,
-            seed=data_seed, own_data=own_data, prefer_debian=prefer_debian,
-        )  # fmt: skip
+            text_vocab_size=text_vocab_size,
+            image_patch=image_patch,
+            image_codebook=image_codebook,
+            fashion_train_images=fashion_train_images,
+            emoji=emoji,
+            speech_units=speech_units,
+            speech_train_utterances=speech_train_utterances,
+            speech_val_utterances=speech_val_utterances,
+            seed=data_seed,
+            own_data=own_data,
+            prefer_debian=prefer_debian,
+        )
         if setting != "three_modality":  # speech is only built when it is used
             self.params = replace(self.params, speech_train_utterances=0, speech_val_utterances=0)
         self.corpus: Corpus | None = None
@@ -178,8 +190,10 @@ class MultiModalDataModule(L.LightningDataModule):
         self.corpus = load_corpus(prepare_corpus(self.params, self.cache_dir, verbose=False))
         c = self.corpus
         if self.setting == "three_modality" and c.speech_train is None:
-            raise ValueError("setting three_modality needs speech, and the prepared corpus has none "
-                             "(own data without audio documents?)")  # fmt: skip
+            raise ValueError(
+                "setting three_modality needs speech, and the prepared corpus has none "
+                "(own data without audio documents?)"
+            )
         self.vocab = JointVocab(
             text_size=c.tokenizer.get_vocab_size(),
             image_size=0 if self.continuous else sum(s.vq.codebook_size for s in c.images),
@@ -240,8 +254,10 @@ class MultiModalDataModule(L.LightningDataModule):
         if split != "train":
             packed = _first(packed, self.val_sequences)
         if len(packed) == 0 or (split == "train" and len(packed) < self.batch_size):
-            raise ValueError(f"{self.setting}/{split}: only {len(packed)} sequences of {self.seq_len}; "
-                             "the data are too small for this seq_len / batch_size")  # fmt: skip
+            raise ValueError(
+                f"{self.setting}/{split}: only {len(packed)} sequences of {self.seq_len}; "
+                "the data are too small for this seq_len / batch_size"
+            )
         return SequenceDataset(packed, self.vocab, self.seed, stream)
 
     def _text_documents(self, split: str, paired_tokens: int, rng: np.random.Generator) -> list[Document]:
@@ -265,8 +281,10 @@ class MultiModalDataModule(L.LightningDataModule):
                     keep = keep[np.random.default_rng(self.seed).permutation(len(keep))[:VAL_IMAGES_PER_SOURCE]]
                 block_len = src.codes.shape[1] + 2
                 if block_len > self.seq_len + 1:
-                    raise ValueError(f"seq_len={self.seq_len} is too short to hold one {src.name} image: it needs "
-                                     f"{block_len} positions with its markers")  # fmt: skip
+                    raise ValueError(
+                        f"seq_len={self.seq_len} is too short to hold one {src.name} image: it needs "
+                        f"{block_len} positions with its markers"
+                    )
                 patches = src.normalizer.encode(as_rgb(as_float(src.images[keep]))) if self.continuous else None
                 for j, i in enumerate(keep):
                     text_first = bool(rng.random() < self.caption_first)

@@ -163,10 +163,18 @@ def _build(folder: Path, p: PrepareParams) -> None:
     text_train, text_val = encode(text.train), encode(text.val)
     arrays = {"text_train": text_train, "text_val": text_val}
     times["text_s"] = time.perf_counter() - t
-    card: dict = {"sources": sources, "warnings": warns, "params": _params_dict(p), "text": {
-        "train_documents": len(text.train), "val_documents": len(text.val),
-        "train_tokens": text_train.total(), "val_tokens": text_val.total(),
-        "train_chars_per_token": sum(map(len, text.train)) / max(text_train.total(), 1)}}  # fmt: skip
+    card: dict = {
+        "sources": sources,
+        "warnings": warns,
+        "params": _params_dict(p),
+        "text": {
+            "train_documents": len(text.train),
+            "val_documents": len(text.val),
+            "train_tokens": text_train.total(),
+            "val_tokens": text_val.total(),
+            "train_chars_per_token": sum(map(len, text.train)) / max(text_train.total(), 1),
+        },
+    }
 
     t = time.perf_counter()
     card["images"] = []
@@ -175,16 +183,28 @@ def _build(folder: Path, p: PrepareParams) -> None:
         vq = PatchVQ.fit(s.images[train], patch=p.image_patch, codebook_size=p.image_codebook, seed=p.seed)
         norm = PatchNormalizer.fit(as_rgb(s.images[train]), p.image_patch)
         codes = vq.encode(s.images)
-        np.savez(folder / f"image{k}.npz", images=np.round(s.images * 255).astype(np.uint8), is_val=~train,
-                 codes=codes.astype(np.int16), name=np.array(s.source),
-                 **{f"vq_{n}": v for n, v in vq.state_dict().items()},
-                 **{f"norm_{n}": v for n, v in norm.state_dict().items()})  # fmt: skip
+        np.savez(
+            folder / f"image{k}.npz",
+            images=np.round(s.images * 255).astype(np.uint8),
+            is_val=~train,
+            codes=codes.astype(np.int16),
+            name=np.array(s.source),
+            **{f"vq_{n}": v for n, v in vq.state_dict().items()},
+            **{f"norm_{n}": v for n, v in norm.state_dict().items()},
+        )
         arrays[f"captions{k}"] = encode(s.captions)
-        card["images"].append({
-            "source": s.source, "train_images": int(train.sum()), "val_images": int((~train).sum()),
-            "image_shape": list(s.images.shape[1:]), "tokens_per_image": int(codes.shape[1]),
-            "vq_codebook": p.image_codebook, "vq_val_mse": vq.reconstruction_mse(s.images[~train]),
-            "pixel_variance": float(s.images[~train].var())})  # fmt: skip
+        card["images"].append(
+            {
+                "source": s.source,
+                "train_images": int(train.sum()),
+                "val_images": int((~train).sum()),
+                "image_shape": list(s.images.shape[1:]),
+                "tokens_per_image": int(codes.shape[1]),
+                "vq_codebook": p.image_codebook,
+                "vq_val_mse": vq.reconstruction_mse(s.images[~train]),
+                "pixel_variance": float(s.images[~train].var()),
+            }
+        )
     times["images_s"] = time.perf_counter() - t
 
     if loaded.speech_train or (not p.own_data and p.speech_train_utterances > 0):
@@ -192,8 +212,10 @@ def _build(folder: Path, p: PrepareParams) -> None:
         splits = _speech_splits(p, loaded, card["sources"], card["warnings"])
         card["speech"] = _build_speech(folder, p, splits, tok, arrays)
         times["speech_s"] = time.perf_counter() - t
-    np.savez(folder / "ragged.npz", **{f"{n}_{part}": getattr(r, part) for n, r in arrays.items()
-                                       for part in ("values", "offsets")})  # fmt: skip
+    np.savez(
+        folder / "ragged.npz",
+        **{f"{n}_{part}": getattr(r, part) for n, r in arrays.items() for part in ("values", "offsets")},
+    )
     card["build_time_s"] = {**times, "total_s": time.perf_counter() - start}
     (folder / "card.json").write_text(json.dumps(card, indent=1, default=float))
 
@@ -229,8 +251,12 @@ def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utteran
         split = _encode_speech(units, utts, tok, utts[0].source if utts else "")
         arrays[f"{name}_transcripts"], arrays[f"{name}_units"] = split.transcripts, split.units
         seconds = sum(u.duration for u in utts)
-        info[name] = {"utterances": len(utts), "minutes": seconds / 60, "units": split.units.total(),
-                      "units_per_second": split.units.total() / max(seconds, 1e-9)}  # fmt: skip
+        info[name] = {
+            "utterances": len(utts),
+            "minutes": seconds / 60,
+            "units": split.units.total(),
+            "units_per_second": split.units.total() / max(seconds, 1e-9),
+        }
     return info
 
 
@@ -257,23 +283,42 @@ def load_corpus(folder: str | Path) -> Corpus:
     folder = Path(folder)
     card = json.loads((folder / "card.json").read_text())
     with np.load(folder / "ragged.npz") as z:
-        ragged = {n[: -len("_values")]: Ragged(z[n], z[n[: -len("_values")] + "_offsets"]) for n in z.files
-                  if n.endswith("_values")}  # fmt: skip
+        ragged = {
+            n[: -len("_values")]: Ragged(z[n], z[n[: -len("_values")] + "_offsets"])
+            for n in z.files
+            if n.endswith("_values")
+        }
     images = []
     for k in range(len(card["images"])):
         with np.load(folder / f"image{k}.npz") as z:
             state = {n: z[n] for n in z.files}
-        images.append(ImageSource(str(state["name"]), state["images"], state["is_val"], ragged[f"captions{k}"],
-                                  state["codes"].astype(np.int64), PatchVQ.from_state(_prefixed(state, "vq_")),
-                                  PatchNormalizer.from_state(_prefixed(state, "norm_"))))  # fmt: skip
+        images.append(
+            ImageSource(
+                str(state["name"]),
+                state["images"],
+                state["is_val"],
+                ragged[f"captions{k}"],
+                state["codes"].astype(np.int64),
+                PatchVQ.from_state(_prefixed(state, "vq_")),
+                PatchNormalizer.from_state(_prefixed(state, "norm_")),
+            )
+        )
 
     def speech(name: str) -> SpeechSplit | None:
         if f"{name}_units" not in ragged:
             return None
         return SpeechSplit(ragged[f"{name}_transcripts"], ragged[f"{name}_units"], name)
 
-    return Corpus(load_tokenizer(folder / "tokenizer.json"), ragged["text_train"], ragged["text_val"], images,
-                  speech("speech_train"), speech("speech_val"), speech("speech_real_val"), card)  # fmt: skip
+    return Corpus(
+        load_tokenizer(folder / "tokenizer.json"),
+        ragged["text_train"],
+        ragged["text_val"],
+        images,
+        speech("speech_train"),
+        speech("speech_val"),
+        speech("speech_real_val"),
+        card,
+    )
 
 
 def _prefixed(state: dict, prefix: str) -> dict:
@@ -286,16 +331,22 @@ def format_card(card: dict) -> str:
     lines = ["Dataset card", "  sources:"] + [f"    - {s}" for s in card["sources"]]
     lines += [f"  warning: {w}" for w in card["warnings"]]
     t = card["text"]
-    lines.append(f"  text: {t['train_documents']} train / {t['val_documents']} val documents, {t['train_tokens']:,} / "
-                 f"{t['val_tokens']:,} BPE tokens ({t['train_chars_per_token']:.2f} chars/token)")  # fmt: skip
+    lines.append(
+        f"  text: {t['train_documents']} train / {t['val_documents']} val documents, {t['train_tokens']:,} / "
+        f"{t['val_tokens']:,} BPE tokens ({t['train_chars_per_token']:.2f} chars/token)"
+    )
     for im in card["images"]:
-        lines.append(f"  images {im['source']}: {im['train_images']} train / {im['val_images']} val, "
-                     f"{im['tokens_per_image']} codes each (K={im['vq_codebook']}), VQ val MSE "
-                     f"{im['vq_val_mse']:.4f} (pixel variance {im['pixel_variance']:.3f})")  # fmt: skip
+        lines.append(
+            f"  images {im['source']}: {im['train_images']} train / {im['val_images']} val, "
+            f"{im['tokens_per_image']} codes each (K={im['vq_codebook']}), VQ val MSE "
+            f"{im['vq_val_mse']:.4f} (pixel variance {im['pixel_variance']:.3f})"
+        )
     for name, s in card.get("speech", {}).items():
         if isinstance(s, dict):
-            lines.append(f"  {name}: {s['utterances']} utterances, {s['minutes']:.1f} min, {s['units']:,} units "
-                         f"({s['units_per_second']:.1f} units/s)")  # fmt: skip
+            lines.append(
+                f"  {name}: {s['utterances']} utterances, {s['minutes']:.1f} min, {s['units']:,} units "
+                f"({s['units_per_second']:.1f} units/s)"
+            )
     b = card["build_time_s"]
     lines.append("  build time: " + ", ".join(f"{k} {v:.1f}s" for k, v in b.items()))
     return "\n".join(lines)

@@ -16,8 +16,15 @@ from datamodules.sequences import cosine_alpha_bar
 from datamodules.vocab import BOA, BOI, EOA, EOI, IGNORE, PAD, PATCH
 
 # Small enough to build in seconds, real sources all the same.
-SMALL = dict(seq_len=128, batch_size=4, text_vocab_size=1024, fashion_train_images=2000, speech_train_utterances=150,
-             speech_val_utterances=30, val_sequences=8)  # fmt: skip
+SMALL = dict(
+    seq_len=128,
+    batch_size=4,
+    text_vocab_size=1024,
+    fashion_train_images=2000,
+    speech_train_utterances=150,
+    speech_val_utterances=30,
+    val_sequences=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -190,19 +197,30 @@ def test_own_data_uses_the_same_code_path(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
     (tmp_path / "wav").mkdir()
-    lines = [{"text": f"passage number {i} about gardens, weather and tea.", "split": "val" if i < 4 else "train"}
-             for i in range(40)]  # fmt: skip
+    lines = [
+        {"text": f"passage number {i} about gardens, weather and tea.", "split": "val" if i < 4 else "train"}
+        for i in range(40)
+    ]
     for i in range(60):
         np.save(tmp_path / "img" / f"{i}.npy", (rng.random((8, 8)) * 255).astype(np.uint8))
         lines.append({"text": f"a square number {i}", "image": f"img/{i}.npy", "split": "val" if i < 6 else "train"})
     for i in range(30):
         t = np.arange(8000) / 16000
         np.save(tmp_path / "wav" / f"{i}.npy", (0.3 * np.sin(2 * np.pi * (200 + 20 * i) * t)).astype(np.float32))
-        lines.append({"text": f"tone {i}", "audio": f"wav/{i}.npy", "sample_rate": 16000,
-                      "split": "val" if i < 4 else "train"})  # fmt: skip
+        lines.append(
+            {"text": f"tone {i}", "audio": f"wav/{i}.npy", "sample_rate": 16000, "split": "val" if i < 4 else "train"}
+        )
     (tmp_path / "documents.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    own = dict(own_data=str(tmp_path), cache_dir=str(tmp_path / "cache"), seq_len=64, batch_size=2,
-               text_vocab_size=300, image_codebook=16, speech_units=8, val_sequences=2)  # fmt: skip
+    own = dict(
+        own_data=str(tmp_path),
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=64,
+        batch_size=2,
+        text_vocab_size=300,
+        image_codebook=16,
+        speech_units=8,
+        val_sequences=2,
+    )
     for setting in ("chameleon", "three_modality"):
         dm = MultiModalDataModule(setting=setting, **own)
         dm.prepare_data()
