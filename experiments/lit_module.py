@@ -1,0 +1,149 @@
+"""`LitMultiModalLM`: one LightningModule body for the four arms (mamba, mom, transformer, mot).
+
+One `_shared_step` computes the per-modality losses (experiments/losses.py) for training and validation. The
+optimiser (AdamW, linear warmup then cosine decay, no weight decay on biases, norms, A_log and D) and the schedule
+depend only on hyperparameters shared by every arm of a comparison.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import grad_norm
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from datamodules.vocab import MODALITY_NAMES
+from experiments.losses import multimodal_losses
+from models import ModelConfig, build_model
+from models.layers import ModalityRMSNorm
+
+
+class NonFiniteLoss(RuntimeError):
+    """A training loss became NaN or infinite; the message names the step and the modality."""
+
+
+class LitMultiModalLM(L.LightningModule):
+    """Training and validation of one arm.
+
+    Args:
+        arch: "mamba", "mom", "transformer" or "mot".
+        scale: a named scale of ModelConfig ("tiny", "small", "163m", ...).
+        vocab_size, n_modalities, patch_dim: from the datamodule (state them once: LightningCLI links them).
+        lr: peak learning rate; min_lr_ratio: the cosine decays to lr * min_lr_ratio at the trainer's max_steps.
+        warmup_steps: linear warmup from 0.
+        weight_decay, betas: AdamW.
+        diffusion_weight: λ in the Transfusion total L_text + λ·L_image.
+        model_overrides: any ModelConfig field to override (e.g. {"d_model": 64}).
+        val_names: names of the validation dataloaders, in order (the datamodule's `val_sets`).
+    """
+
+    def __init__(
+        self,
+        arch: str = "mamba",
+        scale: str = "tiny",
+        vocab_size: int = 4096,
+        n_modalities: int = 2,
+        patch_dim: int = 0,
+        lr: float = 2e-3,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 20,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        diffusion_weight: float = 5.0,
+        model_overrides: dict | None = None,
+        val_names: tuple[str, ...] = ("val",),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = ModelConfig.from_scale(
+            scale,
+            arch=arch,
+            vocab_size=vocab_size,
+            n_modalities=n_modalities,
+            patch_dim=patch_dim,
+            **(model_overrides or {}),
+        )
+        self.model = build_model(self.cfg)
+        self.modalities = MODALITY_NAMES[:n_modalities]
+        self.val_metrics = nn.ModuleDict(
+            {f"{v}_{m}": MeanMetric(nan_strategy="ignore") for v in val_names for m in self.modalities}
+        )
+        self.register_buffer("tokens_seen", torch.zeros(n_modalities, dtype=torch.long), persistent=True)
+
+    def forward(self, batch: dict[str, Tensor]):
+        return self.model(
+            batch["tokens"],
+            batch["modality_ids"],
+            batch.get("patches"),
+            batch.get("patch_mask"),
+            batch.get("timesteps"),
+        )
+
+    def _shared_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = self(batch)
+        return multimodal_losses(
+            out.logits, batch, self.cfg.n_modalities, out.patch_pred, self.hparams.diffusion_weight
+        )
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self._shared_step(batch)
+        for name, value in losses.items():
+            if value.isnan() and name != "loss":
+                continue  # modality absent from this batch
+            if not torch.isfinite(value):
+                raise NonFiniteLoss(f"non-finite training loss at step {self.global_step}: {name} = {value.item()}")
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+        self.tokens_seen += torch.bincount(batch["modality_ids"].flatten(), minlength=self.cfg.n_modalities)
+        for m, name in enumerate(self.modalities):
+            self.log(f"tokens/{name}", self.tokens_seen[m].float(), on_step=True, on_epoch=False)
+        self.log("optim/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        losses = self._shared_step(batch)
+        val_name = self.hparams.val_names[dataloader_idx]
+        for m, name in enumerate(self.modalities):
+            weight = (batch["target_modality"] == m).sum()
+            if name == "image" and "patch_mask" in batch:
+                weight = batch["patch_mask"].sum()
+            if weight > 0:
+                self.val_metrics[f"{val_name}_{name}"].update(losses[f"loss_{name}"], weight)
+
+    def on_validation_epoch_end(self) -> None:
+        for key, metric in self.val_metrics.items():
+            if metric.update_count:
+                val_name, modality = key.rsplit("_", 1)
+                self.log(f"{val_name}/loss_{modality}", metric.compute())
+            metric.reset()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.log("optim/grad_norm", grad_norm(self, norm_type=2)["grad_2.0_norm_total"], on_step=True)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        norm_params = {id(p) for m in self.modules() if isinstance(m, ModalityRMSNorm) for p in m.parameters()}
+        for p in self.parameters():
+            skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False) or id(p) in norm_params
+            (no_decay if skip else decay).append(p)
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear from 0 to 1 over `warmup` steps, then cosine to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
