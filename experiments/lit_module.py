@@ -88,14 +88,23 @@ class LitMultiModalLM(L.LightningModule):
             out.logits, batch, self.cfg.n_modalities, out.patch_pred, self.hparams.diffusion_weight
         )
 
+    def _positions(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Positions that each modality's loss averages over in this batch (targets; patches for Transfusion)."""
+        counts = {name: (batch["target_modality"] == m).sum() for m, name in enumerate(self.modalities)}
+        if "patch_mask" in batch:
+            counts["image"] = batch["patch_mask"].sum()
+        return counts
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self._shared_step(batch)
-        for name, value in losses.items():
-            if value.isnan() and name != "loss":
-                continue  # modality absent from this batch
-            if not torch.isfinite(value):
-                raise NonFiniteLoss(f"non-finite training loss at step {self.global_step}: {name} = {value.item()}")
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+        present = {f"loss_{name}" for name, n in self._positions(batch).items() if n > 0} | {"loss"}
+        for name in sorted(present, key=lambda k: k == "loss"):  # modalities first: name the culprit
+            if not torch.isfinite(losses[name]):
+                raise NonFiniteLoss(
+                    f"non-finite training loss at step {self.global_step}: {name} = {losses[name].item()}"
+                )
+        for name in present:
+            self.log(f"train/{name}", losses[name], on_step=True, on_epoch=False, prog_bar=name == "loss")
         self.tokens_seen += torch.bincount(batch["modality_ids"].flatten(), minlength=self.cfg.n_modalities)
         for m, name in enumerate(self.modalities):
             self.log(f"tokens/{name}", self.tokens_seen[m].float(), on_step=True, on_epoch=False)
@@ -105,10 +114,7 @@ class LitMultiModalLM(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         losses = self._shared_step(batch)
         val_name = self.hparams.val_names[dataloader_idx]
-        for m, name in enumerate(self.modalities):
-            weight = (batch["target_modality"] == m).sum()
-            if name == "image" and "patch_mask" in batch:
-                weight = batch["patch_mask"].sum()
+        for name, weight in self._positions(batch).items():
             if weight > 0:
                 self.val_metrics[f"{val_name}_{name}"].update(losses[f"loss_{name}"], weight)
 
