@@ -462,5 +462,6 @@ def selective_scan(
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    chunk = _chunk_len(L, batch * A.numel() * ct.itemsize)
+    # int(): under torch.jit tracing (fvcore's FLOP count) sizes are traced values, which apply() cannot take.
+    chunk = int(_chunk_len(int(L), int(batch * A.numel() * ct.itemsize)))
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct)

@@ -1,0 +1,299 @@
+"""FLOPs per token: the analytic formula every plot uses, and an fvcore counter that cross-checks it.
+
+The convention (DESIGN.md §6, STYLE.md §4.5), the project's contract; it never changes mid-study:
+
+* FLOPs = 2 × multiply-accumulates (MACs). fvcore counts one MAC as one flop, so its counts are multiplied by 2.
+* Training FLOPs = 3 × forward FLOPs (backward ≈ 2 × forward; activation recompute is not counted).
+* Matmuls: every projection a token passes through, 2·in·out per token (mixture arms: one expert per token, so
+  `mom` and `mot` have exactly their dense baseline's FLOPs per token). Biases are not counted.
+* Attention scores are counted for the full L×L, no causal halving (PaLM, nanoGPT, torchtitan): QK^T and AV are
+  2·L·d MACs, i.e. 4·L·d FLOPs, per token per layer.
+* Embedding lookups are free. The output heads are counted: the LM head at every position, the patch head (and the
+  patch input projection and timestep MLP) at patch positions only.
+* The selective scan's elementwise work is counted, per call with u (B, E, L) and A (E, N):
+  per element of (B, E, L, N), SCAN_FLOPS_PER_STATE = 7:
+  Δ·A 1 + exp 1 (discretise a = exp(Δ·A)), (Δu)·B 1 (input term b), h = a·h + b 2 (one MAC), y += C·h 2 (one MAC);
+  per element of (B, E, L), SCAN_FLOPS_PER_CHANNEL = 6:
+  softplus(Δ) 1, Δ·u 1, D skip y + D·u 2 (one MAC), gate y·silu(z) 2 (silu 1, product 1).
+  Both the analytic formula and the fvcore handle use `scan_flops`, which is the only place these numbers live.
+  They describe the scan as MambaMixer calls it (D, z and delta_softplus always on).
+* The depthwise causal conv is counted: 2·d_conv·E per token per Mamba block, for the L outputs that are kept (the
+  padded nn.Conv1d also computes d_conv - 1 outputs per sequence that it discards; they are not counted).
+* Not counted, as fvcore ignores them too: norms, activations outside the scan (SiLU after the conv, SwiGLU's
+  gate), residual adds, rotary embeddings, the sinusoidal timestep embedding, softmax, and A = -exp(A_log).
+  Routing (sort, gather, unsort) has no arithmetic and is free.
+
+Shapes: B batch, L sequence, D d_model, E d_inner, N d_state, R dt_rank, H heads, K head_dim, V vocab, P patch_dim.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models import scan as scan_module
+from models.config import ModelConfig
+from models.lm import MultiModalLM
+from models.mamba import MambaMixer
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # fvcore.nn's import calls the deprecated torch.jit.script
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import conv_flop_jit, get_shape
+
+SCAN_FLOPS_PER_STATE = 7  # per (B, E, L, N): Δ·A, exp, (Δu)·B, a·h + b (2), C·h accumulated (2)
+SCAN_FLOPS_PER_CHANNEL = 6  # per (B, E, L): softplus(Δ), Δ·u, y + D·u (2), y·silu(z) (2)
+
+# fvcore's name for the scan: torch.jit traces a torch.autograd.Function as "prim::PythonOp.<class name>".
+SCAN_OP = "prim::PythonOp._SelectiveScanFn"
+SDPA_OP = "aten::scaled_dot_product_attention"
+CONV_OP = "aten::_convolution"
+
+# Ops fvcore leaves unpriced that the convention does not count. Anything else unpriced is an error.
+IGNORED_OPS: dict[str, str] = {
+    # free by convention
+    "aten::embedding": "embedding lookups are free; also the per-modality norm-scale gather",
+    "aten::masked_scatter": "places patch embeddings into the sequence; data movement",
+    "aten::pad": "zero padding of the timestep embedding",
+    # routing: no arithmetic
+    "prim::PythonOp._PermuteRows": "modality routing's row permutation (index_select)",
+    "aten::argsort": "modality routing's sort of the tokens",
+    "aten::index_select": "modality routing's gather",
+    "aten::bincount": "modality routing's per-modality counts",
+    "aten::aminmax": "input validation",
+    "aten::numel": "shape arithmetic",
+    "aten::empty_like": "allocation",
+    "aten::zero_": "initialisation of a buffer",
+    "aten::arange": "index construction",
+    # elementwise work outside the scan, not counted (norms, activations, residuals, rotary, timestep embedding)
+    "aten::rms_norm": "norms are not counted",
+    "aten::silu": "activation outside the scan (conv output, SwiGLU gate, timestep MLP)",
+    "aten::mul": "elementwise product (SwiGLU gate, rotary, norm scale)",
+    "aten::add": "residual adds, rotary",
+    "aten::neg": "rotary rotate-half; A = -exp(A_log)",
+    "aten::exp": "A = -exp(A_log) (per parameter, not per token); timestep frequencies",
+    "aten::div": "timestep / rotary frequencies",
+    "aten::pow": "rotary inverse frequencies",
+    "aten::reciprocal": "rotary inverse frequencies",
+    "aten::outer": "rotary angle table: L·K/2 products of positions and frequencies, independent of the model",
+    "aten::cos": "rotary / timestep tables",
+    "aten::sin": "rotary / timestep tables",
+    # recorded by the tracer from inside _SelectiveScanFn.forward; the scan's work is priced once by its handle
+    "aten::softplus": "inside the scan (priced by the scan handle)",
+    "aten::exp2_": "inside the scan (priced by the scan handle)",
+    "aten::addcmul_": "inside the scan (priced by the scan handle)",
+    "aten::mul_": "inside the scan (priced by the scan handle)",
+    "aten::exp2": "inside the scan (priced by the scan handle)",
+    "aten::sigmoid": "inside the scan (priced by the scan handle)",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Analytic
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def scan_flops(batch: int, d_inner: int, seq_len: int, d_state: int) -> int:
+    """FLOPs of one selective scan over u (batch, d_inner, seq_len) with A (d_inner, d_state); see the docstring."""
+    return batch * d_inner * seq_len * (SCAN_FLOPS_PER_STATE * d_state + SCAN_FLOPS_PER_CHANNEL)
+
+
+@dataclass(frozen=True)
+class FlopReport:
+    """Forward FLOPs per token by part; see the module docstring for the convention."""
+
+    matmul: int  # block projections and MLP (mixture arms: one expert per token)
+    attention: int  # QK^T and AV over the full L×L; 0 for Mamba
+    scan: int  # selective-scan elementwise work; 0 for transformers
+    conv: int  # depthwise causal conv; 0 for transformers
+    head: int  # LM head, at every position
+    patch: float = 0.0  # patch projection + timestep MLP + patch head, times the fraction of patch positions
+
+    @property
+    def forward_per_token(self) -> float:
+        return self.matmul + self.attention + self.scan + self.conv + self.head + self.patch
+
+    @property
+    def train_per_token(self) -> float:
+        return 3 * self.forward_per_token
+
+
+def analytic_flops(cfg: ModelConfig, seq_len: int, patch_fraction: float = 0.0) -> FlopReport:
+    """Forward FLOPs per token of `MultiModalLM(cfg)` on sequences of `seq_len`.
+
+    Args:
+        cfg: the architecture. A sparse arm gives exactly its dense baseline's numbers.
+        seq_len: L, the attention span (transformers); Mamba's FLOPs per token do not depend on it.
+        patch_fraction: fraction of positions that carry an image patch (Transfusion); needs cfg.patch_dim > 0.
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if not 0.0 <= patch_fraction <= 1.0:
+        raise ValueError(f"patch_fraction must be in [0, 1], got {patch_fraction}")
+    if patch_fraction and not cfg.patch_dim:
+        raise ValueError("patch_fraction > 0 needs a model with patch layers (cfg.patch_dim > 0)")
+    d, n_block = cfg.d_model, cfg.n_block
+    attention = scan = conv = 0
+    if cfg.family == "mamba":
+        E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank_value
+        # in_proj D -> 2E, x_proj E -> R + 2N, dt_proj R -> E, out_proj E -> D
+        matmul = n_block * 2 * (d * 2 * E + E * (R + 2 * N) + R * E + E * d)
+        conv = n_block * 2 * cfg.d_conv * E
+        scan = n_block * scan_flops(1, E, 1, N)
+    else:
+        # Wq, Wk, Wv, Wo (D -> D) and SwiGLU's w1, w3 (D -> F), w2 (F -> D)
+        matmul = n_block * 2 * (4 * d * d + 3 * d * cfg.mlp_hidden)
+        attention = n_block * 2 * 2 * seq_len * d  # QK^T and AV, L·d MACs each per token
+    head = 2 * d * cfg.vocab_size
+    patch = 0.0
+    if cfg.patch_dim:
+        P = cfg.patch_dim
+        # patch_in P -> D, time MLP D -> D -> D, patch_head D -> P, at patch positions only
+        patch = patch_fraction * 2 * (P * d + 2 * d * d + d * P)
+    return FlopReport(matmul=matmul, attention=attention, scan=scan, conv=conv, head=head, patch=patch)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, patch_fraction: float = 0.0) -> int:
+    """Training FLOPs per token (3 × forward) under the convention: the number every plot and MFU uses."""
+    return round(analytic_flops(cfg, seq_len, patch_fraction).train_per_token)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fvcore counter
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _shape(value: Any) -> list[int]:
+    shape = get_shape(value)
+    if shape is None:
+        raise ValueError("fvcore handle: an input has no complete shape in the traced graph")
+    return list(shape)
+
+
+def scan_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """fvcore handle for `_SelectiveScanFn`: `scan_flops` of its u (B, E, L) and A (E, N), in fvcore units (MACs)."""
+    batch, d_inner, seq_len = _shape(inputs[0])
+    d_state = _shape(inputs[2])[1]
+    return Counter({"selective_scan": scan_flops(batch, d_inner, seq_len, d_state) / 2})
+
+
+def sdpa_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """fvcore handle for SDPA: q (.., L, K), k (.., S, K), v (.., S, Kv) -> L·S·K (QK^T) + L·S·Kv (AV) MACs per head.
+
+    The full L×S score matrix is counted, whatever the mask (no causal halving).
+    """
+    q, k, v = (_shape(x) for x in inputs[:3])
+    *lead, L, K = q
+    S, Kv = k[-2], v[-1]
+    heads = 1
+    for n in lead:
+        heads *= n
+    return Counter({"scaled_dot_product_attention": heads * L * S * (K + Kv)})
+
+
+def conv_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """fvcore handle for 1-D convolutions: MACs for one output per input position (the kept causal outputs).
+
+    MambaMixer's nn.Conv1d pads d_conv - 1 on both sides and keeps the first L outputs; fvcore's default would also
+    price the d_conv - 1 discarded ones. Other convolutions fall back to fvcore's handle.
+    """
+    x, w = _shape(inputs[0]), _shape(inputs[1])
+    transposed = inputs[6].toIValue()
+    if len(x) != 3 or transposed:
+        return conv_flop_jit(inputs, outputs)
+    batch, _, length = x
+    n_weight = 1
+    for n in w:
+        n_weight *= n  # C_out · C_in / groups · kernel
+    return Counter({"conv": batch * length * n_weight})
+
+
+@dataclass(frozen=True)
+class CountedFlops:
+    """Forward FLOPs counted by fvcore on one batch (already × 2, i.e. in FLOPs, not MACs)."""
+
+    total: int
+    per_token: float  # total / (B · L)
+    by_operator: dict[str, int]
+    unsupported: dict[str, int]  # ops fvcore left unpriced, with their number of calls; all are in IGNORED_OPS
+
+
+class _TraceAdapter(nn.Module):
+    """Positional tensors in, a tuple of tensors out: what torch.jit.trace (and so fvcore) needs."""
+
+    def __init__(self, model: MultiModalLM, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(**dict(zip(self.names, tensors, strict=True)))
+        return (out.logits,) if out.patch_pred is None else (out.logits, out.patch_pred)
+
+
+@contextmanager
+def countable_scan(model: nn.Module) -> Iterator[None]:
+    """Run every Mamba mixer on the "torch" scan (one traced op, `SCAN_OP`) while fvcore traces the model.
+
+    The "ref" backend would trace as L copies of its per-step einsum, and the "cuda" one is not on this path.
+    """
+    mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
+    backends = [m.scan_backend for m in mixers]
+    try:
+        for m in mixers:
+            m.scan_backend = "torch"
+        yield
+    finally:
+        for m, backend in zip(mixers, backends, strict=True):
+            m.scan_backend = backend
+
+
+class _Scan(nn.Module):
+    def forward(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor) -> Tensor:
+        return scan_module.selective_scan(u, delta, A, B, C, D=D, z=z, delta_softplus=True, backend="torch")
+
+
+def count_scan_flops(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor) -> int:
+    """FLOPs fvcore (× 2, with `scan_handle`) gives one selective_scan call, made as MambaMixer makes it."""
+    analysis = FlopCountAnalysis(_Scan(), (u, delta, A, B, C, D, z)).set_op_handle(SCAN_OP, scan_handle)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with countable_scan(nn.Module()), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return round(2 * analysis.total())
+
+
+BATCH_KEYS = ("tokens", "modality_ids", "patches", "patch_mask", "timesteps")
+
+
+def count_flops(model: MultiModalLM, batch: dict[str, Tensor], strict: bool = True) -> CountedFlops:
+    """Forward FLOPs of `model` on `batch`, counted by fvcore with handles for the scan, SDPA and the causal conv.
+
+    Args:
+        model: the model; its Mamba mixers are traced on the "torch" scan backend, whatever they are set to.
+        batch: tokens (B, L) and optionally modality_ids, patches, patch_mask, timesteps; other keys are ignored.
+        strict: raise if fvcore leaves an op unpriced that IGNORED_OPS does not list (nothing silently counts zero).
+
+    Returns:
+        CountedFlops, in FLOPs (fvcore's MAC counts × 2).
+    """
+    names = tuple(k for k in BATCH_KEYS if batch.get(k) is not None)
+    inputs = tuple(batch[k] for k in names)
+    tokens = batch["tokens"]
+    analysis = FlopCountAnalysis(_TraceAdapter(model, names), inputs)
+    analysis.set_op_handle(SCAN_OP, scan_handle, SDPA_OP, sdpa_handle, CONV_OP, conv_handle)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with countable_scan(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes turned into constants: fine for one batch
+        by_operator = {op: round(2 * n) for op, n in analysis.by_operator().items()}
+        unsupported = dict(analysis.unsupported_ops())
+    unknown = sorted(set(unsupported) - set(IGNORED_OPS))
+    if strict and unknown:
+        raise ValueError(f"fvcore left ops unpriced that the FLOPs convention does not cover: {unknown}")
+    total = sum(by_operator.values())
+    return CountedFlops(total=total, per_token=total / tokens.numel(), by_operator=by_operator, unsupported=unsupported)
