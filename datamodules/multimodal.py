@@ -53,22 +53,24 @@ VAL_IMAGES_PER_SOURCE = 300
 class EpochSampler(Sampler):
     """Yields (epoch, index) pairs: a permutation drawn from (seed, epoch), or the fixed order when not shuffling.
 
-    Lightning calls `set_epoch` at every epoch start (also after a resume), so an epoch's order and noise do not
-    depend on how the run got there.
+    Lightning calls `set_epoch` at every epoch start, so an epoch's order and noise do not depend on how the run got
+    there. `skip` drops the first items of the epoch: a run resumed mid-epoch continues exactly where it stopped.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+    def __init__(self, n: int, seed: int, shuffle: bool, epoch: int = 0, skip: int = 0) -> None:
+        self.n, self.seed, self.shuffle, self.epoch, self.skip = n, seed, shuffle, epoch, skip
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.skip = 0  # a resumed epoch skips what it had done; the next one starts at its beginning
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else range(self.n)
-        return ((self.epoch, int(i)) for i in order)
+        return ((self.epoch, int(i)) for i in list(order)[self.skip :])
 
 
 class SequenceDataset(Dataset):
@@ -206,7 +208,12 @@ class MultiModalDataModule(L.LightningDataModule):
         self.sources = c.card["sources"]
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True)
+        epoch, skip = 0, 0
+        if self.trainer is not None:  # resuming: Lightning has restored the step counter before asking for data
+            per_epoch = len(self.train_set) // self.batch_size
+            epoch, done = divmod(self.trainer.global_step, per_epoch)
+            skip = done * self.batch_size
+        sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True, epoch=epoch, skip=skip)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -1,0 +1,238 @@
+"""One run = one (setting, arm, scale, seed), in its own folder that holds everything the analysis needs.
+
+    runs/<setting>/<scale>/<arm>/seed<k>/
+        config.json        resolved configuration (model, data, optimisation, trainer)
+        metrics.csv        one row per logged step (CSVLogger)
+        tb/                TensorBoard events
+        checkpoints/       last.ckpt (resume point)
+        summary.json       params, FLOPs per token (analytic and fvcore), backend, versions, final losses, status
+
+A finished run is never overwritten: running it again is a no-op that says so. An interrupted run resumes from its
+last checkpoint and ends where an uninterrupted run would. A non-finite loss marks the run failed, with the step
+and the modality in the reason, and raises no further (so a sweep goes on with its other runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from analysis.flops import analytic_flops, count_flops
+from datamodules.multimodal import MultiModalDataModule
+from datamodules.vocab import PATCH
+from experiments.lit_module import LitMultiModalLM, NonFiniteLoss
+
+
+def run_dir(root: str | Path, setting: str, scale: str, arm: str, seed: int) -> Path:
+    return Path(root) / setting / scale / arm / f"seed{seed}"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_summary(folder: Path) -> dict | None:
+    path = folder / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class RunRecorder(L.Callback):
+    """Logs cumulative FLOPs, throughput and wall-clock every step; writes summary.json at the start and the end."""
+
+    def __init__(self, folder: Path, summary: dict) -> None:
+        self.folder, self.summary = folder, summary
+        self.start = time.perf_counter()
+        self.earlier: list[dict] = []  # metrics.csv rows of earlier attempts, kept across a resume
+
+    def on_train_start(self, trainer, lit) -> None:
+        self.start = time.perf_counter() - self.summary.get("wall_clock_s", 0.0)  # resumed runs keep their clock
+        self.step_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
+        tokens = batch["tokens"].numel()
+        now = time.perf_counter()
+        lit.log("flops", float(trainer.global_step * self.summary["train_flops_per_step"]), on_step=True)
+        lit.log("speed/tokens_per_s", tokens / max(now - self.step_start, 1e-9), on_step=True)
+        lit.log("time/wall_s", now - self.start, on_step=True)
+        self.step_start = now
+
+    def on_validation_epoch_end(self, trainer, lit) -> None:
+        self.summary["wall_clock_s"] = time.perf_counter() - self.start
+
+    def finish(self, trainer, lit, status: str, reason: str | None = None) -> None:
+        _merge_metrics(self.folder, self.earlier)
+        self.summary.update(
+            status=status, reason=reason, wall_clock_s=time.perf_counter() - self.start, steps=trainer.global_step
+        )
+        self.summary["final_val_loss"] = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val") and "/loss_" in k
+        }
+        write_json(self.folder / "summary.json", self.summary)
+
+
+def train_run(
+    setting: str,
+    arm: str,
+    scale: str = "tiny",
+    seed: int = 0,
+    max_steps: int = 250,
+    root: str | Path = "runs",
+    val_every: int = 10,
+    data: dict | None = None,
+    module: dict | None = None,
+    trainer: dict | None = None,
+) -> dict:
+    """Train one run to max_steps (resuming if interrupted); returns its summary.
+
+    Args:
+        setting, arm, scale, seed: what the run is.
+        max_steps: optimiser steps (the schedule decays to its floor at max_steps).
+        root: where run folders live.
+        val_every: validate every this many steps.
+        data: extra MultiModalDataModule arguments (identical for every arm of a comparison).
+        module: extra LitMultiModalLM arguments (lr, warmup_steps, model_overrides, ...).
+        trainer: extra lightning.Trainer arguments (accelerator, devices, precision, strategy, ...).
+    """
+    folder = run_dir(root, setting, scale, arm, seed)
+    previous = read_summary(folder)
+    if previous and previous.get("status") == "finished":
+        print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
+        return previous
+    folder.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = MultiModalDataModule(setting=setting, seed=seed, **(data or {}))
+    dm.prepare_data()
+    dm.setup("fit")
+    lit = LitMultiModalLM(
+        arch=arm,
+        scale=scale,
+        vocab_size=dm.vocab_size,
+        n_modalities=dm.n_modalities,
+        patch_dim=dm.patch_dim,
+        val_names=tuple(dm.val_sets),
+        **(module or {}),
+    )
+    summary = _summary_start(folder, lit, dm, setting, arm, scale, seed, previous)
+    write_json(folder / "summary.json", summary)
+    recorder = RunRecorder(folder, summary)
+    ckpt = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, every_n_train_steps=val_every, save_top_k=0)
+    settings = dict(
+        max_steps=max_steps,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,
+        gradient_clip_val=1.0,
+        accelerator="cpu",
+        deterministic=True,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    settings.update(trainer or {})
+    if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
+        settings.setdefault("precision", "bf16-mixed")
+    extra_callbacks = settings.pop("callbacks", [])
+    pl_trainer = L.Trainer(
+        default_root_dir=folder,
+        callbacks=[recorder, ckpt, *extra_callbacks],
+        logger=[CSVLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version="tb")],
+        **settings,
+    )
+    write_json(
+        folder / "config.json",
+        {
+            "setting": setting,
+            "arm": arm,
+            "scale": scale,
+            "seed": seed,
+            "max_steps": max_steps,
+            "val_every": val_every,
+            "model": lit.cfg.to_dict(),
+            "data": dict(dm.hparams),
+            "module": dict(lit.hparams),
+            "trainer": settings,
+        },
+    )
+    last = folder / "checkpoints" / "last.ckpt"
+    recorder.earlier = _metrics_before(folder, last)
+    try:
+        pl_trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
+    except NonFiniteLoss as exc:
+        recorder.finish(pl_trainer, lit, "failed", str(exc))
+        print(f"{folder}: failed - {exc}")
+        return recorder.summary
+    except Exception as exc:  # a crash: recorded, and the next call resumes from the last checkpoint
+        recorder.finish(pl_trainer, lit, "crashed", f"{type(exc).__name__}: {exc}")
+        raise
+    if pl_trainer.global_step < max_steps:  # stopped early (a callback asked to stop): resumable
+        reason = f"stopped at step {pl_trainer.global_step}; run again to resume"
+        recorder.finish(pl_trainer, lit, "interrupted", reason)
+        return recorder.summary
+    recorder.finish(pl_trainer, lit, "finished")
+    return recorder.summary
+
+
+def _metrics_before(folder: Path, last: Path) -> list[dict]:
+    """Rows of metrics.csv logged before the checkpoint a resumed run restarts from (the logger rewrites the file)."""
+    path = folder / "metrics.csv"
+    if not (last.exists() and path.exists()):
+        return []
+    resume_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if row.get("step") and int(row["step"]) < resume_step]
+
+
+def _merge_metrics(folder: Path, earlier: list[dict]) -> None:
+    """metrics.csv = the rows from before the resume point + the rows of this attempt (atomic rewrite)."""
+    path = folder / "metrics.csv"
+    if not earlier or not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = earlier + list(csv.DictReader(f))
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = path.with_name(".metrics.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _summary_start(folder, lit, dm, setting, arm, scale, seed, previous) -> dict:
+    """The summary fields known before training: sizes, FLOPs (analytic and counted), backend, versions."""
+    batch = next(iter(dm.train_dataloader()))
+    patch_fraction = float((batch["tokens"] == PATCH).float().mean())
+    analytic = analytic_flops(lit.cfg, dm.seq_len, patch_fraction=patch_fraction)
+    counted = count_flops(lit.model, batch)
+    total, active = lit.model.param_count()
+    tokens_per_step = dm.batch_size * dm.seq_len
+    return {
+        **(previous or {}),
+        "arm": arm,
+        "setting": setting,
+        "scale": scale,
+        "seed": seed,
+        "status": "running",
+        "params_total": total,
+        "params_active": active,
+        "flops_per_token": 3 * counted.per_token,
+        "flops_per_token_analytic": analytic.train_per_token,
+        "train_flops_per_step": analytic.train_per_token * tokens_per_step,
+        "tokens_per_step": tokens_per_step,
+        "backend": lit.model.scan_backend or "sdpa",
+        "data_sources": dm.sources,
+        "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+    }

@@ -1,0 +1,90 @@
+"""Run folders: records, a finished run is never redone, resume equals an uninterrupted run, NaN marks failure."""
+
+import csv
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from experiments.run import run_dir, train_run
+
+SMALL = dict(seq_len=128, batch_size=4, text_vocab_size=1024, fashion_train_images=2000, speech_train_utterances=150,
+             speech_val_utterances=30, val_sequences=8)  # fmt: skip
+MODULE = dict(model_overrides={"d_model": 32, "n_layer": 1, "n_head": 2, "mlp_multiple_of": 32, "d_state": 8})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return {**SMALL, "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+
+
+def run(root, data, arm="mom", **kwargs):
+    return train_run("chameleon", arm, max_steps=8, val_every=2, root=root, data=data, module=MODULE, **kwargs)
+
+
+def rows(folder):
+    with open(folder / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class _Crash(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 4:
+            raise RuntimeError("simulated crash")
+
+
+class _PoisonAt(L.Callback):
+    def on_train_batch_start(self, trainer, lit, *args):
+        if trainer.global_step == 3:
+            with torch.no_grad():
+                lit.model.lm_head.weight[0, 0] = float("nan")
+
+
+def test_run_folder_records_everything_and_is_never_redone(tmp_path, data):
+    """config, metrics, TensorBoard, checkpoint and summary exist; FLOPs agree; a rerun is a no-op."""
+    summary = run(tmp_path, data)
+    folder = run_dir(tmp_path, "chameleon", "tiny", "mom", 0)
+    for name in ("config.json", "metrics.csv", "summary.json", "checkpoints/last.ckpt"):
+        assert (folder / name).exists(), name
+    assert list((folder / "tb").glob("events.out.tfevents.*"))
+    for key in ("arm", "setting", "scale", "seed", "params_total", "params_active", "flops_per_token",
+                "flops_per_token_analytic", "train_flops_per_step", "backend", "final_val_loss", "wall_clock_s",
+                "status", "versions", "device", "data_sources"):  # fmt: skip
+        assert key in summary, key
+    assert summary["status"] == "finished" and summary["backend"] == "torch"
+    assert abs(summary["flops_per_token"] / summary["flops_per_token_analytic"] - 1) < 0.02
+    assert set(summary["final_val_loss"]) == {"val/loss_text", "val/loss_image"}
+    steps = [int(r["step"]) for r in rows(folder) if r["train/loss"]]
+    assert steps == list(range(8))
+    before = (folder / "summary.json").read_text()
+    assert run(tmp_path, data) == json.loads(before)
+    assert (folder / "summary.json").read_text() == before
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, data):
+    """Crash at step 4, run again: same final weights, validation losses and training-loss rows as straight."""
+    straight = run(tmp_path / "a", data)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "b", data, trainer={"callbacks": [_Crash()]})
+    b_folder = run_dir(tmp_path / "b", "chameleon", "tiny", "mom", 0)
+    assert json.loads((b_folder / "summary.json").read_text())["status"] == "crashed"
+    resumed = run(tmp_path / "b", data)
+    assert resumed["status"] == "finished" and resumed["final_val_loss"] == straight["final_val_loss"]
+    a_folder = run_dir(tmp_path / "a", "chameleon", "tiny", "mom", 0)
+    load = lambda f: torch.load(f / "checkpoints/last.ckpt", weights_only=False)["state_dict"]  # noqa: E731
+    sa, sb = load(a_folder), load(b_folder)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    losses = lambda f: [(r["step"], r["train/loss"]) for r in rows(f) if r["train/loss"]]  # noqa: E731
+    assert losses(a_folder) == losses(b_folder)
+
+
+def test_non_finite_loss_fails_that_run_only(tmp_path, data):
+    """A NaN marks its run failed with the step and modality; a finished sibling run is untouched."""
+    run(tmp_path, data, arm="mamba")
+    sibling = run_dir(tmp_path, "chameleon", "tiny", "mamba", 0) / "summary.json"
+    before = sibling.read_text()
+    summary = run(tmp_path, data, arm="mom", trainer={"callbacks": [_PoisonAt()]})
+    assert summary["status"] == "failed"
+    assert "step 3" in summary["reason"] and "loss_" in summary["reason"]
+    assert sibling.read_text() == before
