@@ -23,7 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from analysis.flops import analytic_flops, count_flops
@@ -141,9 +141,14 @@ def train_run(
         num_sanity_val_steps=0,
     )
     settings.update(trainer or {})
+    extra_callbacks = list(settings.pop("callbacks", []))
     if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
         settings.setdefault("precision", "bf16-mixed")
-    extra_callbacks = settings.pop("callbacks", [])
+        # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use.
+        lit.flops_per_batch = summary["train_flops_per_step"]
+        extra_callbacks.append(
+            ThroughputMonitor(batch_size_fn=lambda b: b["tokens"].shape[0], length_fn=lambda b: b["tokens"].numel())
+        )
     pl_trainer = L.Trainer(
         default_root_dir=folder,
         callbacks=[recorder, ckpt, *extra_callbacks],

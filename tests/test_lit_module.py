@@ -98,10 +98,12 @@ def test_loss_decreases_on_a_fixed_batch(datamodules, setting, arch):
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_trainer_runs_steps_and_validation(datamodules, setting, tmp_path):
-    """A Lightning Trainer runs training steps and validation; per-modality validation losses are logged."""
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_scale_trains_and_validates(datamodules, setting, arch, tmp_path):
+    """Every arm at the tiny scale runs Trainer steps and validation; per-modality validation losses are logged."""
     dm = datamodules[setting]
-    lit = lit_for(dm, "mom")
+    lit = LitMultiModalLM(arch=arch, scale="tiny", vocab_size=dm.vocab_size, n_modalities=dm.n_modalities,
+                          patch_dim=dm.patch_dim, val_names=tuple(dm.val_sets))  # fmt: skip
     trainer = L.Trainer(
         max_steps=3,
         val_check_interval=3,
