@@ -27,9 +27,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from analysis.flops import analytic_flops, count_flops
-from datamodules.multimodal import MultiModalDataModule
+from datamodules.multimodal import SETTINGS, MultiModalDataModule
 from datamodules.vocab import PATCH
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss
+from models import ARCHS, SCALES
 
 
 def run_dir(root: str | Path, setting: str, scale: str, arm: str, seed: int) -> Path:
@@ -82,6 +83,13 @@ class RunRecorder(L.Callback):
         write_json(self.folder / "summary.json", self.summary)
 
 
+def check_run(setting: str, arm: str, scale: str) -> None:
+    """Fail before anything is prepared or trained when a name is unknown, listing the valid ones."""
+    for what, value, valid in (("setting", setting, SETTINGS), ("arm", arm, ARCHS), ("scale", scale, tuple(SCALES))):
+        if value not in valid:
+            raise ValueError(f"unknown {what} {value!r}; valid choices are {list(valid)}")
+
+
 def train_run(
     setting: str,
     arm: str,
@@ -105,6 +113,7 @@ def train_run(
         module: extra LitMultiModalLM arguments (lr, warmup_steps, model_overrides, ...).
         trainer: extra lightning.Trainer arguments (accelerator, devices, precision, strategy, ...).
     """
+    check_run(setting, arm, scale)
     folder = run_dir(root, setting, scale, arm, seed)
     previous = read_summary(folder)
     if previous and previous.get("status") == "finished":

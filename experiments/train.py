@@ -1,0 +1,77 @@
+"""Train one run: one (setting, arm, scale, seed) into runs/<setting>/<scale>/<arm>/seed<k>/.
+
+    python experiments/train.py --setting chameleon --arm mom --scale tiny --seed 0 --max_steps 250 --root runs
+    python experiments/train.py --config experiments/configs/debug.yaml --trainer.precision bf16-mixed
+    python experiments/train.py --help          # every option: run, --data.*, --model.*, --trainer.*
+
+Parsing is LightningCLI's engine (jsonargparse) over the signatures of `train_run`, `MultiModalDataModule`,
+`LitMultiModalLM` and `lightning.Trainer`, so every Trainer flag works (`--trainer.devices 2
+--trainer.strategy ddp`, `--trainer.precision`, ...) and YAML files compose (`--config a.yaml --config b.yaml`).
+The run folder, its loggers and checkpoints are the suite's own (experiments/run.py), so those Trainer arguments
+are not offered. Rerunning a finished run is a no-op; an unfinished one resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from datamodules.multimodal import MultiModalDataModule
+from experiments import run
+from experiments.lit_module import LitMultiModalLM
+from experiments.run import check_run, train_run
+
+# Trainer arguments the run owns: its folder, loggers, checkpoints, step budget and validation cadence.
+RUN_OWNED = {
+    "callbacks",
+    "logger",
+    "default_root_dir",
+    "enable_checkpointing",
+    "max_steps",
+    "val_check_interval",
+    "check_val_every_n_epoch",
+}
+# Set per run from the datamodule (stated once): not options of the model.
+LINKED = {"arch", "scale", "vocab_size", "n_modalities", "patch_dim", "val_names"}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="train.py", description=__doc__, default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with any of the options below")
+    parser.add_function_arguments(run.train_run, skip={"data", "module", "trainer"})
+    parser.add_class_arguments(MultiModalDataModule, "data", skip={"setting", "seed"})
+    parser.add_class_arguments(LitMultiModalLM, "model", skip=LINKED)
+    parser.add_class_arguments(L.Trainer, "trainer", skip=RUN_OWNED)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    try:
+        check_run(cfg.setting, cfg.arm, cfg.scale)
+    except ValueError as exc:
+        parser.error(str(exc))
+    defaults = parser.get_defaults()
+    # Only the Trainer flags the user set: train_run has its own defaults for the rest (CPU, deterministic, ...).
+    trainer = {k: v for k, v in cfg.trainer.as_dict().items() if v != defaults.trainer.as_dict()[k]}
+    summary = train_run(
+        setting=cfg.setting,
+        arm=cfg.arm,
+        scale=cfg.scale,
+        seed=cfg.seed,
+        max_steps=cfg.max_steps,
+        root=cfg.root,
+        val_every=cfg.val_every,
+        data=cfg.data.as_dict(),
+        module=cfg.model.as_dict(),
+        trainer=trainer,
+    )
+    print(f"{summary['status']}: {summary.get('final_val_loss')}")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["status"] == "finished" else 1)
