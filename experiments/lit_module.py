@@ -108,6 +108,7 @@ class LitMultiModalLM(L.LightningModule):
         self.tokens_seen += torch.bincount(batch["modality_ids"].flatten(), minlength=self.cfg.n_modalities)
         for m, name in enumerate(self.modalities):
             self.log(f"tokens/{name}", self.tokens_seen[m].float(), on_step=True, on_epoch=False)
+        self.log("tokens", self.tokens_seen.sum().float(), on_step=True, on_epoch=False)
         self.log("optim/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return losses["loss"]
 

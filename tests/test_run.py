@@ -55,8 +55,10 @@ def test_run_folder_records_everything_and_is_never_redone(tmp_path, data):
     assert summary["status"] == "finished" and summary["backend"] == "torch"
     assert abs(summary["flops_per_token"] / summary["flops_per_token_analytic"] - 1) < 0.02
     assert set(summary["final_val_loss"]) == {"val/loss_text", "val/loss_image"}
-    steps = [int(r["step"]) for r in rows(folder) if r["train/loss"]]
-    assert steps == list(range(8))
+    trained = [r for r in rows(folder) if r["train/loss"]]
+    assert [int(r["step"]) for r in trained] == list(range(8))
+    assert [float(r["tokens"]) for r in trained] == [(i + 1) * 4 * 128 for i in range(8)]
+    assert float(trained[-1]["flops"]) == 8 * summary["train_flops_per_step"]
     before = (folder / "summary.json").read_text()
     assert run(tmp_path, data) == json.loads(before)
     assert (folder / "summary.json").read_text() == before
