@@ -15,3 +15,17 @@ def interleaved_ids(batch: int, seqlen: int, n_modalities: int, seed: int = 0) -
             pos += run
     ids[0, :n_modalities] = torch.arange(n_modalities)  # make sure every modality is present
     return ids
+
+
+# Real default sources, small enough that a cache builds in seconds: shared by the data and training tests.
+SMALL_DATA = dict(
+    seq_len=128,
+    batch_size=4,
+    text_vocab_size=1024,
+    fashion_train_images=2000,
+    speech_train_utterances=150,
+    speech_val_utterances=30,
+    val_sequences=8,
+)
+# A model small enough to train dozens of steps in a test.
+TINY_MODEL = {"d_model": 32, "n_layer": 1, "n_head": 2, "mlp_multiple_of": 32, "d_state": 8}

@@ -14,17 +14,9 @@ from datamodules.errors import SourceUnavailable
 from datamodules.multimodal import SETTINGS, MultiModalDataModule
 from datamodules.sequences import cosine_alpha_bar
 from datamodules.vocab import BOA, BOI, EOA, EOI, IGNORE, PAD, PATCH
+from tests.helpers import SMALL_DATA
 
 # Small enough to build in seconds, real sources all the same.
-SMALL = dict(
-    seq_len=128,
-    batch_size=4,
-    text_vocab_size=1024,
-    fashion_train_images=2000,
-    speech_train_utterances=150,
-    speech_val_utterances=30,
-    val_sequences=8,
-)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def modules(cache_dir):
     with no_network():
         for setting in SETTINGS:
             start = time.perf_counter()
-            dm = MultiModalDataModule(setting=setting, cache_dir=cache_dir, **SMALL)
+            dm = MultiModalDataModule(setting=setting, cache_dir=cache_dir, **SMALL_DATA)
             dm.prepare_data()
             dm.setup("fit")
             print(f"{setting}: prepared and set up in {time.perf_counter() - start:.1f} s; {dm.stats()}")
@@ -87,7 +79,7 @@ def test_batch_contract(modules, setting):
     """Shapes and dtypes; modality ids read off the vocabulary; targets are the next tokens; markers balanced."""
     dm = modules[setting]
     b = first_batch(dm)
-    B, L = SMALL["batch_size"], SMALL["seq_len"]
+    B, L = SMALL_DATA["batch_size"], SMALL_DATA["seq_len"]
     for key in ("tokens", "modality_ids", "targets", "target_modality"):
         assert b[key].shape == (B, L) and b[key].dtype == torch.int64, key
     tokens = b["tokens"]
@@ -124,14 +116,14 @@ def test_transfusion_patches_noise_and_timesteps(modules):
 
 def test_same_seed_same_batches_other_seed_differs(modules, cache_dir):
     """Two instances with one seed give byte-identical batches in order; another seed gives other batches."""
-    a, b = modules["transfusion"], MultiModalDataModule(setting="transfusion", cache_dir=cache_dir, **SMALL)
+    a, b = modules["transfusion"], MultiModalDataModule(setting="transfusion", cache_dir=cache_dir, **SMALL_DATA)
     b.setup("fit")
     for x, y in zip(a.train_dataloader(), b.train_dataloader(), strict=False):
         assert all(torch.equal(x[k], y[k]) for k in x)
         break
     for x, y in zip(a.val_dataloader()[0], b.val_dataloader()[0], strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)
-    c = MultiModalDataModule(setting="transfusion", cache_dir=cache_dir, **{**SMALL, "seed": 1})
+    c = MultiModalDataModule(setting="transfusion", cache_dir=cache_dir, **{**SMALL_DATA, "seed": 1})
     c.setup("fit")
     assert not torch.equal(first_batch(a)["tokens"], first_batch(c)["tokens"])
     sampler = a.train_dataloader().sampler
@@ -168,7 +160,7 @@ def test_bad_input(cache_dir, tmp_path):
     """Unknown setting, a sequence too short for an image, and a missing own-data folder fail clearly."""
     with pytest.raises(ValueError, match=r"unknown setting 'dalle'.*'transfusion', 'chameleon', 'three_modality'"):
         MultiModalDataModule(setting="dalle")
-    short = MultiModalDataModule(setting="chameleon", cache_dir=cache_dir, **{**SMALL, "seq_len": 32})
+    short = MultiModalDataModule(setting="chameleon", cache_dir=cache_dir, **{**SMALL_DATA, "seq_len": 32})
     with pytest.raises(ValueError, match=r"seq_len=32 is too short to hold one fashion_mnist image"):
         short.setup("fit")
     missing = MultiModalDataModule(setting="chameleon", cache_dir=str(tmp_path), own_data=str(tmp_path / "nowhere"))
@@ -187,7 +179,7 @@ def test_corrupt_cache_is_detected_and_rebuilt(modules, cache_dir):
         warnings.simplefilter("always")
         again = prepare_corpus(dm.params, cache_dir, verbose=False)
     assert any("rebuilding the data cache" in str(w.message) for w in caught)
-    fresh = MultiModalDataModule(setting="chameleon", cache_dir=cache_dir, **SMALL)
+    fresh = MultiModalDataModule(setting="chameleon", cache_dir=cache_dir, **SMALL_DATA)
     fresh.setup("fit")
     assert again == folder and np.array_equal(fresh.train_set.packed.ids, dm.train_set.packed.ids)
 

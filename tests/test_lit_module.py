@@ -13,17 +13,7 @@ from datamodules.vocab import IGNORE, PAD
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss, warmup_cosine
 from experiments.losses import multimodal_losses
 from models import ARCHS
-
-SMALL = dict(
-    seq_len=128,
-    batch_size=4,
-    text_vocab_size=1024,
-    fashion_train_images=2000,
-    speech_train_utterances=150,
-    speech_val_utterances=30,
-    val_sequences=8,
-)
-TINY_MODEL = {"d_model": 32, "n_layer": 1, "n_head": 2, "mlp_multiple_of": 32, "d_state": 8}
+from tests.helpers import SMALL_DATA, TINY_MODEL
 
 
 def test_per_modality_losses_known_answer():
@@ -60,7 +50,7 @@ def datamodules(tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("cache"))
     out = {}
     for setting in SETTINGS:
-        dm = MultiModalDataModule(setting=setting, cache_dir=cache, **SMALL)
+        dm = MultiModalDataModule(setting=setting, cache_dir=cache, **SMALL_DATA)
         dm.prepare_data()
         dm.setup("fit")
         out[setting] = dm
@@ -123,7 +113,7 @@ def test_tiny_scale_trains_and_validates(datamodules, setting, arch, tmp_path):
         expected = {f"{name}/loss_{lit.modalities[m]}" for m in present}
         assert expected == {k for k in logged if k.startswith(f"{name}/")}
         assert all(torch.isfinite(logged[k]) for k in expected)
-    assert "train/loss" in logged and int(lit.tokens_seen.sum()) == 3 * SMALL["batch_size"] * SMALL["seq_len"]
+    assert "train/loss" in logged and int(lit.tokens_seen.sum()) == 3 * SMALL_DATA["batch_size"] * SMALL_DATA["seq_len"]
 
 
 def test_non_finite_loss_names_the_step_and_modality(datamodules):

@@ -8,15 +8,14 @@ import pytest
 import torch
 
 from experiments.run import run_dir, train_run
+from tests.helpers import SMALL_DATA, TINY_MODEL
 
-SMALL = dict(seq_len=128, batch_size=4, text_vocab_size=1024, fashion_train_images=2000, speech_train_utterances=150,
-             speech_val_utterances=30, val_sequences=8)  # fmt: skip
-MODULE = dict(model_overrides={"d_model": 32, "n_layer": 1, "n_head": 2, "mlp_multiple_of": 32, "d_state": 8})
+MODULE = dict(model_overrides=TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return {**SMALL, "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+    return {**SMALL_DATA, "cache_dir": str(tmp_path_factory.mktemp("cache"))}
 
 
 def run(root, data, arm="mom", **kwargs):
