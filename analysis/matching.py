@@ -1,0 +1,90 @@
+"""FLOPs-to-match: at what fraction of the dense arm's training FLOPs does the sparse arm reach its final loss.
+
+The rule, stated once (DESIGN.md §7):
+
+* Smoothing: both loss curves are smoothed by a trailing mean over the last `window` evaluations (the first points
+  average what exists so far). The same rule smooths both arms.
+* Target: the dense arm's smoothed loss at its last evaluation.
+* Matching point: the first evaluation at which the sparse arm's smoothed loss is at or below the target,
+  interpolated linearly in log-FLOPs between that evaluation and the one before it. If the very first evaluation
+  already matches, its FLOPs are the matching point (no extrapolation before the first evaluation).
+* Result: matching FLOPs / the dense arm's total FLOPs (its last evaluation). Never reached: `None`, a distinct
+  result, never a number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+DEFAULT_WINDOW = 3
+
+
+def smooth(loss: Sequence[float], window: int = DEFAULT_WINDOW) -> np.ndarray:
+    """Trailing mean over the last `window` values (fewer at the start)."""
+    values = np.asarray(loss, dtype=np.float64)
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    idx = np.arange(1, len(values) + 1)
+    start = np.maximum(idx - window, 0)
+    return (csum[idx] - csum[start]) / (idx - start)
+
+
+def _check(flops: Sequence[float], loss: Sequence[float], name: str) -> tuple[np.ndarray, np.ndarray]:
+    f, v = np.asarray(flops, dtype=np.float64), np.asarray(loss, dtype=np.float64)
+    if f.ndim != 1 or f.shape != v.shape or len(f) == 0:
+        raise ValueError(f"{name}: flops and loss must be 1-D of one non-zero length, got {f.shape} and {v.shape}")
+    if not (np.isfinite(f).all() and np.isfinite(v).all()):
+        raise ValueError(f"{name}: flops and loss must be finite")
+    if (f <= 0).any() or (np.diff(f) <= 0).any():
+        raise ValueError(f"{name}: flops must be positive and strictly increasing")
+    return f, v
+
+
+def flops_to_match(
+    dense_flops: Sequence[float],
+    dense_loss: Sequence[float],
+    sparse_flops: Sequence[float],
+    sparse_loss: Sequence[float],
+    window: int = DEFAULT_WINDOW,
+) -> float | None:
+    """The sparse arm's FLOPs to reach the dense arm's final (smoothed) loss, as a fraction of the dense total.
+
+    Args:
+        dense_flops, dense_loss: the dense arm's evaluations (cumulative training FLOPs, loss), one run.
+        sparse_flops, sparse_loss: the sparse arm's, same loss and same FLOPs convention.
+        window: evaluations in the trailing mean (1 = no smoothing).
+
+    Returns:
+        The fraction (e.g. 0.35 for 35%), or None when the sparse arm never reaches the target.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    df, dl = _check(dense_flops, dense_loss, "dense")
+    sf, sl = _check(sparse_flops, sparse_loss, "sparse")
+    target = smooth(dl, window)[-1]
+    s = smooth(sl, window)
+    hits = np.flatnonzero(s <= target)
+    if len(hits) == 0:
+        return None
+    i = int(hits[0])
+    if i == 0:
+        return float(sf[0] / df[-1])
+    # s[i-1] > target >= s[i]: linear in log-FLOPs between the two evaluations.
+    t = (s[i - 1] - target) / (s[i - 1] - s[i])
+    log_f = math.log(sf[i - 1]) + t * (math.log(sf[i]) - math.log(sf[i - 1]))
+    return float(math.exp(log_f) / df[-1])
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a Student-t confidence interval over seeds: (mean, low, high); one value gives (v, v, v)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        raise ValueError("mean_interval needs at least one value")
+    mean = float(v.mean())
+    if len(v) == 1:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return mean, mean - half, mean + half
