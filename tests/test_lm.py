@@ -200,3 +200,17 @@ def test_scan_backend_is_queryable():
     """A Mamba model reports the scan backend its forward uses here; transformers report None."""
     assert build_model(small_cfg("mom")).scan_backend == "torch"
     assert build_model(small_cfg("mot")).scan_backend is None
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_autocast_close_to_float32(arch):
+    """Every arm runs under CPU bf16 autocast (GPU training's precision) within 2% (of the output scale) of float32."""
+    model = build_model(small_cfg(arch, patch_dim=P, n_modalities=2))
+    batch = transfusion_batch()
+    ref = model(**batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(**batch)
+    assert low.logits.dtype == torch.bfloat16
+    for a, b in ((low.logits, ref.logits), (low.patch_pred, ref.patch_pred)):
+        error = (a.float() - b).abs().max() / b.abs().max()
+        assert error < 0.02, f"{arch}: bf16 deviates by {error:.3f} of the output scale"
