@@ -140,3 +140,14 @@ def test_patch_fraction_validation():
         analytic_flops(tiny_cfg("mamba"), 16, 0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         analytic_flops(tiny_cfg("mamba", patch_dim=P), 16, 1.5)
+
+
+def test_presets_table_command(capsys, monkeypatch):
+    """`python -m analysis` prints every paper preset x arm x setting with params and FLOPs (meta device)."""
+    from analysis.__main__ import main
+
+    monkeypatch.setattr("sys.argv", ["analysis", "--scales", "163m"])
+    main()
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "163m" in r]
+    assert len(rows) == 3 * 4
+    assert "| transfusion | 163m | mom | 274.4M | 162.3M |" in "\n".join(rows)
