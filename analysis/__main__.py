@@ -6,11 +6,11 @@ python -m analysis [--seq-len 4096] [--scales 163m,760m,1.4b]
 import argparse
 
 from analysis.flops import flops_per_token
+from datamodules.multimodal import N_MODALITIES
 from models import ARCHS, ModelConfig, build_model
 
 # The papers' vocabularies (PAPERS.md §2.3-§3.2): Transfusion's Llama-2 BPE, Chameleon's 65,536 (image codes inside).
 PAPER_VOCAB = {"transfusion": 32000, "chameleon": 65536, "three_modality": 65536}
-N_MODALITIES = {"transfusion": 2, "chameleon": 2, "three_modality": 3}
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ the four architectures (`models/`), their tests and benchmarks.
 import argparse
 import sys
 
-SETTINGS = ("transfusion", "chameleon", "three_modality")
+from datamodules.multimodal import SETTINGS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,23 @@ class _PermuteRows(torch.autograd.Function):
         return grad.index_select(0, inverse), None, None
 
 
+def validate_modality_ids(modality_ids: Tensor, n_modalities: int) -> None:
+    """Raise ValueError unless modality_ids is a (B, L) integer tensor with every value in [0, n_modalities)."""
+    if not isinstance(modality_ids, Tensor) or modality_ids.dim() != 2:
+        shape = tuple(modality_ids.shape) if isinstance(modality_ids, Tensor) else type(modality_ids).__name__
+        raise ValueError(f"modality_ids must be a (B, L) integer tensor, got {shape}")
+    if modality_ids.dtype.is_floating_point or modality_ids.dtype == torch.bool:
+        raise ValueError(f"modality_ids must hold integers, got dtype {modality_ids.dtype}")
+    if modality_ids.numel():
+        lo, hi = (int(v) for v in torch.aminmax(modality_ids))
+        if lo < 0 or hi >= n_modalities:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"modality id {bad} is out of range: this model has n_modalities={n_modalities}, "
+                f"valid ids are 0..{n_modalities - 1}"
+            )
+
+
 class ModalityRouting:
     """How the tokens of one batch are grouped by modality; built once per forward and shared by all layers.
 
@@ -52,20 +69,8 @@ class ModalityRouting:
     """
 
     def __init__(self, modality_ids: Tensor, n_modalities: int) -> None:
-        if not isinstance(modality_ids, Tensor) or modality_ids.dim() != 2:
-            shape = tuple(modality_ids.shape) if isinstance(modality_ids, Tensor) else type(modality_ids).__name__
-            raise ValueError(f"modality_ids must be a (B, L) integer tensor, got {shape}")
-        if modality_ids.dtype.is_floating_point or modality_ids.dtype == torch.bool:
-            raise ValueError(f"modality_ids must hold integers, got dtype {modality_ids.dtype}")
+        validate_modality_ids(modality_ids, n_modalities)
         flat = modality_ids.reshape(-1).long()
-        if flat.numel():
-            lo, hi = (int(v) for v in torch.aminmax(flat))
-            if lo < 0 or hi >= n_modalities:
-                bad = lo if lo < 0 else hi
-                raise ValueError(
-                    f"modality id {bad} is out of range: this model has n_modalities={n_modalities}, "
-                    f"valid ids are 0..{n_modalities - 1}"
-                )
         self.modality_ids = modality_ids.long()
         self.n_modalities = n_modalities
         self.counts: list[int] = torch.bincount(flat, minlength=n_modalities).tolist()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ModelConfig, ParamCount
-from models.layers import SPARSE_LAYERS, ModalityLinear, ModalityRMSNorm, ModalityRouting
+from models.layers import SPARSE_LAYERS, ModalityLinear, ModalityRMSNorm, ModalityRouting, validate_modality_ids
 from models.mamba import MambaMixer
 from models.scan import resolve_backend
 from models.transformer import TransformerBlock
@@ -160,11 +160,11 @@ class MultiModalLM(nn.Module):
                 raise ValueError(
                     f"modality_ids shape {tuple(modality_ids.shape)} != tokens shape {tuple(tokens.shape)}"
                 )
-            routing = ModalityRouting(modality_ids, cfg.n_modalities)  # validates the ids for every arm
+            validate_modality_ids(modality_ids, cfg.n_modalities)  # every arm rejects bad ids
+            if cfg.is_sparse:  # only sparse arms pay for the sort
+                routing = ModalityRouting(modality_ids, cfg.n_modalities)
         elif cfg.is_sparse and cfg.n_modalities > 1:
             raise ValueError(f"arch {cfg.arch!r} routes by modality: modality_ids (B, L) are required")
-        if not cfg.is_sparse:
-            routing = None  # dense arms never route
 
         h = self.embedding(tokens)  # (B, L, D)
         if patches is not None:
