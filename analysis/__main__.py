@@ -1,5 +1,7 @@
 """Paper-scale presets: parameters and training FLOPs per token per arm and setting, on the meta device (seconds).
 
+Every arm is listed, the position-hash controls too (mom_hash, mot_hash: the numbers of mom and mot by design).
+
 python -m analysis [--seq-len 4096] [--scales 163m,760m,1.4b]
 """
 

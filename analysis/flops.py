@@ -5,7 +5,8 @@ The convention (DESIGN.md §6, STYLE.md §4.5), the project's contract; it never
 * FLOPs = 2 × multiply-accumulates (MACs). fvcore counts one MAC as one flop, so its counts are multiplied by 2.
 * Training FLOPs = 3 × forward FLOPs (backward ≈ 2 × forward; activation recompute is not counted).
 * Matmuls: every projection a token passes through, 2·in·out per token (mixture arms: one expert per token, so
-  `mom` and `mot` have exactly their dense baseline's FLOPs per token). Biases are not counted.
+  `mom` and `mot`, and their position-hash controls `mom_hash` and `mot_hash`, have exactly their dense baseline's
+  FLOPs per token). Biases are not counted.
 * Attention scores are counted for the full L×L, no causal halving (PaLM, nanoGPT, torchtitan): QK^T and AV are
   2·L·d MACs, i.e. 4·L·d FLOPs, per token per layer.
 * Embedding lookups are free. The output heads are counted: the LM head at every position, the patch head (and the
@@ -21,7 +22,8 @@ The convention (DESIGN.md §6, STYLE.md §4.5), the project's contract; it never
   padded nn.Conv1d also computes d_conv - 1 outputs per sequence that it discards; they are not counted).
 * Not counted, as fvcore ignores them too: norms, activations outside the scan (SiLU after the conv, SwiGLU's
   gate), residual adds, rotary embeddings, the sinusoidal timestep embedding, softmax, and A = -exp(A_log).
-  Routing (sort, gather, unsort) has no arithmetic and is free.
+  Routing (sort, gather, unsort) has no arithmetic and is free, and so is the hash arms' routing key (integer
+  arithmetic on the L position indices, once per forward, not per token and layer).
 
 Shapes: B batch, L sequence, D d_model, E d_inner, N d_state, R dt_rank, H heads, K head_dim, V vocab, P patch_dim.
 """
@@ -72,10 +74,11 @@ IGNORED_OPS: dict[str, str] = {
     "aten::empty_like": "allocation",
     "aten::zero_": "initialisation of a buffer",
     "aten::arange": "index construction",
+    "aten::__rshift__": "position-hash routing key (hash arms): integer arithmetic on the position indices",
     # elementwise work outside the scan, not counted (norms, activations, residuals, rotary, timestep embedding)
     "aten::rms_norm": "norms are not counted",
     "aten::silu": "activation outside the scan (conv output, SwiGLU gate, timestep MLP)",
-    "aten::mul": "elementwise product (SwiGLU gate, rotary, norm scale)",
+    "aten::mul": "elementwise product (SwiGLU gate, rotary, norm scale; position hash of the hash arms)",
     "aten::add": "residual adds, rotary",
     "aten::neg": "rotary rotate-half; A = -exp(A_log)",
     "aten::exp": "A = -exp(A_log) (per parameter, not per token); timestep frequencies",

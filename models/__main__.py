@@ -1,5 +1,7 @@
 """Print the named scales: parameters per arm, counted on the meta device (no memory, seconds on a CPU).
 
+The position-hash controls (mom_hash, mot_hash) are listed too: the same numbers as mom and mot, routed by position.
+
 python -m models [--vocab-size 32000] [--modalities 2] [--scales tiny,small,163m,760m,1.4b]
 """
 
@@ -18,14 +20,15 @@ def main() -> None:
     overrides = {"n_modalities": args.modalities}
     if args.vocab_size:
         overrides["vocab_size"] = args.vocab_size
-    print(f"| scale | arch | d_model | blocks | vocab | total params | active params |  (M = {args.modalities})")
-    print("|---|---|---|---|---|---|---|")
+    header = "| scale | arch | routing | d_model | blocks | vocab | total params | active params |"
+    print(f"{header}  (M = {args.modalities})")
+    print("|---|---|---|---|---|---|---|---|")
     for scale in args.scales.split(","):
         for arch in ARCHS:
             cfg = ModelConfig.from_scale(scale, arch=arch, **overrides)
             total, active = build_model(cfg, device="meta").param_count()
             print(
-                f"| {scale} | {arch} | {cfg.d_model} | {cfg.n_block} | {cfg.vocab_size} "
+                f"| {scale} | {arch} | {cfg.routing} | {cfg.d_model} | {cfg.n_block} | {cfg.vocab_size} "
                 f"| {total / 1e6:,.1f}M | {active / 1e6:,.1f}M |"
             )
 

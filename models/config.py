@@ -3,6 +3,10 @@
 Four arms: `mamba` (dense Mamba), `mom` (Mixture-of-Mamba), `transformer` (dense) and `mot`
 (Mixture-of-Transformers). Dense and sparse arms of a family share one config; the sparse arm decouples the parts
 listed in `decouple` per modality.
+
+Two control arms, `mom_hash` and `mot_hash`, have exactly the experts, parameters and FLOPs of `mom` and `mot`, but
+send each token to the expert picked by a fixed hash of its position in the sequence instead of its modality
+(`routing`). They ask whether any extra parameters would do, or whether the modality split is what helps.
 """
 
 from __future__ import annotations
@@ -16,9 +20,26 @@ from models.mamba import MAMBA_PARTS
 from models.scan import BACKENDS
 from models.transformer import NORM_PLACEMENTS, TRANSFORMER_PARTS, mlp_hidden
 
-ARCHS = ("mamba", "mom", "transformer", "mot")
-FAMILY = {"mamba": "mamba", "mom": "mamba", "transformer": "transformer", "mot": "transformer"}
-DENSE_OF = {"mom": "mamba", "mot": "transformer"}
+ARCHS = ("mamba", "mom", "mom_hash", "transformer", "mot", "mot_hash")
+FAMILY = {
+    "mamba": "mamba",
+    "mom": "mamba",
+    "mom_hash": "mamba",
+    "transformer": "transformer",
+    "mot": "transformer",
+    "mot_hash": "transformer",
+}
+DENSE_OF = {"mom": "mamba", "mom_hash": "mamba", "mot": "transformer", "mot_hash": "transformer"}
+# What picks a token's expert in every sparse part: nothing (dense arms have one copy of everything), the token's
+# modality, or a fixed hash of its position in the sequence (models/lm.py `position_hash_ids`).
+ROUTING = {
+    "mamba": "none",
+    "mom": "modality",
+    "mom_hash": "position_hash",
+    "transformer": "none",
+    "mot": "modality",
+    "mot_hash": "position_hash",
+}
 PARTS = {"mamba": MAMBA_PARTS, "transformer": TRANSFORMER_PARTS}
 
 # Named scales. n_layer counts transformer-layer equivalents: a Mamba model has 2 * n_layer mixer blocks (two Mamba
@@ -61,8 +82,11 @@ class ModelConfig:
         n_modalities: M, the number of modalities in the data (text = 0, image = 1, speech = 2).
         d_model: model width.
         n_layer: transformer-layer equivalents (Mamba models have 2 * n_layer mixer blocks).
-        decouple: parts with one copy per modality. None means every part of the family for a sparse arch;
-            it must be empty for a dense arch. Mamba parts: MAMBA_PARTS; transformer parts: TRANSFORMER_PARTS.
+        decouple: parts with one copy per modality (M experts). None means every part of the family for a sparse
+            arch; it must be empty for a dense arch. Mamba parts: MAMBA_PARTS; transformer parts: TRANSFORMER_PARTS.
+        routing: what picks a token's expert, ROUTING[arch]: "none" (dense), "modality" (mom, mot) or
+            "position_hash" (mom_hash, mot_hash). Derived from the arch and recorded in to_dict(); None derives it,
+            any other value must equal it.
         n_head, mlp_multiple_of, norm_placement, rope_theta: transformer family.
         d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, bias,
             scan_backend: Mamba family, mamba-ssm's names and defaults.
@@ -77,6 +101,7 @@ class ModelConfig:
     d_model: int = 128
     n_layer: int = 2
     decouple: tuple[str, ...] | None = None
+    routing: str | None = None
     # transformer family
     n_head: int = 4
     mlp_multiple_of: int = 256
@@ -127,6 +152,13 @@ class ModelConfig:
                 f"arch {self.arch!r} is dense and cannot decouple {list(self.decouple)}; "
                 f"use arch {'mom' if self.family == 'mamba' else 'mot'!r} for per-modality parts"
             )
+        if self.routing is None:
+            self.routing = ROUTING[self.arch]
+        if self.routing != ROUTING[self.arch]:
+            raise ValueError(
+                f"arch {self.arch!r} routes by {ROUTING[self.arch]!r}, not {self.routing!r}: routing follows the arch, "
+                "leave it None (position-hash routing: arch 'mom_hash' or 'mot_hash')"
+            )
 
     @classmethod
     def from_scale(cls, scale: str, arch: str = "mamba", **overrides) -> ModelConfig:
@@ -139,7 +171,7 @@ class ModelConfig:
 
     def dense(self) -> ModelConfig:
         """The dense baseline's config (itself for a dense arch)."""
-        return replace(self, arch=DENSE_OF.get(self.arch, self.arch), decouple=())
+        return replace(self, arch=DENSE_OF.get(self.arch, self.arch), decouple=(), routing=None)
 
     @property
     def family(self) -> str:

@@ -1,8 +1,12 @@
-"""`MultiModalLM`: one model class for the four arms, built from a `ModelConfig`.
+"""`MultiModalLM`: one model class for every arm, built from a `ModelConfig`.
 
 token embedding over the joint vocabulary (+ patch projection and timestep embedding for continuous image
 patches) -> stack of residual blocks (Mamba mixers or transformer blocks, dense or per modality) -> final RMSNorm
 -> LM head over the vocabulary (+ patch head predicting each noised patch's noise).
+
+A sparse arm picks each token's expert once per forward (`MultiModalLM.expert_ids`) and every sparse part of every
+block reuses that choice: `mom` / `mot` by the token's modality, the `mom_hash` / `mot_hash` controls by a fixed hash
+of its position. The control arms are the same modules on a different routing key, nothing else.
 
 Shapes: B batch, L sequence, D d_model, V vocab_size, P patch_dim, n number of patch positions in the batch.
 """
@@ -22,6 +26,22 @@ from models.layers import SPARSE_LAYERS, ModalityLinear, ModalityRMSNorm, Modali
 from models.mamba import MambaMixer
 from models.scan import resolve_backend
 from models.transformer import TransformerBlock
+
+# Knuth's multiplicative hash (TAOCP vol. 3, §6.4): the prime nearest 2^32 / φ (golden ratio).
+KNUTH_MULTIPLIER = 2654435761
+
+
+def position_hash_ids(batch: int, seq_len: int, n_experts: int, device: torch.device | str | None = None) -> Tensor:
+    """(B, L) expert of each position for the `*_hash` arms: floor(M · ((p · KNUTH_MULTIPLIER) mod 2^32) / 2^32).
+
+    Knuth's multiplicative hash of the position p in the sequence, read from its top bits (the low bits of an odd
+    multiple only repeat p's own low bits: mod 2 they would alternate). It depends on nothing but p and M, so it is the
+    same for every row, batch and call, and independent of tokens and modalities. The fractions p/φ mod 1 spread
+    evenly (the golden-ratio sequence), so every window of positions splits almost equally between the M experts.
+    """
+    pos = torch.arange(seq_len, device=device, dtype=torch.int64)
+    h = (pos * KNUTH_MULTIPLIER) & 0xFFFFFFFF  # 32-bit hash; the int64 product cannot overflow for L < 2^31
+    return ((h * n_experts) >> 32).expand(batch, seq_len)  # (B, L) in [0, M)
 
 
 class MambaBlock(nn.Module):
@@ -138,7 +158,8 @@ class MultiModalLM(nn.Module):
 
         Args:
             tokens: (B, L) int64 ids in the joint vocabulary (ignored at patch positions).
-            modality_ids: (B, L) int64 in [0, n_modalities); required by sparse arms, validated for all.
+            modality_ids: (B, L) int64 in [0, n_modalities); required by the modality-routed arms (mom, mot),
+                validated whenever given. The hash-routed arms do not read them.
             patches: (B, L, P) continuous patch inputs (Transfusion); read only where patch_mask is True.
             patch_mask: (B, L) bool, True at positions that carry a (noised) image patch instead of a token.
             timesteps: (B, L) int64 diffusion timestep of each patch position's image.
@@ -154,17 +175,16 @@ class MultiModalLM(nn.Module):
             if lo < 0 or hi >= cfg.vocab_size:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} is out of range: valid ids are 0..{cfg.vocab_size - 1}")
-        routing = None
         if modality_ids is not None:
             if modality_ids.shape != tokens.shape:
                 raise ValueError(
                     f"modality_ids shape {tuple(modality_ids.shape)} != tokens shape {tuple(tokens.shape)}"
                 )
             validate_modality_ids(modality_ids, cfg.n_modalities)  # every arm rejects bad ids
-            if cfg.is_sparse:  # only sparse arms pay for the sort
-                routing = ModalityRouting(modality_ids, cfg.n_modalities)
-        elif cfg.is_sparse and cfg.n_modalities > 1:
+        elif cfg.routing == "modality" and cfg.n_modalities > 1:
             raise ValueError(f"arch {cfg.arch!r} routes by modality: modality_ids (B, L) are required")
+        expert_ids = self.expert_ids(tokens, modality_ids)
+        routing = ModalityRouting(expert_ids, cfg.n_modalities) if expert_ids is not None else None  # the one sort
 
         h = self.embedding(tokens)  # (B, L, D)
         if patches is not None:
@@ -176,6 +196,19 @@ class MultiModalLM(nn.Module):
         logits = self.lm_head(h)
         patch_pred = self.patch_head(h[patch_mask]) if patches is not None else None
         return LMOutput(logits, patch_pred)
+
+    def expert_ids(self, tokens: Tensor, modality_ids: Tensor | None) -> Tensor | None:
+        """(B, L) the expert every sparse part uses for each token, or None (dense arms: nothing to route).
+
+        cfg.routing "modality" (mom, mot): the token's modality. "position_hash" (mom_hash, mot_hash): a fixed hash
+        of its position, `position_hash_ids`, whatever the tokens and modalities. Only expert choice reads this;
+        everything else (validation, patch layers, the losses outside the model) keeps the real modalities.
+        """
+        if self.cfg.routing == "position_hash":
+            return position_hash_ids(*tokens.shape, self.cfg.n_modalities, device=tokens.device)
+        if self.cfg.routing == "modality":
+            return modality_ids
+        return None
 
     def _embed_patches(self, tokens: Tensor, patches: Tensor, patch_mask: Tensor | None, timesteps: Tensor | None):
         """(n, D) embeddings of the patch positions: patch projection + timestep embedding of their image."""

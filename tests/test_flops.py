@@ -79,12 +79,12 @@ def test_unknown_unpriced_op_raises(monkeypatch):
         count_flops(build_model(tiny_cfg("transformer")), make_batch(False))
 
 
-@pytest.mark.parametrize("sparse", ["mom", "mot"])
+@pytest.mark.parametrize("sparse", list(DENSE_OF))
 def test_mixture_flops_equal_dense(sparse):
     """A mixture arm has exactly its dense baseline's analytic FLOPs per token, and counted within 1%."""
     cfg = tiny_cfg(sparse, patch_dim=P)
     assert analytic_flops(cfg, L, 0.25) == analytic_flops(cfg.dense(), L, 0.25)
-    assert flops_per_token(cfg, L) == flops_per_token(replace(cfg, arch=DENSE_OF[sparse], decouple=()), L)
+    assert flops_per_token(cfg, L) == flops_per_token(replace(cfg, arch=DENSE_OF[sparse], decouple=(), routing=None), L)
     batch = make_batch(patches=True)
     dense, mixed = (count_flops(build_model(c), batch).per_token for c in (cfg.dense(), cfg))
     assert mixed == pytest.approx(dense, rel=0.01)
@@ -149,5 +149,22 @@ def test_presets_table_command(capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["analysis", "--scales", "163m"])
     main()
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "163m" in r]
-    assert len(rows) == 3 * 4
+    assert len(rows) == 3 * len(ARCHS)
     assert "| transfusion | 163m | mom | 274.4M | 162.3M |" in "\n".join(rows)
+    assert "| transfusion | 163m | mom_hash | 274.4M | 162.3M |" in "\n".join(rows)
+
+
+@pytest.mark.parametrize(("control", "sparse"), [("mom_hash", "mom"), ("mot_hash", "mot")])
+def test_hash_controls_cost_exactly_their_sparse_arm(control, sparse):
+    """A position-hash control has exactly its sparse arm's total and active parameters (analytic and modules) and
+    FLOPs per token (analytic, and counted by fvcore on the same batch), at M = 2 and 3, with patch layers."""
+    for m in (2, 3):
+        cfg_c, cfg_s = (tiny_cfg(a, n_modalities=m, patch_dim=P) for a in (control, sparse))
+        assert param_count(cfg_c) == param_count(cfg_s)
+        model_c, model_s = build_model(cfg_c), build_model(cfg_s)
+        assert model_c.param_count() == model_s.param_count() == param_count(cfg_s)
+        assert param_count(cfg_c).total > param_count(cfg_c).active == param_count(cfg_c.dense()).total
+        assert analytic_flops(cfg_c, L, 0.25) == analytic_flops(cfg_s, L, 0.25)
+        assert flops_per_token(cfg_c, L) == flops_per_token(cfg_s, L)
+        batch = make_batch(patches=True)
+        assert count_flops(model_c, batch).by_operator == count_flops(model_s, batch).by_operator

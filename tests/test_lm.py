@@ -6,6 +6,7 @@ import torch
 from models import (
     ARCHS,
     DENSE_OF,
+    ROUTING,
     SCALES,
     ModelConfig,
     build_model,
@@ -16,6 +17,8 @@ from models import (
 from tests.helpers import interleaved_ids
 
 V, P = 64, 12
+SPARSE = list(DENSE_OF)  # mom, mom_hash, mot, mot_hash
+BY_MODALITY = [arch for arch in SPARSE if ROUTING[arch] == "modality"]  # mom, mot
 
 
 def small_cfg(arch: str, **overrides) -> ModelConfig:
@@ -72,9 +75,10 @@ def test_causal(arch):
         assert not torch.allclose(out2.logits[:, t + 1 :], out.logits[:, t + 1 :])
 
 
-@pytest.mark.parametrize("arch", ["mom", "mot"])
+@pytest.mark.parametrize("arch", SPARSE)
 def test_sparse_model_with_identical_experts_equals_dense(arch):
-    """Copying the dense model into every expert reproduces the dense model's outputs (tokens and patches)."""
+    """Copying the dense model into every expert reproduces the dense model's outputs (tokens and patches), whatever
+    picks the experts (modality or position hash)."""
     dense = build_model(small_cfg(DENSE_OF[arch], patch_dim=P, n_modalities=2))
     sparse = build_model(small_cfg(arch, patch_dim=P, n_modalities=2))
     sparse.load_state_dict(upcycle_state_dict(sparse, dense.state_dict()))
@@ -84,7 +88,7 @@ def test_sparse_model_with_identical_experts_equals_dense(arch):
     torch.testing.assert_close(out.patch_pred, ref.patch_pred)
 
 
-@pytest.mark.parametrize("arch", ["mom", "mot"])
+@pytest.mark.parametrize("arch", BY_MODALITY)
 def test_sparse_model_fed_one_modality_equals_dense_expert(arch):
     """A sparse model fed only modality k equals the dense model holding expert k."""
     sparse = build_model(small_cfg(arch))
@@ -110,6 +114,8 @@ CONFIGS = [
 ] + [
     small_cfg("mom", decouple=("in_proj", "out_proj")),
     small_cfg("mot", decouple=("mlp", "norm")),
+    small_cfg("mom_hash", decouple=("x_proj",)),
+    small_cfg("mot_hash", decouple=("wq", "norm")),
 ]
 
 
@@ -143,13 +149,20 @@ def test_paper_scales_match_their_names(scale, arch):
 
 
 def test_config_round_trip_and_defaults():
-    """to_dict() round-trips; sparse arms decouple every part by default, dense arms none."""
+    """to_dict() round-trips and records the routing; sparse arms decouple every part by default, dense arms none;
+    the hash controls are their family's sparse arm with position-hash routing."""
     for arch in ARCHS:
         cfg = ModelConfig.from_scale("tiny", arch=arch, vocab_size=100)
         assert ModelConfig(**cfg.to_dict()) == cfg
+        assert cfg.to_dict()["routing"] == cfg.routing == ROUTING[arch]
+        assert cfg.dense().arch == DENSE_OF.get(arch, arch) and cfg.dense().routing == "none"
+    assert ModelConfig(arch="mom").decouple == ModelConfig(arch="mom_hash").decouple
     assert ModelConfig(arch="mom").decouple == ("in_proj", "x_proj", "dt_proj", "out_proj")
+    assert ModelConfig(arch="mot").decouple == ModelConfig(arch="mot_hash").decouple
     assert ModelConfig(arch="mot").decouple == ("wq", "wk", "wv", "wo", "mlp", "norm")
     assert ModelConfig(arch="mamba").decouple == ()
+    assert [ModelConfig(arch=a).routing for a in ("mamba", "mom", "mom_hash")] == ["none", "modality", "position_hash"]
+    assert ModelConfig(arch="mom_hash").is_sparse and ModelConfig(arch="mot_hash").family == "transformer"
     assert ModelConfig.from_scale("tiny", arch="mom").n_block == 4
     assert ModelConfig.from_scale("tiny", arch="mot").n_block == 2
 
@@ -157,7 +170,9 @@ def test_config_round_trip_and_defaults():
 @pytest.mark.parametrize(
     ("make", "error", "match"),
     [
-        (lambda: ModelConfig(arch="rwkv"), ValueError, r"unknown arch 'rwkv'.*'mamba', 'mom', 'transformer', 'mot'"),
+        (lambda: ModelConfig(arch="rwkv"), ValueError, r"unknown arch 'rwkv'.*'mamba', 'mom', 'mom_hash', 'trans"),
+        (lambda: ModelConfig(arch="mom", routing="position_hash"), ValueError, r"routes by 'modality'.*'mom_hash"),
+        (lambda: ModelConfig(arch="mamba", routing="modality"), ValueError, r"'mamba' routes by 'none'"),
         (lambda: ModelConfig.from_scale("7b"), ValueError, r"unknown scale '7b'.*'tiny'"),
         (lambda: ModelConfig(arch="mom", decouple=("in_proj", "gate")), ValueError, r"\['gate'\].*'x_proj'"),
         (lambda: ModelConfig(arch="mamba", decouple=("in_proj",)), ValueError, r"dense and cannot decouple"),
