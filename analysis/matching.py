@@ -10,6 +10,8 @@ The rule, stated once (DESIGN.md §7):
   already matches, its FLOPs are the matching point (no extrapolation before the first evaluation).
 * Result: matching FLOPs / the dense arm's total FLOPs (its last evaluation). Never reached: `None`, a distinct
   result, never a number.
+* Loss gap at equal FLOPs (`loss_gap`): the sparse arm's smoothed loss at the dense arm's total FLOPs, interpolated
+  in log-FLOPs like the matching point, minus the target. Negative means the sparse arm ends lower.
 """
 
 from __future__ import annotations
@@ -88,3 +90,33 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
         return mean, mean, mean
     half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return mean, mean - half, mean + half
+
+
+def at_flops(flops: Sequence[float], values: Sequence[float], at: float) -> float | None:
+    """`values` at `at` FLOPs, interpolated linearly in log-FLOPs as the matching point is; None outside the grid.
+
+    A point within a relative 1e-9 of either end counts as inside, so a run's own total FLOPs, recomputed
+    elsewhere as steps × FLOPs per step, is not lost to rounding.
+    """
+    f, v = np.asarray(flops, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if len(f) == 0 or not f[0] * (1 - 1e-9) <= at <= f[-1] * (1 + 1e-9):
+        return None
+    return float(np.interp(math.log(at), np.log(f), v))
+
+
+def loss_gap(
+    dense_flops: Sequence[float],
+    dense_loss: Sequence[float],
+    sparse_flops: Sequence[float],
+    sparse_loss: Sequence[float],
+    window: int = DEFAULT_WINDOW,
+) -> float | None:
+    """Loss gap at equal FLOPs: the sparse arm's smoothed loss at the dense arm's total FLOPs minus the target.
+
+    Same smoothing and target as `flops_to_match`; negative means the sparse arm is better. None when the sparse
+    run did not train as far as the dense one (its loss there would be an extrapolation).
+    """
+    df, dl = _check(dense_flops, dense_loss, "dense")
+    sf, sl = _check(sparse_flops, sparse_loss, "sparse")
+    sparse_at = at_flops(sf, smooth(sl, window), df[-1])
+    return None if sparse_at is None else sparse_at - float(smooth(dl, window)[-1])

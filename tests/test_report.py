@@ -1,0 +1,365 @@
+"""The report on synthetic run folders with known answers: FLOPs-to-match, gaps, seeds, statuses, files, CLI."""
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from analysis import report
+from analysis.report import LossKey, load_results, main, read_metrics
+from models.config import DENSE_OF
+
+FLOPS_PER_STEP = 1e9
+STEPS, VAL_EVERY = 2000, 5  # 400 evaluations: the trailing mean's lag moves FLOPs-to-match by well under 1%
+SLOPE = 0.25  # loss = 6 - SLOPE * ln(speedup * FLOPs / FLOPS_PER_STEP)
+NEVER = 0.05  # a sparse curve this much above the dense one never reaches it
+MODALITIES = {
+    "transfusion": ("text", "image"),
+    "chameleon": ("text", "image"),
+    "three_modality": ("text", "image", "speech"),
+}
+REAL_SPEECH = ("text", "speech")  # val_real_speech holds transcripts and real speech only
+
+
+def loss_curve(flops: np.ndarray, speedup: float) -> np.ndarray:
+    """Loss linear in log-FLOPs; `speedup` k reaches any loss at 1/k of the FLOPs; speedup NEVER-offsets it instead."""
+    if speedup == NEVER:
+        return 6.0 - SLOPE * np.log(flops / FLOPS_PER_STEP) + NEVER
+    return 6.0 - SLOPE * np.log(speedup * flops / FLOPS_PER_STEP)
+
+
+def write_run(
+    root: Path,
+    setting: str,
+    arm: str,
+    seed: int,
+    speedups: dict[str, float] | None = None,
+    variant: str | None = None,
+    decouple: list[str] | None = None,
+    status: str = "finished",
+    wall_per_step: float = 0.1,
+    steps: int = STEPS,
+) -> dict:
+    """A run folder as experiments/run.py writes it (summary.json, config.json, metrics.csv); its comparison entry.
+
+    `speedups` maps a modality (validation set 'val' and training loss) or 'real_<modality>' (val_real_speech) to
+    the curve's speedup over the dense curve; missing ones are 1.
+    """
+    speedups = speedups or {}
+    variant = variant or arm
+    folder = root / "runs" / setting / "tiny" / variant / f"seed{seed}"
+    folder.mkdir(parents=True)
+    valsets = {"val": MODALITIES[setting]}
+    if setting == "three_modality":
+        valsets["val_real_speech"] = REAL_SPEECH
+    rows = []
+    for s in range(steps):
+        flops = (s + 1) * FLOPS_PER_STEP  # a row with step s is logged after s + 1 optimizer steps
+        train = {f"train/loss_{m}": float(loss_curve(np.array(flops), speedups.get(m, 1.0))) for m in valsets["val"]}
+        rows.append(
+            {
+                "epoch": 0,
+                "flops": flops,
+                "optim/lr": 1e-3,
+                "step": s,
+                "time/wall_s": (s + 1) * wall_per_step,
+                "tokens": (s + 1) * 2048.0,
+                "train/loss": float(np.mean(list(train.values()))),
+                **train,
+            }
+        )
+        if (s + 1) % VAL_EVERY == 0:
+            val = {"epoch": 0, "step": s}
+            for valset, modalities in valsets.items():
+                prefix = "" if valset == "val" else "real_"
+                for m in modalities:
+                    val[f"{valset}/loss_{m}"] = float(loss_curve(np.array(flops), speedups.get(prefix + m, 1.0)))
+            rows.append(val)
+    columns = sorted({k for row in rows for k in row})
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {
+        "arm": arm,
+        "setting": setting,
+        "scale": "tiny",
+        "seed": seed,
+        "status": status,
+        "reason": None if status == "finished" else "RuntimeError: boom",
+        "params_total": 1_500_000 if arm in DENSE_OF else 1_100_000,
+        "params_active": 1_100_000,
+        "flops_per_token": FLOPS_PER_STEP / 2048,
+        "flops_per_token_analytic": FLOPS_PER_STEP / 2048,
+        "train_flops_per_step": FLOPS_PER_STEP,
+        "tokens_per_step": 2048,
+        "backend": "torch",
+        "data_sources": [f"synthetic {setting} corpus"],
+        "versions": {"torch": "0.0-test", "python": "3.x"},
+        "device": "cpu",
+        "wall_clock_s": steps * wall_per_step,
+        "steps": steps,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    model = {"arch": arm, "decouple": decouple if arm in DENSE_OF else []}
+    config = {"setting": setting, "arm": arm, "scale": "tiny", "seed": seed, "max_steps": steps, "val_every": VAL_EVERY}
+    (folder / "config.json").write_text(json.dumps({**config, "model": model}))
+    return {"setting": setting, "arm": arm, "variant": variant, "seed": seed, "folder": str(folder)}
+
+
+def write_comparison(out: Path, runs: list[dict], settings: list[str], ablation: str | None, seeds: list[int]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "scale": "tiny",
+        "seeds": seeds,
+        "max_steps": STEPS,
+        "settings": settings,
+        "arms": sorted({r["arm"] for r in runs}),
+        "ablation_setting": ablation,
+        "profile": {"seq_len": 256, "batch_size": 8, "lr": 0.002, "warmup_steps": 20, "val_every": VAL_EVERY},
+        "command": "python experiments/compare.py --settings all",
+        "wall_clock_s": 812.3,
+        "versions": {"torch": "0.0-test"},
+    }
+    (out / "comparison.json").write_text(json.dumps({"meta": meta, "runs": runs}))
+    return out
+
+
+def write_all(root: Path) -> Path:
+    """Three settings with known answers; see each line's comment for what it exercises."""
+    runs = []
+    for seed in (0, 1):  # chameleon: two seeds
+        runs.append(write_run(root, "chameleon", "mamba", seed))
+        runs.append(write_run(root, "chameleon", "transformer", seed))
+        image = 2.0 if seed == 0 else 2.5  # MoM image: 50% and 40%, mean 45% with an interval
+        runs.append(write_run(root, "chameleon", "mom", seed, {"text": 1.25, "image": image}, wall_per_step=0.12))
+        image = 3.0 if seed == 0 else NEVER  # MoT image: "1/2 not reached"
+        runs.append(write_run(root, "chameleon", "mot", seed, {"text": 1.5, "image": image}))
+    runs.append(write_run(root, "chameleon", "mom_hash", 0, {"text": 1.1, "image": 1.1}))  # a control arm, one seed
+    for variant, parts, speedups in (  # the ablation, seed 0 only
+        ("mom-in_proj", ["in_proj"], {"text": 1.05, "image": 1.3}),
+        ("mom-in_proj+out_proj", ["in_proj", "out_proj"], {"text": 1.1, "image": NEVER}),
+    ):
+        runs.append(write_run(root, "chameleon", "mom", 0, speedups, variant=variant, decouple=parts))
+    runs.append(write_run(root, "transfusion", "mamba", 0))
+    runs.append(write_run(root, "transfusion", "mom", 0, {"image": 2.87}))
+    runs.append(write_run(root, "three_modality", "mamba", 0))
+    speedups = {"text": NEVER, "image": 1.5, "speech": 4.0, "real_speech": 2.0}
+    runs.append(write_run(root, "three_modality", "mom", 0, speedups))
+    runs.append(write_run(root, "three_modality", "transformer", 0, status="crashed", steps=100))  # excluded
+    runs.append(write_run(root, "three_modality", "mot", 0, {"speech": 2.0}))  # finished, but its dense crashed
+    missing = {"setting": "three_modality", "arm": "mom_hash", "variant": "mom_hash", "seed": 0, "folder": "nowhere/x"}
+    settings = ["transfusion", "chameleon", "three_modality"]
+    return write_comparison(root / "results", [*runs, missing], settings, "chameleon", [0, 1])
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """The synthetic results folder, with the report written once through the CLI (mom_hash known as a control arm)."""
+    folder = write_all(tmp_path_factory.mktemp("report"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "DENSE_OF", {**DENSE_OF, "mom_hash": "mamba"})
+        assert main([str(folder)]) == 0
+    return folder
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def find(rows: list[dict], **where) -> dict:
+    hits = [r for r in rows if all(r[k] == str(v) for k, v in where.items())]
+    assert len(hits) == 1, (where, hits)
+    return hits[0]
+
+
+def section(text: str, title: str) -> str:
+    """The body of one '## title' section of report.md."""
+    return text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def table(text: str) -> dict[tuple[str, str], dict[str, str]]:
+    """The first Markdown table of `text` as {(setting, loss): {column: cell}}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+    return {(r[header[0]], r[header[1]]): r for r in rows}
+
+
+def percent(cell: str) -> float:
+    return float(re.match(r"([\d.]+)%", cell).group(1)) / 100
+
+
+@pytest.mark.parametrize(
+    ("setting", "valset", "modality", "variant", "speedup"),
+    [
+        ("chameleon", "val", "text", "mom", 1.25),
+        ("chameleon", "val", "image", "mom", 2.0),
+        ("chameleon", "val", "text", "mot", 1.5),
+        ("chameleon", "val", "image", "mot", 3.0),
+        ("chameleon", "val", "image", "mom_hash", 1.1),
+        ("chameleon", "val", "image", "mom-in_proj", 1.3),
+        ("transfusion", "val", "image", "mom", 2.87),
+        ("three_modality", "val", "speech", "mom", 4.0),
+        ("three_modality", "val_real_speech", "speech", "mom", 2.0),
+    ],
+)
+def test_flops_to_match_is_one_over_the_speedup(out, setting, valset, modality, variant, speedup):
+    """A sparse curve shifted by k in FLOPs matches at 1/k (1%) on validation loss and training loss (2%)."""
+    rows = csv_rows(out / "flops_to_match.csv")
+    common = dict(setting=setting, modality=modality, variant=variant, seed=0)
+    val = find(rows, kind="val", valset=valset, **common)
+    assert val["reached"] == "true"
+    assert float(val["fraction"]) == pytest.approx(1 / speedup, rel=0.01)
+    if valset == "val":
+        train = find(rows, kind="train", valset="", **common)
+        assert float(train["fraction"]) == pytest.approx(1 / speedup, rel=0.02)
+
+
+def test_report_table_shows_the_numbers_and_the_papers(out):
+    """The main table has one column per sparse arm (control arm included), our percentages and the papers' beside."""
+    main_table = table(section((out / "report.md").read_text(), "FLOPs-to-match on validation loss"))
+    row = main_table[("chameleon", "text")]
+    assert percent(row["MoM vs Mamba"]) == pytest.approx(0.8, rel=0.01)
+    assert percent(row["MoM-hash vs Mamba"]) == pytest.approx(1 / 1.1, rel=0.01)
+    assert "65.40% at 1.4B" in row["MoM (paper)"] and "55.8% at 7B" in row["MoT (paper)"]
+    assert "34.76% at 1.4B" in main_table[("transfusion", "image")]["MoM (paper)"]
+    assert percent(main_table[("three_modality", "speech (real recordings)")]["MoM vs Mamba"]) == pytest.approx(
+        0.5, rel=0.01
+    )
+    assert "24.80%" in main_table[("three_modality", "speech")]["MoM (paper)"]
+
+
+def test_not_reached_is_said_not_numbered(out):
+    """A sparse run that never gets as low is 'not reached' in the report and an empty fraction in the CSV."""
+    text = (out / "report.md").read_text()
+    assert table(section(text, "FLOPs-to-match on validation loss"))[("three_modality", "text")]["MoM vs Mamba"] == (
+        "not reached"
+    )
+    verdict = section(text, "Verdict")
+    assert re.search(
+        r"three_modality\*\*: MoM reached Mamba's final loss on image at [\d.]+% and on speech at [\d.]+% of "
+        r"Mamba's FLOPs, but did not reach Mamba's final loss on text \(\+0\.050 nats at equal FLOPs\)\.",
+        verdict,
+    )
+    rows = csv_rows(out / "flops_to_match.csv")
+    row = find(rows, kind="val", valset="val", setting="three_modality", modality="text", variant="mom")
+    assert (row["reached"], row["fraction"], row["wall_clock_fraction"]) == ("false", "", "")
+    assert float(row["loss_gap"]) == pytest.approx(NEVER, abs=1e-9)
+
+
+def test_two_seeds_give_mean_and_interval_or_k_of_n(out):
+    """With two seeds a cell is the mean [95% interval]; if one seed does not reach, '1/2 not reached', no number."""
+    main_table = table(section((out / "report.md").read_text(), "FLOPs-to-match on validation loss"))
+    cell = main_table[("chameleon", "image")]["MoM vs Mamba"]
+    assert percent(cell) == pytest.approx(0.45, rel=0.01) and re.search(r"\[-?[\d.]+%, -?[\d.]+%\]", cell)
+    assert main_table[("chameleon", "image")]["MoT vs Transformer"] == "1/2 not reached"
+    summary = csv_rows(out / "flops_to_match_summary.csv")
+    mom = find(summary, kind="val", setting="chameleon", modality="image", variant="mom")
+    assert (mom["seeds"], mom["n_reached"]) == ("0 1", "2")
+    assert float(mom["fraction_low"]) < float(mom["fraction_mean"]) < float(mom["fraction_high"])
+    mot = find(summary, kind="val", setting="chameleon", modality="image", variant="mot")
+    assert (mot["n_reached"], mot["fraction_mean"]) == ("1", "")
+
+
+def test_loss_gap_and_wall_clock_to_match(out):
+    """Loss gap at equal FLOPs = -slope·ln k exactly; wall-clock-to-match = fraction × the runs' time-per-step ratio."""
+    rows = csv_rows(out / "flops_to_match.csv")
+    row = find(rows, kind="val", setting="chameleon", modality="image", variant="mom", seed=0)
+    assert float(row["loss_gap"]) == pytest.approx(-SLOPE * math.log(2.0), abs=1e-9)
+    assert float(row["wall_clock_fraction"]) == pytest.approx(1.2 * float(row["fraction"]), rel=1e-4)
+    assert float(row["dense_final_loss"]) - float(row["sparse_final_loss"]) == pytest.approx(SLOPE * math.log(2.0))
+
+
+def test_unfinished_runs_are_listed_and_excluded(out):
+    """A crashed and a missing run appear in the runs table with their status; no number uses them."""
+    text = (out / "report.md").read_text()
+    runs = section(text, "Runs")
+    assert re.search(r"\| three_modality \| transformer \| 0 \| \*\*crashed\*\* .*RuntimeError: boom", runs)
+    assert re.search(r"\| three_modality \| mom_hash \| 0 \| \*\*missing\*\* .*no summary.json", runs)
+    assert "2 of 18 runs are not finished" in text
+    rows = csv_rows(out / "flops_to_match.csv")
+    assert not [r for r in rows if r["setting"] == "three_modality" and r["arm"] in ("mot", "mom_hash")]
+
+
+def test_ablation_lists_every_variant_and_stays_out_of_the_main_table(out):
+    """Every MoM variant of the ablation setting is a row labelled by its decoupled parts; none is a main column."""
+    text = (out / "report.md").read_text()
+    ablation = table(section(text, "Ablation"))
+    labels = [key[0] for key in ablation]
+    assert labels == [
+        "in_proj (`mom-in_proj`)",
+        "in_proj+out_proj (`mom-in_proj+out_proj`)",
+        "all four (`mom`)",
+        "none: dense Mamba (`mamba`)",
+    ]
+    row = next(r for k, r in ablation.items() if k[0].startswith("in_proj+out_proj"))
+    assert row["FLOPs-to-match image"] == "not reached"
+    assert percent(row["FLOPs-to-match text"]) == pytest.approx(1 / 1.1, rel=0.01)
+    assert "mom-in_proj" not in section(text, "FLOPs-to-match on validation loss")
+    assert "![" in section(text, "Ablation")
+
+
+def test_every_file_exists_and_plots_are_images(out):
+    """report.md, both CSVs and every PNG exist; the PNGs open as images of a readable size; report links resolve."""
+    for name in ("report.md", "flops_to_match.csv", "flops_to_match_summary.csv"):
+        assert (out / name).stat().st_size > 0
+    expected = [f"{s}_{k}.png" for s in MODALITIES for k in ("val_vs_flops", "val_vs_steps", "train_vs_flops")]
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == sorted([*expected, "ablation_chameleon.png"])
+    for path in (out / "plots").glob("*.png"):
+        assert path.stat().st_size > 20_000
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width >= 600 and image.height >= 400
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    assert len(links) == len(expected) + 1 and all((out / link).exists() for link in links)
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_report_states_units_rules_and_setup(out):
+    """Transfusion's image loss is labelled MSE; the smoothing rule, FLOPs convention and setup are stated."""
+    text = (out / "report.md").read_text()
+    finals = table(section(text, "Final validation loss per arm"))
+    assert finals[("transfusion", "image")]["unit"] == "diffusion MSE"
+    assert finals[("chameleon", "image")]["unit"] == "nats"
+    how = section(text, "How to read this report")
+    assert "trailing mean over the last 3 evaluations" in how and "FLOPs = 2 × multiply-accumulates" in how
+    assert "analytic / fvcore is 1.0000-1.0000" in how
+    setup = section(text, "Setup")
+    assert "synthetic chameleon corpus" in setup and "812 s for the comparison" in setup and "torch 0.0-test" in setup
+
+
+def test_read_metrics_step_semantics(tmp_path):
+    """On the brief's metrics.csv sample: a row with step s counts s + 1 steps of FLOPs and takes its training row's
+    wall-clock; the training loss is the mean of the val_every steps that end at the evaluation step."""
+    (tmp_path / "metrics.csv").write_text(
+        "epoch,flops,optim/grad_norm,optim/lr,speed/tokens_per_s,step,time/wall_s,tokens,tokens/image,tokens/text,"
+        "train/loss,train/loss_image,train/loss_text,val/loss_image,val/loss_text\n"
+        "0,92295659520.0,1.265,0.0009,408.67,8,23.34,18432.0,6942.0,11490.0,7.452,7.033,7.674,,\n"
+        "0,102550732800.0,1.264,0.001,2087.12,9,24.32,20480.0,7752.0,12728.0,7.409,7.142,7.608,,\n"
+        "0,,,,,9,,,,,,,,7.250875949859619,7.515676975250244\n"
+        "0,112805806080.0,1.323,0.0011,460.58,10,28.77,22528.0,8581.0,13947.0,7.307,7.015,7.534,,\n"
+    )
+    curves = read_metrics(tmp_path / "metrics.csv", 10255073280.0, val_every=10)
+    val = curves[LossKey("val", "val", "image")]
+    assert (val.steps.tolist(), val.flops.tolist(), val.wall.tolist()) == ([10], [102550732800.0], [24.32])
+    assert val.loss.tolist() == [7.250875949859619]
+    assert curves[LossKey("train", "", "text")].loss.tolist() == [pytest.approx((7.674 + 7.608) / 2)]
+    assert set(curves) == {LossKey(k, v, m) for k, v in (("val", "val"), ("train", "")) for m in ("text", "image")}
+
+
+def test_missing_or_corrupt_comparison_fails_naming_the_path(tmp_path, capsys):
+    """The CLI exits 2 with a message naming comparison.json when it is missing or not JSON."""
+    assert main([str(tmp_path)]) == 2
+    assert str(tmp_path / "comparison.json") in capsys.readouterr().err
+    (tmp_path / "comparison.json").write_text("{not json")
+    assert main([str(tmp_path)]) == 2
+    assert f"{tmp_path / 'comparison.json'}: not readable as JSON" in capsys.readouterr().err
+    with pytest.raises(report.ReportError, match="runs\\[0\\]"):
+        (tmp_path / "comparison.json").write_text(json.dumps({"runs": [{"arm": "mom"}]}))
+        load_results(tmp_path)
