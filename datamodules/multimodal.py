@@ -28,7 +28,7 @@ from dataclasses import replace
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from datamodules.prepare import Corpus, PrepareParams, as_float, as_rgb, load_corpus, prepare_corpus
 from datamodules.sequences import (
@@ -71,6 +71,39 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else range(self.n)
         return ((self.epoch, int(i)) for i in list(order)[self.skip :])
+
+
+class GlobalBatchShard(DistributedSampler):
+    """One rank's share of an EpochSampler under DDP: of every global batch (world_size x batch_size consecutive
+    items of the epoch's order), the batch_size items at offset rank x batch_size.
+
+    The ranks of one step therefore read exactly the batch that one process with batch_size x world_size reads at
+    that step, so a DDP run sees the single-process run's data and a resumed DDP run continues where it stopped. It
+    is a DistributedSampler only so that Lightning uses it as it is: Lightning wraps any other sampler in a
+    DistributedSamplerWrapper, which shuffles the order again (with its own seed) and deals items round-robin.
+    A trailing partial global batch is dropped, as the single-process loader's drop_last does.
+    """
+
+    def __init__(self, epochs: EpochSampler, batch_size: int, rank: int, world_size: int) -> None:
+        # DistributedSampler.__init__ is not called: it wants a dataset and a process group; this needs neither.
+        self.epochs, self.batch_size, self.rank, self.num_replicas = epochs, batch_size, rank, world_size
+        self.shuffle, self.seed, self.drop_last = epochs.shuffle, epochs.seed, True
+
+    @property
+    def epoch(self) -> int:
+        return self.epochs.epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:  # DistributedSampler.set_epoch assigns it: Lightning's call reaches the order
+        self.epochs.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.epochs) // (self.batch_size * self.num_replicas) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        items, step, b = list(self.epochs), self.batch_size * self.num_replicas, self.batch_size
+        for start in range(0, len(items) - step + 1, step):
+            yield from items[start + self.rank * b : start + (self.rank + 1) * b]
 
 
 class SequenceDataset(Dataset):
@@ -208,15 +241,21 @@ class MultiModalDataModule(L.LightningDataModule):
         self.sources = c.card["sources"]
 
     def train_dataloader(self) -> DataLoader:
-        epoch, skip = 0, 0
+        """batch_size sequences per device and step: under DDP a step's global batch is world_size x batch_size."""
+        epoch, skip, rank, world = 0, 0, 0, 1
         if self.trainer is not None:  # resuming: Lightning has restored the step counter before asking for data
-            per_epoch = len(self.train_set) // self.batch_size
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            per_epoch = len(self.train_set) // (self.batch_size * world)
             epoch, done = divmod(self.trainer.global_step, per_epoch)
-            skip = done * self.batch_size
+            skip = done * self.batch_size * world
         sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True, epoch=epoch, skip=skip)
+        if world > 1:
+            sampler = GlobalBatchShard(sampler, self.batch_size, rank, world)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:
+        """Fixed order. Under DDP Lightning deals the sequences round-robin to the ranks; with val_sequences not a
+        multiple of the number of devices its DistributedSampler repeats a few to even the ranks out."""
         return [
             DataLoader(ds, batch_size=self.batch_size, sampler=EpochSampler(len(ds), self.seed, shuffle=False))
             for ds in self.val_sets.values()

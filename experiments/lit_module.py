@@ -1,4 +1,4 @@
-"""`LitMultiModalLM`: one LightningModule body for the four arms (mamba, mom, transformer, mot).
+"""`LitMultiModalLM`: one LightningModule body for every arm (mamba, mom, transformer, mot and the hash controls).
 
 One `_shared_step` computes the per-modality losses (experiments/losses.py) for training and validation. The
 optimiser (AdamW, linear warmup then cosine decay, no weight decay on biases, norms, A_log and D) and the schedule
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from datamodules.vocab import MODALITY_NAMES
-from experiments.losses import multimodal_losses
+from experiments.losses import loss_positions, multimodal_losses
 from models import ModelConfig, build_model
 from models.layers import ModalityRMSNorm
 
@@ -29,7 +29,7 @@ class LitMultiModalLM(L.LightningModule):
     """Training and validation of one arm.
 
     Args:
-        arch: "mamba", "mom", "transformer" or "mot".
+        arch: one of models.ARCHS ("mamba", "mom", "transformer", "mot", and the controls "mom_hash", "mot_hash").
         scale: a named scale of ModelConfig ("tiny", "small", "163m", ...).
         vocab_size, n_modalities, patch_dim: from the datamodule (state them once: LightningCLI links them).
         lr: peak learning rate; min_lr_ratio: the cosine decays to lr * min_lr_ratio at the trainer's max_steps.
@@ -82,30 +82,40 @@ class LitMultiModalLM(L.LightningModule):
             batch.get("timesteps"),
         )
 
-    def _shared_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _shared_step(self, batch: dict[str, Tensor], positions: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         out = self(batch)
         return multimodal_losses(
-            out.logits, batch, self.cfg.n_modalities, out.patch_pred, self.hparams.diffusion_weight
+            out.logits, batch, self.cfg.n_modalities, out.patch_pred, self.hparams.diffusion_weight, positions
         )
 
     def _positions(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Positions that each modality's loss averages over in this batch (targets; patches for Transfusion)."""
-        counts = {name: (batch["target_modality"] == m).sum() for m, name in enumerate(self.modalities)}
-        if "patch_mask" in batch:
-            counts["image"] = batch["patch_mask"].sum()
-        return counts
+        return loss_positions(batch, self.cfg.n_modalities)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        losses = self._shared_step(batch)
-        present = {f"loss_{name}" for name, n in self._positions(batch).items() if n > 0} | {"loss"}
-        for name in sorted(present, key=lambda k: k == "loss"):  # modalities first: name the culprit
-            if not torch.isfinite(losses[name]):
-                raise NonFiniteLoss(
-                    f"non-finite training loss at step {self.global_step}: {name} = {losses[name].item()}"
-                )
-        for name in present:
-            self.log(f"train/{name}", losses[name], on_step=True, on_epoch=False, prog_bar=name == "loss")
-        self.tokens_seen += torch.bincount(batch["modality_ids"].flatten(), minlength=self.cfg.n_modalities)
+        positions = self._positions(batch)
+        tokens = torch.bincount(batch["modality_ids"].flatten(), minlength=self.cfg.n_modalities)
+        world = self._trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            # DDP: the global batch's counts (one all-reduce of a few integers). Each rank optimises its share of the
+            # global-batch loss (experiments/losses.py), and every rank logs the same modalities.
+            local = torch.cat([torch.stack(list(positions.values())), tokens])
+            counts = self.trainer.strategy.reduce(local, reduce_op="sum")
+            n = len(positions)
+            positions, tokens = dict(zip(positions, counts[:n] / world, strict=True)), counts[n:]
+        losses = self._shared_step(batch, positions)
+        present = {f"loss_{name}" for name, n in positions.items() if n > 0} | {"loss"}
+        # Modalities first (name the culprit), in one fixed order: under DDP the ranks reduce these values by position.
+        names = sorted(present, key=lambda k: (k == "loss", k))
+        logged = torch.stack([losses[name].detach() for name in names])
+        if world > 1:  # the ranks' shares average to the global batch's losses; a NaN on any rank reaches them all
+            logged = self.trainer.strategy.reduce(logged, reduce_op="mean")
+        for name, value in zip(names, logged, strict=True):
+            if not torch.isfinite(value):
+                raise NonFiniteLoss(f"non-finite training loss at step {self.global_step}: {name} = {value.item()}")
+        for name, value in zip(names, logged, strict=True):
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+        self.tokens_seen += tokens
         for m, name in enumerate(self.modalities):
             self.log(f"tokens/{name}", self.tokens_seen[m].float(), on_step=True, on_epoch=False)
         self.log("tokens", self.tokens_seen.sum().float(), on_step=True, on_epoch=False)

@@ -5,6 +5,12 @@ predicts token t + 1). Transfusion image positions: DDPM ε-prediction MSE, the 
 
 Totals: Chameleon / three-modality: cross-entropy averaged over every target position (all modalities together);
 Transfusion: L_text + λ · L_image, with L_text the cross-entropy over text targets and λ = 5 by default.
+
+Every mean is a sum over positions divided by a number of positions (`loss_positions`), by default this batch's own.
+Under DDP the LightningModule passes the global batch's counts divided by the world size instead: each rank's loss
+is then its share of the global-batch loss, and DDP's average of the ranks' gradients is exactly the gradient of
+the loss of the global batch. (The mean of per-rank means is not that loss when ranks hold different numbers of
+positions of a modality, which interleaved documents make the rule.)
 """
 
 from __future__ import annotations
@@ -16,12 +22,21 @@ from torch import Tensor
 from datamodules.vocab import IGNORE, MODALITY_NAMES
 
 
+def loss_positions(batch: dict[str, Tensor], n_modalities: int) -> dict[str, Tensor]:
+    """Positions each modality's loss averages over in this batch: its targets; Transfusion images: patches."""
+    counts = {MODALITY_NAMES[m]: (batch["target_modality"] == m).sum() for m in range(n_modalities)}
+    if "patch_mask" in batch:
+        counts["image"] = batch["patch_mask"].sum()
+    return counts
+
+
 def multimodal_losses(
     logits: Tensor,
     batch: dict[str, Tensor],
     n_modalities: int,
     patch_pred: Tensor | None = None,
     diffusion_weight: float = 5.0,
+    positions: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Losses of one batch.
 
@@ -31,26 +46,32 @@ def multimodal_losses(
         n_modalities: modalities of the setting (per-modality entries are returned for each).
         patch_pred: (n, P) predicted noise at the patch positions (Transfusion), else None.
         diffusion_weight: λ of the Transfusion total.
+        positions: what each modality's sum is divided by (see the module docstring); default
+            `loss_positions(batch, n_modalities)`, which makes every loss a mean over this batch.
 
     Returns:
         "loss" (the total to optimise) and "loss_<modality>" for every modality of the setting; a modality with no
-        position in the batch gets NaN, so that averages over batches can skip it (never a fake 0).
+        position (positions 0) gets NaN, so that averages over batches can skip it (never a fake 0).
     """
     targets, target_modality = batch["targets"], batch["target_modality"]
+    positions = loss_positions(batch, n_modalities) if positions is None else positions
     ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
     ce = ce.view_as(targets)
-    out: dict[str, Tensor] = {}
-    nan = logits.new_tensor(float("nan"), dtype=torch.float32)
-    for m in range(n_modalities):
-        mask = target_modality == m
-        out[f"loss_{MODALITY_NAMES[m]}"] = ce[mask].mean() if mask.any() else nan
+    sums = {MODALITY_NAMES[m]: ce[target_modality == m].sum() for m in range(n_modalities)}
     if patch_pred is not None:
-        noise = batch["noise"][batch["patch_mask"]]
-        out["loss_image"] = F.mse_loss(patch_pred.float(), noise.float()) if noise.numel() else nan
-        # Absent terms contribute nothing; a NaN from a present term must still show (non-finite loss check).
-        total = out["loss_text"] if (target_modality == 0).any() else logits.new_zeros((), dtype=torch.float32)
-        out["loss"] = total + diffusion_weight * out["loss_image"] if noise.numel() else total
+        noise = batch["noise"][batch["patch_mask"]]  # (n, P)
+        # Per patch position: the mean over its P elements, so that dividing by the positions gives the MSE.
+        sums["image"] = (patch_pred.float() - noise.float()).square().sum() / noise.shape[-1]
+    # A modality without positions keeps its term: a sum over no positions, an exact 0 that is still in the autograd
+    # graph, so the layers only it reaches (the LM head, the patch head) still get a (zero) gradient. DDP needs
+    # every parameter in every rank's backward, also when one rank's batch lacks a modality.
+    one = torch.ones((), device=logits.device)
+    means = {name: s / torch.where(positions[name] > 0, positions[name], one) for name, s in sums.items()}
+    nan = torch.full((), float("nan"), device=logits.device)
+    out = {f"loss_{name}": torch.where(positions[name] > 0, mean, nan) for name, mean in means.items()}
+    if patch_pred is not None:
+        out["loss"] = means["text"] + diffusion_weight * means["image"]
     else:
-        valid = targets != IGNORE
-        out["loss"] = ce[valid].mean()
+        total = sum(positions[MODALITY_NAMES[m]] for m in range(n_modalities))
+        out["loss"] = ce[target_modality >= 0].sum() / torch.where(total > 0, total, one)
     return out

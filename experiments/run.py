@@ -1,6 +1,7 @@
 """One run = one (setting, arm, scale, seed), in its own folder that holds everything the analysis needs.
 
-    runs/<setting>/<scale>/<arm>/seed<k>/
+    runs/<setting>/<scale>/<name>/seed<k>/     name = the arm, or a variant's name (e.g. an ablation's
+                                                "mom-in_proj+out_proj")
         config.json        resolved configuration (model, data, optimisation, trainer)
         metrics.csv        one row per logged step (CSVLogger)
         tb/                TensorBoard events
@@ -8,8 +9,10 @@
         summary.json       params, FLOPs per token (analytic and fvcore), backend, versions, final losses, status
 
 A finished run is never overwritten: running it again is a no-op that says so. An interrupted run resumes from its
-last checkpoint and ends where an uninterrupted run would. A non-finite loss marks the run failed, with the step
-and the modality in the reason, and raises no further (so a sweep goes on with its other runs).
+last checkpoint and ends where an uninterrupted run would; a folder that holds a run of a different recipe (steps,
+data, optimiser, model overrides) is an error, never silently mixed. A non-finite loss marks the run failed, with the
+step and the modality in the reason, and raises no further (so a sweep goes on with its other runs). Ctrl-C marks the
+run interrupted and raises KeyboardInterrupt, so a sweep stops there and continues on the next call.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import csv
 import json
 import os
 import platform
+import signal
 import time
 from pathlib import Path
 
@@ -62,7 +66,7 @@ class RunRecorder(L.Callback):
         self.step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
-        tokens = batch["tokens"].numel()
+        tokens = batch["tokens"].numel() * trainer.world_size  # every device trains on a batch of its own
         now = time.perf_counter()
         lit.log("flops", float(trainer.global_step * self.summary["train_flops_per_step"]), on_step=True)
         lit.log("speed/tokens_per_s", tokens / max(now - self.step_start, 1e-9), on_step=True)
@@ -73,14 +77,46 @@ class RunRecorder(L.Callback):
         self.summary["wall_clock_s"] = time.perf_counter() - self.start
 
     def finish(self, trainer, lit, status: str, reason: str | None = None) -> None:
-        _merge_metrics(self.folder, self.earlier)
+        writer = trainer.is_global_zero  # DDP: every rank runs train_run; one of them writes the record
+        if writer:
+            _merge_metrics(self.folder, self.earlier)
         self.summary.update(
             status=status, reason=reason, wall_clock_s=time.perf_counter() - self.start, steps=trainer.global_step
         )
         self.summary["final_val_loss"] = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val") and "/loss_" in k
         }
-        write_json(self.folder / "summary.json", self.summary)
+        if writer:
+            write_json(self.folder / "summary.json", self.summary)
+
+
+def recipe_conflicts(
+    folder: Path, max_steps: int, val_every: int, data: dict | None = None, module: dict | None = None
+) -> list[str]:
+    """How the run recorded in `folder` differs from the requested recipe ([] when it matches or nothing is there).
+
+    Only what the caller asked for is compared (every `data` and `module` key given, the step budget and validation
+    cadence); Trainer settings are not part of a recipe, so a run may resume on other hardware.
+    """
+    path = folder / "config.json"
+    if not path.exists():
+        return []
+    stored = json.loads(path.read_text())
+    wanted = {"max_steps": max_steps, "val_every": val_every}
+    wanted |= {f"data.{k}": v for k, v in (data or {}).items() if k != "cache_dir"}  # where, not what
+    wanted |= {f"module.{k}": v for k, v in (module or {}).items()}
+    conflicts = []
+    for key, value in wanted.items():
+        section, _, name = key.rpartition(".")
+        have = (stored.get(section, {}) if section else stored).get(name)
+        if _plain(have) != _plain(value):
+            conflicts.append(f"{key}: recorded {have!r}, requested {value!r}")
+    return conflicts
+
+
+def _plain(value):
+    """JSON round trip: tuples and lists, ints and floats compare as they are stored."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def check_run(setting: str, arm: str, scale: str) -> None:
@@ -101,11 +137,13 @@ def train_run(
     data: dict | None = None,
     module: dict | None = None,
     trainer: dict | None = None,
+    name: str | None = None,
 ) -> dict:
     """Train one run to max_steps (resuming if interrupted); returns its summary.
 
     Args:
         setting, arm, scale, seed: what the run is.
+        name: the run's folder name when it is a variant of its arm (default: the arm).
         max_steps: optimiser steps (the schedule decays to its floor at max_steps).
         root: where run folders live.
         val_every: validate every this many steps.
@@ -114,7 +152,13 @@ def train_run(
         trainer: extra lightning.Trainer arguments (accelerator, devices, precision, strategy, ...).
     """
     check_run(setting, arm, scale)
-    folder = run_dir(root, setting, scale, arm, seed)
+    folder = run_dir(root, setting, scale, name or arm, seed)
+    conflicts = recipe_conflicts(folder, max_steps, val_every, data, module)
+    if conflicts:
+        raise ValueError(
+            f"{folder} holds a run of a different recipe ({'; '.join(conflicts)}); "
+            "choose another root or delete the folder"
+        )
     previous = read_summary(folder)
     if previous and previous.get("status") == "finished":
         print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
@@ -133,7 +177,7 @@ def train_run(
         val_names=tuple(dm.val_sets),
         **(module or {}),
     )
-    summary = _summary_start(folder, lit, dm, setting, arm, scale, seed, previous)
+    summary = _summary_start(folder, lit, dm, setting, arm, scale, seed, previous) | {"name": name or arm}
     write_json(folder / "summary.json", summary)
     recorder = RunRecorder(folder, summary)
     ckpt = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, every_n_train_steps=val_every, save_top_k=0)
@@ -164,6 +208,14 @@ def train_run(
         logger=[CSVLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version="tb")],
         **settings,
     )
+    # DDP / FSDP: batch_size is per device, so a step trains on world_size batches (ThroughputMonitor's
+    # flops_per_batch, set above, stays per device as Lightning wants it).
+    world = pl_trainer.world_size
+    summary.update(
+        world_size=world,
+        tokens_per_step=summary["tokens_per_step"] * world,
+        train_flops_per_step=summary["train_flops_per_step"] * world,
+    )
     write_json(
         folder / "config.json",
         {
@@ -183,6 +235,13 @@ def train_run(
     recorder.earlier = _metrics_before(folder, last)
     try:
         pl_trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
+    except SystemExit:
+        if not pl_trainer.interrupted:
+            raise
+        # Lightning turned Ctrl-C into a graceful shutdown and sys.exit(1), leaving SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        recorder.finish(pl_trainer, lit, "interrupted", f"interrupted at step {pl_trainer.global_step}")
+        raise KeyboardInterrupt(f"{folder}: interrupted at step {pl_trainer.global_step}") from None
     except NonFiniteLoss as exc:
         recorder.finish(pl_trainer, lit, "failed", str(exc))
         print(f"{folder}: failed - {exc}")

@@ -6,8 +6,16 @@ copy of its own modality. Dense is the one-modality case of the same classes, no
 Routing groups tokens instead of masking them: `ModalityRouting` sorts the batch's tokens by modality once per
 forward (stable, so order within a modality is kept), every sparse layer of the model reuses that sort, each expert
 runs one matmul on its contiguous rows, and the inverse permutation puts the rows back in sequence order. Nothing
-computes every expert on every token, every token is written exactly once, and an expert whose modality is absent
-from the batch gets an exact zero gradient (its weights are a slice of one stacked parameter).
+computes every expert on every token, and every token is written exactly once.
+
+Absent modalities and DDP: the experts of a layer are slices of one stacked parameter (`weight [M, out, in]`), not
+M parameters. A batch without tokens of modality m skips expert m's matmul (no per-token or per-expert work is
+added), yet the stacked parameter is still in the graph through the experts that did run, so autograd gives it a
+gradient whose slice m is exactly zero (never None). Every parameter of a sparse layer therefore takes part in every
+backward pass, whatever modalities a rank's batch holds, and DDP's reducer needs neither
+`find_unused_parameters=True` nor the official MoM code's trick of forcing a token of every modality into each mask.
+(The layers that only one modality's *loss* reaches, the LM and patch heads, are kept in the graph by the losses:
+experiments/losses.py.)
 
 Shapes: B batch, L sequence, T = B * L tokens, M n_modalities, D features. modality_ids: (B, L) int64 in [0, M).
 """
