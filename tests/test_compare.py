@@ -1,0 +1,142 @@
+"""compare.py end to end: plans the matrix, writes the report, never retrains what is finished, continues after an
+interrupt, trains exactly what is missing, refuses bad names and results of another configuration before training."""
+
+import csv
+import json
+
+import pytest
+
+from experiments.compare import ABLATION_BASIC, ABLATION_FULL, MatrixProgress, main, plan
+from tests.helpers import SMALL_DATA, TINY_MODEL
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def small(tmp, cache, *args):
+    """Arguments of a comparison at test size (small data, a tiny model) in tmp/runs and tmp/results."""
+    data = [f"--data={k}={v}" for k, v in SMALL_DATA.items()]
+    model = [f"--model={k}={v}" for k, v in TINY_MODEL.items()]
+    return ["--root", str(tmp / "runs"), "--out", str(tmp / "results"), "--data-cache", cache, "--val-every", "2",
+            *data, *model, *args]  # fmt: skip
+
+
+def summaries(root):
+    return {p.parent.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.glob("*/*/*/*/summary.json")}
+
+
+def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path, cache, capsys):
+    args = small(tmp_path, cache, "--settings", "all", "--max-steps", str(STEPS))
+    assert main(args) == 0
+    runs = tmp_path / "runs"
+    first = summaries(runs)
+    assert len(first) == 12  # 3 settings x 4 arms
+    for folder in first:
+        summary = json.loads((runs / folder / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == STEPS, folder
+    results = tmp_path / "results"
+    comparison = json.loads((results / "comparison.json").read_text())
+    assert len(comparison["runs"]) == 12 and comparison["meta"]["max_steps"] == STEPS
+    assert (results / "report.md").exists() and (results / "flops_to_match.csv").exists()
+    assert list(results.rglob("*.png"))
+
+    capsys.readouterr()
+    assert main(args) == 0  # nothing new to train
+    assert "0 to train" in capsys.readouterr().out
+    assert summaries(runs) == first
+
+    gone = "chameleon/tiny/mom/seed0"
+    for path in sorted((runs / gone).rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    assert main(args) == 0
+    again = summaries(runs)
+    assert {k for k in again if again[k] != first.get(k)} == {gone}  # exactly the deleted run was trained
+
+
+def test_another_configuration_in_the_same_folders_is_refused_before_training(tmp_path, cache, capsys):
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "2")
+    assert main(args) == 0
+    before = summaries(tmp_path / "runs")
+    capsys.readouterr()
+    assert main(small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "3")) == 2
+    err = capsys.readouterr().err
+    assert "max_steps" in err and "comparison.json" in err and "chameleon/tiny/mamba/seed0" in err
+    assert summaries(tmp_path / "runs") == before
+
+
+def test_interrupted_comparison_continues_where_it_stopped(tmp_path, cache, monkeypatch):
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,mom", "--max-steps", "6")
+    original = MatrixProgress.on_train_batch_end
+
+    def ctrl_c_in_mom(self, trainer, *rest):
+        original(self, trainer, *rest)
+        if self.spec.arm == "mom" and trainer.global_step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MatrixProgress, "on_train_batch_end", ctrl_c_in_mom)
+    assert main(args) == 130
+    runs = tmp_path / "runs" / "chameleon" / "tiny"
+    assert json.loads((runs / "mom/seed0/summary.json").read_text())["status"] == "interrupted"
+    mamba_done = (runs / "mamba/seed0/summary.json").stat().st_mtime_ns
+    monkeypatch.setattr(MatrixProgress, "on_train_batch_end", original)
+
+    assert main(args) == 0
+    assert (runs / "mamba/seed0/summary.json").stat().st_mtime_ns == mamba_done
+    assert json.loads((runs / "mom/seed0/summary.json").read_text())["status"] == "finished"
+    with open(runs / "mom/seed0/metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
+    assert steps == list(range(6))  # resumed from the step-4 checkpoint: every step logged exactly once
+
+
+@pytest.mark.parametrize(
+    "flag, value, valid",
+    [
+        ("--settings", "imagenet", "transfusion"),
+        ("--arms", "mamba,gpt", "mot"),
+        ("--scale", "huge", "1.4b"),
+        ("--seeds", "three", "count"),
+        ("--data", "colour=1", "seq_len"),
+        ("--model", "width=3", "d_model"),
+        ("--ablation-setting", "speech", "chameleon"),
+    ],
+)
+def test_bad_names_are_refused_before_anything_runs(tmp_path, capsys, flag, value, valid):
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "results"), flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert value.split(",")[-1].split("=")[0] in err and valid in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_ablation_plans_the_projection_subsets_beside_mamba_and_mom():
+    runs = plan(["chameleon"], ["mamba", "mom"], [0], "basic", "chameleon")
+    names = [r.name for r in runs]
+    assert names[:2] == ["mamba", "mom"] and len(names) == 2 + len(ABLATION_BASIC)
+    assert "mom-in_proj+out_proj" in names and "mom-x_proj+dt_proj" in names and "mom-dt_proj" in names
+    full = plan(["transfusion"], ["mamba"], [0, 1], "full", "chameleon")
+    assert len(ABLATION_FULL) == 14 and len({r.decouple for r in full if r.decouple}) == 14
+    assert len(full) == 2 + 2 * (2 + 14)  # transfusion mamba x 2 seeds; chameleon mamba, mom, 14 variants x 2
+
+
+def test_ablation_runs_train_their_subset(tmp_path, cache):
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "2", "--ablation")
+    assert main(args) == 0
+    runs = tmp_path / "runs" / "chameleon" / "tiny"
+    config = json.loads((runs / "mom-in_proj+out_proj" / "seed0" / "config.json").read_text())
+    assert config["arm"] == "mom" and config["model"]["decouple"] == ["in_proj", "out_proj"]
+    assert (runs / "mom" / "seed0" / "summary.json").exists()
+    assert "blation" in (tmp_path / "results" / "report.md").read_text()
+
+
+def test_parallel_runs_in_separate_processes(tmp_path, cache):
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,transformer", "--max-steps", "2")
+    assert main([*args, "--parallel", "2"]) == 0
+    for arm in ("mamba", "transformer"):
+        folder = tmp_path / "runs" / "chameleon" / "tiny" / arm / "seed0"
+        assert json.loads((folder / "summary.json").read_text())["status"] == "finished"
+        assert (folder / "train.log").exists()
