@@ -196,7 +196,7 @@ def load_results(out: str | Path) -> Results:
     runs = []
     for i, entry in enumerate(comparison["runs"]):
         try:
-            runs.append(load_run(entry, out, (meta.get("profile") or {}).get("val_every")))
+            runs.append(load_run(entry, out, (meta.get("recipe") or {}).get("val_every")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"{path}: runs[{i}] lacks setting/arm/seed/folder or has a bad value ({exc!r})") from exc
     return Results(out=out, meta=meta, runs=runs)
@@ -718,7 +718,7 @@ def render_report(
 ) -> str:
     """report.md's text."""
     meta = results.meta
-    profile = meta.get("profile") or {}
+    profile = meta.get("recipe") or {}
     seeds = meta.get("seeds") or sorted({r.seed for r in results.runs})
     val_every = profile.get("val_every", "N")
     scale = meta.get("scale", "?")
@@ -852,8 +852,8 @@ def setup_lines(results: Results) -> list[str]:
     for setting in results.settings:
         sources = sorted({s for r in results.runs if r.setting == setting for s in r.summary.get("data_sources", [])})
         lines.append(f"- Data, {setting}: {'; '.join(sources) or 'not recorded (no summary.json)'}")
-    profile = meta.get("profile") or {}
-    lines.append(f"- Profile: {', '.join(f'{k} {v}' for k, v in profile.items()) or 'not recorded'}")
+    profile = meta.get("recipe") or {}
+    lines.append(f"- Recipe (every run): {', '.join(f'{k} {v}' for k, v in profile.items()) or 'not recorded'}")
     versions = meta.get("versions") or {}
     lines.append(f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items()) or 'not recorded'}")
     run_versions = {json.dumps(r.summary["versions"], sort_keys=True) for r in results.runs if "versions" in r.summary}

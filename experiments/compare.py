@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -351,7 +353,10 @@ def resolve(args: argparse.Namespace) -> Comparison:
             raise ValueError(f"--val-every must be >= 1; got {args.val_every}")
         profile = replace(profile, val_every=args.val_every)
     data = profile.data() | data_overrides | {"cache_dir": args.data_cache}
-    tokens_per_step = data["seq_len"] * data["batch_size"]
+    # batch_size is per device: a step of a run on N devices x K nodes trains N x K batches.
+    devices = _devices(args.devices)
+    replicas = (devices if isinstance(devices, int) else 1) * (args.num_nodes or 1)
+    tokens_per_step = data["seq_len"] * data["batch_size"] * replicas
     max_steps = args.max_steps or (math.ceil(args.tokens / tokens_per_step) if args.tokens else profile.max_steps)
     if max_steps < 1:
         raise ValueError(f"the step budget must be >= 1; got {max_steps}")
@@ -406,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": c.recipe,
         "command": "python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "root": str(c.root),
+        "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
     }
     refs = [
         {"setting": s.setting, "arm": s.arm, "variant": s.name, "seed": s.seed, "folder": str(c.folder(s))}

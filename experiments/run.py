@@ -23,6 +23,7 @@ import os
 import platform
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -234,7 +235,10 @@ def train_run(
     last = folder / "checkpoints" / "last.ckpt"
     recorder.earlier = _metrics_before(folder, last)
     try:
-        pl_trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
+        with warnings.catch_warnings():
+            # The datamodule's sampler resumes mid-epoch itself (EpochSampler.skip); Lightning cannot know that.
+            warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+            pl_trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
     except SystemExit:
         if not pl_trainer.interrupted:
             raise

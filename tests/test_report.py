@@ -121,7 +121,7 @@ def write_comparison(out: Path, runs: list[dict], settings: list[str], ablation:
         "settings": settings,
         "arms": sorted({r["arm"] for r in runs}),
         "ablation_setting": ablation,
-        "profile": {"seq_len": 256, "batch_size": 8, "lr": 0.002, "warmup_steps": 20, "val_every": VAL_EVERY},
+        "recipe": {"seq_len": 256, "batch_size": 8, "lr": 0.002, "warmup_steps": 20, "val_every": VAL_EVERY},
         "command": "python experiments/compare.py --settings all",
         "wall_clock_s": 812.3,
         "versions": {"torch": "0.0-test"},
