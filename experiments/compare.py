@@ -32,6 +32,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -417,8 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         {"setting": s.setting, "arm": s.arm, "variant": s.name, "seed": s.seed, "folder": str(c.folder(s))}
         for s in c.runs
     ]
-    c.out.mkdir(parents=True, exist_ok=True)
-    write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
+    # Under DDP every process runs this whole command (Lightning's launcher, torchrun or SLURM); one writes results.
+    main_process = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+    if main_process:
+        c.out.mkdir(parents=True, exist_ok=True)
+        write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
 
     started = time.perf_counter()
     for setting in dict.fromkeys(s.setting for s in c.runs):  # once, before any run (parallel runs would race)
@@ -433,11 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ncompare.py: interrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
         return 130
-    meta["wall_clock_s"] = time.perf_counter() - started
-    write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
-    report = write_report(c.out)
     unfinished = {s.label: c.status(s) for s in c.runs if c.status(s) != "finished"}
-    print(f"compare.py: report written to {report}" + (f"; not finished: {unfinished}" if unfinished else ""))
+    if main_process:
+        meta["wall_clock_s"] = time.perf_counter() - started
+        write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
+        report = write_report(c.out)
+        print(f"compare.py: report written to {report}" + (f"; not finished: {unfinished}" if unfinished else ""))
     return 1 if unfinished else 0
 
 
