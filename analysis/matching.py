@@ -45,6 +45,15 @@ def _check(flops: Sequence[float], loss: Sequence[float], name: str) -> tuple[np
     return f, v
 
 
+def _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, window: int):
+    """The one rule, in one place: checked arrays, the dense arm's target and the sparse arm's smoothed curve."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    df, dl = _check(dense_flops, dense_loss, "dense")
+    sf, sl = _check(sparse_flops, sparse_loss, "sparse")
+    return df, smooth(dl, window)[-1], sf, smooth(sl, window)
+
+
 def flops_to_match(
     dense_flops: Sequence[float],
     dense_loss: Sequence[float],
@@ -62,12 +71,7 @@ def flops_to_match(
     Returns:
         The fraction (e.g. 0.35 for 35%), or None when the sparse arm never reaches the target.
     """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    df, dl = _check(dense_flops, dense_loss, "dense")
-    sf, sl = _check(sparse_flops, sparse_loss, "sparse")
-    target = smooth(dl, window)[-1]
-    s = smooth(sl, window)
+    df, target, sf, s = _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, window)
     hits = np.flatnonzero(s <= target)
     if len(hits) == 0:
         return None
@@ -116,7 +120,6 @@ def loss_gap(
     Same smoothing and target as `flops_to_match`; negative means the sparse arm is better. None when the sparse
     run did not train as far as the dense one (its loss there would be an extrapolation).
     """
-    df, dl = _check(dense_flops, dense_loss, "dense")
-    sf, sl = _check(sparse_flops, sparse_loss, "sparse")
-    sparse_at = at_flops(sf, smooth(sl, window), df[-1])
-    return None if sparse_at is None else sparse_at - float(smooth(dl, window)[-1])
+    df, target, sf, s = _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, window)
+    sparse_at = at_flops(sf, s, df[-1])
+    return None if sparse_at is None else sparse_at - float(target)

@@ -180,7 +180,7 @@ class MatrixProgress(L.Callback):
     """A rich display of the matrix: the current run (step, ETA) and the whole comparison (steps, ETA).
 
     The matrix ETA prices each remaining step at the seconds per step measured for that arm in this session (Mamba
-    steps cost about twice a transformer's on a CPU), or at the mean over measured arms before an arm has run.
+    steps cost about three times a transformer's on a CPU), or at the mean over measured arms before an arm has run.
     """
 
     def __init__(self, runs: list[RunSpec], remaining: dict[RunSpec, int]) -> None:
@@ -202,7 +202,7 @@ class MatrixProgress(L.Callback):
         self.spec: RunSpec | None = None
 
     def start_run(self, spec: RunSpec, index: int, n: int) -> None:
-        self.spec, self.t0, self.steps0 = spec, time.perf_counter(), None
+        self.spec = spec
         self.progress.update(self.run, description=f"[{index}/{n}] {spec.label}", visible=True, completed=0)
 
     def on_train_start(self, trainer, lit) -> None:
@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ncompare.py: interrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
         return 130
-    unfinished = {s.label: c.status(s) for s in c.runs if c.status(s) != "finished"}
+    statuses = {s.label: c.status(s) for s in c.runs}
+    unfinished = {label: status for label, status in statuses.items() if status != "finished"}
     if main_process:
         meta["wall_clock_s"] = time.perf_counter() - started
         write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
