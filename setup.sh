@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets the project up on a fresh machine: the Debian packages that hold the default data (real text, images and
-# speech; DATA.md), then a virtual environment in .venv with the project (editable) and its test tools.
+# speech; docs/data.md), then a virtual environment in .venv with the project (editable) and its test tools.
 # Safe to run again; it only installs what is missing. PYTHON=python3.x picks another interpreter.
 # Without root or apt (another OS), the data step is skipped with a warning and the datamodules fall back to
 # pip-only sources.

@@ -1,6 +1,6 @@
 """FLOPs per token: the analytic formula every plot uses, and an fvcore counter that cross-checks it.
 
-The convention (DESIGN.md §6, STYLE.md §4.5), the project's contract; it never changes mid-study:
+The convention (docs/design.md, "FLOPs"), the project's contract; it never changes mid-study:
 
 * FLOPs = 2 × multiply-accumulates (MACs). fvcore counts one MAC as one flop, so its counts are multiplied by 2.
 * Training FLOPs = 3 × forward FLOPs (backward ≈ 2 × forward; activation recompute is not counted).
@@ -11,19 +11,18 @@ The convention (DESIGN.md §6, STYLE.md §4.5), the project's contract; it never
   2·L·d MACs, i.e. 4·L·d FLOPs, per token per layer.
 * Embedding lookups are free. The output heads are counted: the LM head at every position, the patch head (and the
   patch input projection and timestep MLP) at patch positions only.
-* The selective scan's elementwise work is counted, per call with u (B, E, L) and A (E, N):
-  per element of (B, E, L, N), SCAN_FLOPS_PER_STATE = 7:
-  Δ·A 1 + exp 1 (discretise a = exp(Δ·A)), (Δu)·B 1 (input term b), h = a·h + b 2 (one MAC), y += C·h 2 (one MAC);
-  per element of (B, E, L), SCAN_FLOPS_PER_CHANNEL = 6:
-  softplus(Δ) 1, Δ·u 1, D skip y + D·u 2 (one MAC), gate y·silu(z) 2 (silu 1, product 1).
-  Both the analytic formula and the fvcore handle use `scan_flops`, which is the only place these numbers live.
-  They describe the scan as MambaMixer calls it (D, z and delta_softplus always on).
+* The selective scan's elementwise work is counted: 7 FLOPs per element of (B, E, L, N) and 6 per element of
+  (B, E, L), itemised beside the scan (`models.scan.scan_flops`, the only place these numbers live). Both the
+  analytic formula and the fvcore handle use it.
 * The depthwise causal conv is counted: 2·d_conv·E per token per Mamba block, for the L outputs that are kept (the
   padded nn.Conv1d also computes d_conv - 1 outputs per sequence that it discards; they are not counted).
 * Not counted, as fvcore ignores them too: norms, activations outside the scan (SiLU after the conv, SwiGLU's
   gate), residual adds, rotary embeddings, the sinusoidal timestep embedding, softmax, and A = -exp(A_log).
   Routing (sort, gather, unsort) has no arithmetic and is free, and so is the hash arms' routing key (integer
   arithmetic on the L position indices, once per forward, not per token and layer).
+
+Each family's per-block formula lives beside its block (`Family.block_flops`, models/mamba.py and
+models/transformer.py); `analytic_flops` adds the parts every family shares (heads, patch layers).
 
 Shapes: B batch, L sequence, D d_model, E d_inner, N d_state, R dt_rank, H heads, K head_dim, V vocab, P patch_dim.
 """
@@ -42,16 +41,15 @@ from torch import Tensor, nn
 
 from models import scan as scan_module
 from models.config import ModelConfig
+from models.family import FLOP_PARTS
 from models.lm import MultiModalLM
 from models.mamba import MambaMixer
+from models.scan import scan_flops
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # fvcore.nn's import calls the deprecated torch.jit.script
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import conv_flop_jit, get_shape
-
-SCAN_FLOPS_PER_STATE = 7  # per (B, E, L, N): Δ·A, exp, (Δu)·B, a·h + b (2), C·h accumulated (2)
-SCAN_FLOPS_PER_CHANNEL = 6  # per (B, E, L): softplus(Δ), Δ·u, y + D·u (2), y·silu(z) (2)
 
 # fvcore's name for the scan: torch.jit traces a torch.autograd.Function as "prim::PythonOp.<class name>".
 SCAN_OP = "prim::PythonOp._SelectiveScanFn"
@@ -103,11 +101,6 @@ IGNORED_OPS: dict[str, str] = {
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def scan_flops(batch: int, d_inner: int, seq_len: int, d_state: int) -> int:
-    """FLOPs of one selective scan over u (batch, d_inner, seq_len) with A (d_inner, d_state); see the docstring."""
-    return batch * d_inner * seq_len * (SCAN_FLOPS_PER_STATE * d_state + SCAN_FLOPS_PER_CHANNEL)
-
-
 @dataclass(frozen=True)
 class FlopReport:
     """Forward FLOPs per token by part; see the module docstring for the convention."""
@@ -142,25 +135,16 @@ def analytic_flops(cfg: ModelConfig, seq_len: int, patch_fraction: float = 0.0) 
         raise ValueError(f"patch_fraction must be in [0, 1], got {patch_fraction}")
     if patch_fraction and not cfg.patch_dim:
         raise ValueError("patch_fraction > 0 needs a model with patch layers (cfg.patch_dim > 0)")
-    d, n_block = cfg.d_model, cfg.n_block
-    attention = scan = conv = 0
-    if cfg.family == "mamba":
-        E, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank_value
-        # in_proj D -> 2E, x_proj E -> R + 2N, dt_proj R -> E, out_proj E -> D
-        matmul = n_block * 2 * (d * 2 * E + E * (R + 2 * N) + R * E + E * d)
-        conv = n_block * 2 * cfg.d_conv * E
-        scan = n_block * scan_flops(1, E, 1, N)
-    else:
-        # Wq, Wk, Wv, Wo (D -> D) and SwiGLU's w1, w3 (D -> F), w2 (F -> D)
-        matmul = n_block * 2 * (4 * d * d + 3 * d * cfg.mlp_hidden)
-        attention = n_block * 2 * 2 * seq_len * d  # QK^T and AV, L·d MACs each per token
+    d = cfg.d_model
+    block = cfg.family.block_flops(cfg, seq_len)  # one block's forward FLOPs per token, by part (Family)
+    per_part = {part: cfg.n_block * block.get(part, 0) for part in FLOP_PARTS}
     head = 2 * d * cfg.vocab_size
     patch = 0.0
     if cfg.patch_dim:
         P = cfg.patch_dim
         # patch_in P -> D, time MLP D -> D -> D, patch_head D -> P, at patch positions only
         patch = patch_fraction * 2 * (P * d + 2 * d * d + d * P)
-    return FlopReport(matmul=matmul, attention=attention, scan=scan, conv=conv, head=head, patch=patch)
+    return FlopReport(**per_part, head=head, patch=patch)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, patch_fraction: float = 0.0) -> int:

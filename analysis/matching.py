@@ -1,6 +1,6 @@
 """FLOPs-to-match: at what fraction of the dense arm's training FLOPs does the sparse arm reach its final loss.
 
-The rule, stated once (DESIGN.md §7):
+The rule, stated once (docs/design.md, "FLOPs-to-match"):
 
 * Smoothing: both loss curves are smoothed by a trailing mean over the last `window` evaluations (the first points
   average what exists so far). The same rule smooths both arms.

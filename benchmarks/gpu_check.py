@@ -1,7 +1,7 @@
 """The prepared GPU check: kernel parity, step time, tokens/s, MFU and peak memory of dense Mamba vs MoM.
 
     python benchmarks/gpu_check.py --out results/gpu_check          # one CUDA GPU; under 8 minutes on an H200
-    python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_check   # CPU, tiny shapes, seconds (its test runs this)
+    python benchmarks/gpu_check.py --dry-run --out benchmarks/out/gpu_check   # CPU, tiny shapes, seconds (tested)
 
 Writes <out>/gpu_check.json and <out>/gpu_check.log. Sections of the JSON:
 
@@ -151,7 +151,7 @@ def compare_scan(other, inputs: dict, tol: float) -> dict:
 
 def compare_mixers(ours: torch.nn.Module, other: torch.nn.Module, x: torch.Tensor, tol: float) -> dict:
     """Two mixers holding the same state dict: output, input gradient and every weight gradient."""
-    other.load_state_dict(ours.state_dict(), strict=True)  # same keys and shapes by design (DESIGN.md §4)
+    other.load_state_dict(ours.state_dict(), strict=True)  # same keys and shapes by design (docs/design.md)
     cot = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x)
     outs, xgrads, wgrads = [], [], []
     for m in (ours, other):
@@ -267,8 +267,8 @@ def train_steps(scale: str, arm: str, args, device: torch.device, peak: float | 
         "status": "ok" if len(times) == args.steps else f"ok: time budget, {len(times)} of {args.steps} steps",
         "params_total": total,
         "params_active": active,
-        "scan_backend": model.scan_backend,
-        "causal_conv1d": model.scan_backend == "cuda" and import_error("causal_conv1d") is None,
+        "scan_backend": model.backend,
+        "causal_conv1d": model.backend == "cuda" and import_error("causal_conv1d") is None,
         "batch": B,
         "seq_len": L,
         "steps_timed": len(times),

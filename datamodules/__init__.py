@@ -1,5 +1,6 @@
 """Lightning DataModules for the Transfusion, Chameleon and three-modality settings (shared by every arm)."""
 
-from datamodules.multimodal import SETTINGS, MultiModalDataModule
+from datamodules.multimodal import MultiModalDataModule
+from datamodules.settings import SETTINGS, Setting, get_setting, register_setting
 
-__all__ = ["SETTINGS", "MultiModalDataModule"]
+__all__ = ["SETTINGS", "MultiModalDataModule", "Setting", "get_setting", "register_setting"]

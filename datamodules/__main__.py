@@ -6,7 +6,8 @@ python -m datamodules [--settings all] [--seq-len 256] [--cache-dir .cache/data]
 import argparse
 import time
 
-from datamodules.multimodal import SETTINGS, MultiModalDataModule
+from datamodules.multimodal import MultiModalDataModule
+from datamodules.settings import SETTINGS
 
 
 def main() -> None:
@@ -15,7 +16,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--cache-dir", default=".cache/data")
     args = parser.parse_args()
-    chosen = SETTINGS if args.settings == "all" else tuple(s.strip() for s in args.settings.split(","))
+    chosen = tuple(SETTINGS) if args.settings == "all" else tuple(s.strip() for s in args.settings.split(","))
     unknown = [s for s in chosen if s not in SETTINGS]
     if unknown:
         parser.error(f"unknown setting(s) {unknown}; valid choices are 'all' or {list(SETTINGS)}")

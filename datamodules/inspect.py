@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.prepare import Corpus, prepare_corpus
-from datamodules.speech import EspeakSynth, SpeechUnits, log_mel, merge_repeats
+from datamodules.settings import SETTINGS
+from datamodules.speech import EspeakSynth
+from datamodules.units import SpeechUnits, log_mel, merge_repeats
 from datamodules.vocab import IMAGE, PAD, SPECIAL_TOKENS, SPEECH, JointVocab
 
 FONT = 8.5  # points, for the decoded sequences
@@ -250,7 +252,7 @@ def render_data_overview(dm, out_path: str | Path, n_images: int = 8, n_sequence
     if dm.corpus is None:
         dm.setup("fit")
     if dm.continuous:
-        raise ValueError("render_data_overview needs a discrete setting (chameleon or three_modality)")
+        raise ValueError("render_data_overview needs a setting with discrete image codes, not continuous patches")
     c, vocab = dm.corpus, dm.vocab
     units_model = _speech_units(dm)
 
@@ -353,7 +355,8 @@ def render_data_overview(dm, out_path: str | Path, n_images: int = 8, n_sequence
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/data.png", help="PNG to write")
-    parser.add_argument("--setting", default="three_modality", choices=["chameleon", "three_modality"])
+    discrete = [name for name, setting in SETTINGS.items() if not setting.continuous]
+    parser.add_argument("--setting", default="three_modality", choices=discrete)
     parser.add_argument("--cache-dir", default=".cache/data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seq-len", type=int, default=256)

@@ -1,6 +1,6 @@
 """`MultiModalDataModule`: the Transfusion, Chameleon and three-modality settings, served identically to every arm.
 
-    dm = MultiModalDataModule(setting="chameleon", seq_len=256, batch_size=16, seed=0)
+    dm = MultiModalDataModule(setting="chameleon", seq_len=256, batch_size=8, seed=0)
     dm.prepare_data(); dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
 
@@ -42,10 +42,9 @@ from datamodules.sequences import (
     target_modalities,
     text_document,
 )
+from datamodules.settings import Setting, get_setting
 from datamodules.vocab import BOA, BOI, EOA, EOI, MODALITY_NAMES, PATCH, JointVocab
 
-SETTINGS = ("transfusion", "chameleon", "three_modality")
-N_MODALITIES = {"transfusion": 2, "chameleon": 2, "three_modality": 3}
 DIFFUSION_STEPS = 1000
 VAL_IMAGES_PER_SOURCE = 300
 
@@ -142,10 +141,10 @@ class SequenceDataset(Dataset):
 
 
 class MultiModalDataModule(L.LightningDataModule):
-    """One datamodule family for the three settings (DESIGN.md §2-§3).
+    """One datamodule for every setting (datamodules/settings.py; docs/design.md, "Settings").
 
     Args:
-        setting: "transfusion", "chameleon" or "three_modality".
+        setting: a registered setting: "transfusion", "chameleon" or "three_modality".
         seq_len: positions per sequence (an image or utterance must fit in one, with its markers).
         batch_size: sequences per batch.
         seed: fixes document order, caption-first draws, epoch order and diffusion noise (the run's seed).
@@ -157,15 +156,16 @@ class MultiModalDataModule(L.LightningDataModule):
             speech_train_utterances, speech_val_utterances, own_data, prefer_debian: see `PrepareParams`.
         data_seed: seed of the tokenizers' fitting (VQ, speech-unit k-means). Kept apart from `seed` so that
             runs with several seeds share one prepared corpus and differ only in order, noise and initialisation.
+    The defaults of seq_len, batch_size and val_sequences are the tiny recipe's (experiments/recipes.py).
     """
 
     def __init__(
         self,
         setting: str = "chameleon",
         seq_len: int = 256,
-        batch_size: int = 16,
+        batch_size: int = 8,
         seed: int = 0,
-        val_sequences: int = 64,
+        val_sequences: int = 32,
         text_ratio: float = 1.0,
         caption_first: float = 0.8,
         cache_dir: str = ".cache/data",
@@ -182,8 +182,7 @@ class MultiModalDataModule(L.LightningDataModule):
         data_seed: int = 0,
     ) -> None:
         super().__init__()
-        if setting not in SETTINGS:
-            raise ValueError(f"unknown setting {setting!r}; valid choices are {list(SETTINGS)}")
+        self.spec: Setting = get_setting(setting)
         if seq_len < 2 or batch_size < 1 or val_sequences < 1:
             raise ValueError(
                 f"need seq_len >= 2, batch_size >= 1, val_sequences >= 1; got {seq_len}, {batch_size}, {val_sequences}"
@@ -209,7 +208,7 @@ class MultiModalDataModule(L.LightningDataModule):
             own_data=own_data,
             prefer_debian=prefer_debian,
         )
-        if setting != "three_modality":  # speech is only built when it is used
+        if not self.spec.speech:  # speech is only built when it is used
             self.params = replace(self.params, speech_train_utterances=0, speech_val_utterances=0)
         self.corpus: Corpus | None = None
 
@@ -224,19 +223,19 @@ class MultiModalDataModule(L.LightningDataModule):
             return
         self.corpus = load_corpus(prepare_corpus(self.params, self.cache_dir, verbose=False))
         c = self.corpus
-        if self.setting == "three_modality" and c.speech_train is None:
+        if self.spec.speech and c.speech_train is None:
             raise ValueError(
-                "setting three_modality needs speech, and the prepared corpus has none "
+                f"setting {self.setting} needs speech, and the prepared corpus has none "
                 "(own data without audio documents?)"
             )
         self.vocab = JointVocab(
             text_size=c.tokenizer.get_vocab_size(),
             image_size=0 if self.continuous else sum(s.vq.codebook_size for s in c.images),
-            speech_size=self.params.speech_units if self.setting == "three_modality" else 0,
+            speech_size=self.params.speech_units if self.spec.speech else 0,
         )
         self.train_set = self._dataset("train", stream=0)
         self.val_sets = {"val": self._dataset("val", stream=1)}
-        if self.setting == "three_modality" and c.speech_real_val is not None:
+        if self.spec.speech and c.speech_real_val is not None:
             self.val_sets["val_real_speech"] = self._dataset("real_speech", stream=2)
         self.sources = c.card["sources"]
 
@@ -265,7 +264,7 @@ class MultiModalDataModule(L.LightningDataModule):
 
     @property
     def continuous(self) -> bool:
-        return self.setting == "transfusion"
+        return self.spec.continuous
 
     @property
     def vocab_size(self) -> int:
@@ -273,7 +272,7 @@ class MultiModalDataModule(L.LightningDataModule):
 
     @property
     def n_modalities(self) -> int:
-        return N_MODALITIES[self.setting]
+        return self.spec.n_modalities
 
     @property
     def patch_dim(self) -> int:
@@ -341,7 +340,7 @@ class MultiModalDataModule(L.LightningDataModule):
                         docs.append(paired_document(src.captions[i], src.codes[i] + offset, BOI, EOI, text_first))
                 if not self.continuous:
                     offset += src.vq.codebook_size
-        if self.setting == "three_modality":
+        if self.spec.speech:
             speech = {"train": c.speech_train, "val": c.speech_val, "real_speech": c.speech_real_val}[split]
             for i in range(len(speech.units)):
                 units = speech.units[i]

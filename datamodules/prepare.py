@@ -17,10 +17,12 @@ import numpy as np
 
 from datamodules import cache
 from datamodules.errors import SourceUnavailable
-from datamodules.images import PatchNormalizer, PatchVQ, load_digits_images, load_emoji, load_fashion_mnist
+from datamodules.images import load_digits_images, load_emoji, load_fashion_mnist
 from datamodules.own import OwnData, load_own_data
-from datamodules.speech import EspeakSynth, SpeechUnits, Utterance, load_asterisk_prompts, synthesize_corpus
+from datamodules.patches import PatchNormalizer, PatchVQ
+from datamodules.speech import EspeakSynth, Utterance, load_asterisk_prompts, synthesize_corpus
 from datamodules.text import load_text_corpus, load_tokenizer, save_tokenizer, train_bpe
+from datamodules.units import SpeechUnits
 from datamodules.vocab import SPECIAL_TOKENS
 
 

@@ -1,28 +1,23 @@
-"""Speech sources and discrete speech units, all offline (see DATA.md §3–§5, §8).
+"""Speech sources, all offline (docs/data.md); features and discrete units are in units.py.
 
 * `EspeakSynth`: in-process espeak-ng text-to-speech through the library and data bundled in the PyPI wheel
   `espeakng-loader` (synthetic speech with exact transcripts, any amount).
 * `load_asterisk_prompts`: real speech, one professional speaker, from Debian's Asterisk prompt packages.
-* `log_mel`: numpy/scipy log-mel features (no torchaudio: it does not import next to our torch build).
-* `SpeechUnits`: HuBERT-style discrete units without a network: k-means over context-stacked, per-utterance
-  normalised log-mels (DATA.md §5: 40 mels, ±2 frames, K=64 worked best).
 * `synthesize_corpus`: picks sentences of a text corpus and speaks them.
 
-Shapes: T frames, F n_mels, S samples.
+Shapes: S samples.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gzip
-import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from datamodules.errors import SourceUnavailable
 
@@ -138,7 +133,8 @@ class EspeakSynth:
     thing in a process (and cached) is reproducible.
 
     Args:
-        voice: espeak-ng voice name. One voice by default, so text→speech stays a consistent mapping (DATA.md §5).
+        voice: espeak-ng voice name. One voice by default, so text→speech stays a consistent mapping (units from
+            spectral k-means depend on the voice).
             Note `en-gb` does not exist in the bundled data; British English is `en`.
         rate: Speaking rate in words per minute (espeak-ng's default is 175).
 
@@ -259,167 +255,3 @@ def load_asterisk_prompts(root: str = ASTERISK_ROOT, transcripts: str = ASTERISK
         audio, sample_rate = soundfile.read(wav, dtype="float32", always_2d=True)
         utterances.append(Utterance(texts[key], audio.mean(axis=1), int(sample_rate), f"asterisk:{key}"))
     return utterances
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Features
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    return 2595.0 * np.log10(1.0 + hz / 700.0)  # HTK formula
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
-def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int) -> np.ndarray:
-    """HTK-style triangular mel filterbank from 0 Hz to Nyquist, peak height 1.
-
-    Returns:
-        (n_mels, n_fft // 2 + 1) float32 weights to apply to a power spectrum.
-    """
-    fft_hz = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    edges_hz = _mel_to_hz(np.linspace(0.0, _hz_to_mel(np.asarray(sample_rate / 2)), n_mels + 2))
-    lower, center, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
-    rising = (fft_hz - lower) / (center - lower)
-    falling = (upper - fft_hz) / (upper - center)
-    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
-
-
-def log_mel(
-    audio: np.ndarray,
-    sample_rate: int,
-    n_mels: int = 40,
-    hop_ms: float = 10,
-    win_ms: float = 25,
-    target_rate: int = 16000,
-) -> np.ndarray:
-    """Log-mel spectrogram with numpy/scipy (DATA.md §8: 0.9994 correlation with librosa on the same settings).
-
-    The audio is resampled to `target_rate` so 8 kHz and 22.05 kHz sources share one filterbank. Frames are not
-    centred: frame t covers samples [t·hop, t·hop + win), so there are 1 + (S - win) // hop frames (at least 1;
-    shorter audio is zero-padded to one window).
-
-    Args:
-        audio: (S,) mono waveform.
-        sample_rate: Its sample rate.
-        n_mels: Number of mel bands.
-        hop_ms: Frame step in milliseconds.
-        win_ms: Hann window length in milliseconds.
-        target_rate: Rate the features are computed at.
-
-    Returns:
-        (T, n_mels) float32 log(mel power + 1e-6).
-    """
-    x = np.asarray(audio, dtype=np.float64)
-    if sample_rate != target_rate:
-        g = math.gcd(int(sample_rate), int(target_rate))
-        x = resample_poly(x, target_rate // g, sample_rate // g)
-    win = round(target_rate * win_ms / 1000)
-    hop = round(target_rate * hop_ms / 1000)
-    n_fft = 1 << (win - 1).bit_length()  # next power of two ≥ window (512 for 25 ms at 16 kHz)
-    if len(x) < win:
-        x = np.pad(x, (0, win - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop]  # (T, win), a view: no copy
-    power = np.abs(np.fft.rfft(frames * np.hanning(win), n=n_fft, axis=1)) ** 2  # (T, n_fft // 2 + 1)
-    mel = power @ mel_filterbank(n_mels, n_fft, target_rate).T  # (T, F)
-    return np.log(mel + 1e-6).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Discrete units
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def merge_repeats(units: np.ndarray) -> np.ndarray:
-    """Collapse runs of the same unit into one (HuBERT-style deduplication)."""
-    if len(units) == 0:
-        return units
-    keep = np.ones(len(units), dtype=bool)
-    keep[1:] = units[1:] != units[:-1]
-    return units[keep]
-
-
-class SpeechUnits:
-    """Discrete speech units: k-means over context-stacked log-mels, a network-free stand-in for HuBERT units.
-
-    Features per frame: 40 log-mels, normalised per utterance (CMVN, which removes level and channel differences),
-    with ±2 neighbouring frames stacked into one 200-dim vector. DATA.md §5 measured this as the variant whose units
-    agree best across voices. Units are not speaker-invariant; expect about 37–43 units per second after merging.
-
-    Args:
-        n_units: Codebook size K.
-        n_mels: Mel bands per frame.
-        context: Frames stacked on each side.
-        seed: Seeds the frame sample and k-means; the fit is deterministic for a given seed and input.
-        max_frames: At most this many frames, drawn without replacement, are used to fit k-means.
-    """
-
-    def __init__(self, n_units: int = 64, n_mels: int = 40, context: int = 2, seed: int = 0, max_frames: int = 100_000):
-        self.n_units = n_units
-        self.n_mels = n_mels
-        self.context = context
-        self.seed = seed
-        self.max_frames = max_frames
-        self.centroids: np.ndarray | None = None  # (K, (2·context + 1)·n_mels) float32
-
-    def features(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """(T, (2·context + 1)·n_mels) float32 features of one utterance."""
-        mel = log_mel(audio, sample_rate, n_mels=self.n_mels)  # (T, F)
-        mel = (mel - mel.mean(axis=0)) / (mel.std(axis=0) + 1e-5)
-        padded = np.pad(mel, ((self.context, self.context), (0, 0)), mode="edge")
-        width = 2 * self.context + 1
-        stacked = np.lib.stride_tricks.sliding_window_view(padded, width, axis=0)  # (T, F, width)
-        return stacked.transpose(0, 2, 1).reshape(len(mel), width * self.n_mels).astype(np.float32)
-
-    def fit(self, utterances: Sequence[Utterance]) -> SpeechUnits:
-        """Fit the codebook on the frames of `utterances` (at most `max_frames` of them, sampled with the seed)."""
-        from sklearn.cluster import MiniBatchKMeans
-        from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
-
-        feats = np.concatenate([self.features(u.audio, u.sample_rate) for u in utterances])
-        if len(feats) > self.max_frames:
-            rng = np.random.default_rng(self.seed)
-            feats = feats[np.sort(rng.choice(len(feats), self.max_frames, replace=False))]
-        # Small batches: as good an inertia as 4096 on 30k frames, and several times faster.
-        kmeans = MiniBatchKMeans(n_clusters=self.n_units, random_state=self.seed, batch_size=1024, n_init=3)
-        # One thread: the centroids then do not depend on the machine's core count (OpenMP reductions change the
-        # last bits), and on shared 2-core machines it is also faster (0.3 s against 0.6–6 s for 26k frames).
-        with threadpool_limits(limits=1):
-            self.centroids = kmeans.fit(feats).cluster_centers_.astype(np.float32)
-        return self
-
-    def encode_frames(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """(T,) int64 unit of every 10 ms frame: the nearest centroid."""
-        if self.centroids is None:
-            raise RuntimeError("SpeechUnits is not fitted: call fit() or from_state()")
-        x = self.features(audio, sample_rate)
-        # Squared distance without the ‖x‖² term, which does not change the argmin.
-        scores = x @ self.centroids.T - 0.5 * (self.centroids**2).sum(axis=1)
-        return scores.argmax(axis=1).astype(np.int64)
-
-    def encode(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """(N,) int64 units with consecutive duplicates merged."""
-        return merge_repeats(self.encode_frames(audio, sample_rate))
-
-    def units_per_second(self, utterances: Sequence[Utterance]) -> float:
-        """Merged units per second of audio over `utterances`."""
-        n_units = sum(len(self.encode(u.audio, u.sample_rate)) for u in utterances)
-        return n_units / sum(u.duration for u in utterances)
-
-    def state(self) -> dict[str, np.ndarray]:
-        """The fitted codebook and settings as plain numpy arrays (for `np.savez` caching)."""
-        if self.centroids is None:
-            raise RuntimeError("SpeechUnits is not fitted")
-        settings = {k: np.asarray(getattr(self, k)) for k in ("n_units", "n_mels", "context", "seed", "max_frames")}
-        return {**settings, "centroids": self.centroids}
-
-    @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> SpeechUnits:
-        """Rebuild a fitted `SpeechUnits` from `state()`."""
-        settings = {k: int(state[k]) for k in ("n_units", "n_mels", "context", "seed", "max_frames")}
-        units = cls(**settings)
-        units.centroids = np.asarray(state["centroids"], dtype=np.float32)
-        return units

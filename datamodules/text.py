@@ -1,6 +1,6 @@
 """Offline text corpora and a byte-level BPE tokenizer.
 
-Sources (see DATA.md §2, §8), all read from local files with no network access:
+Sources (docs/data.md), all read from local files with no network access:
 
 * Jane Austen's six novels from the Debian package ``r-cran-janeaustenr``, parsed from R's lazy-load database
   ``Rdata.rdb`` in pure Python (no R needed).
@@ -14,10 +14,8 @@ BPE tokenizer on any iterable of texts.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import struct
-import tempfile
 import warnings
 import zlib
 from collections.abc import Iterable
@@ -26,6 +24,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from common import atomic_write
 from datamodules.errors import CorruptSource, SourceUnavailable
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -379,17 +378,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str], 
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
-    """Write the tokenizer as JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tokenizer.to_str())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write the tokenizer as JSON, atomically."""
+    atomic_write(path, tokenizer.to_str())
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

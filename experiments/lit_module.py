@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import grad_norm
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from analysis.run_record import GRAD_NORM, LR, TOKENS, TRAIN_LOSS, LossKey, loss_name, tokens_name
 from datamodules.vocab import MODALITY_NAMES
 from experiments.losses import loss_positions, multimodal_losses
 from models import ModelConfig, build_model
@@ -29,7 +30,7 @@ class LitMultiModalLM(L.LightningModule):
     """Training and validation of one arm.
 
     Args:
-        arch: one of models.ARCHS ("mamba", "mom", "transformer", "mot", and the controls "mom_hash", "mot_hash").
+        arch: a registered arm (models.ARMS: "mamba", "mom", "transformer", "mot", the controls "mom_hash", "mot_hash").
         scale: a named scale of ModelConfig ("tiny", "small", "163m", ...).
         vocab_size, n_modalities, patch_dim: from the datamodule (state them once: LightningCLI links them).
         lr: peak learning rate; min_lr_ratio: the cosine decays to lr * min_lr_ratio at the trainer's max_steps.
@@ -38,6 +39,7 @@ class LitMultiModalLM(L.LightningModule):
         diffusion_weight: λ in the Transfusion total L_text + λ·L_image.
         model_overrides: any ModelConfig field to override (e.g. {"d_model": 64}).
         val_names: names of the validation dataloaders, in order (the datamodule's `val_sets`).
+    The optimiser defaults are the tiny recipe's (experiments/recipes.py).
     """
 
     def __init__(
@@ -68,9 +70,9 @@ class LitMultiModalLM(L.LightningModule):
         )
         self.model = build_model(self.cfg)
         self.modalities = MODALITY_NAMES[:n_modalities]
-        self.val_metrics = nn.ModuleDict(
-            {f"{v}_{m}": MeanMetric(nan_strategy="ignore") for v in val_names for m in self.modalities}
-        )
+        # One running mean per validation set and modality, logged under its run-record name.
+        self.val_keys = {f"{v}_{m}": LossKey("val", v, m) for v in val_names for m in self.modalities}
+        self.val_metrics = nn.ModuleDict({key: MeanMetric(nan_strategy="ignore") for key in self.val_keys})
         self.register_buffer("tokens_seen", torch.zeros(n_modalities, dtype=torch.long), persistent=True)
 
     def forward(self, batch: dict[str, Tensor]):
@@ -114,12 +116,13 @@ class LitMultiModalLM(L.LightningModule):
             if not torch.isfinite(value):
                 raise NonFiniteLoss(f"non-finite training loss at step {self.global_step}: {name} = {value.item()}")
         for name, value in zip(names, logged, strict=True):
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+            metric = TRAIN_LOSS if name == "loss" else loss_name(LossKey("train", "", name.removeprefix("loss_")))
+            self.log(metric, value, on_step=True, on_epoch=False, prog_bar=name == "loss")
         self.tokens_seen += tokens
         for m, name in enumerate(self.modalities):
-            self.log(f"tokens/{name}", self.tokens_seen[m].float(), on_step=True, on_epoch=False)
-        self.log("tokens", self.tokens_seen.sum().float(), on_step=True, on_epoch=False)
-        self.log("optim/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.log(tokens_name(name), self.tokens_seen[m].float(), on_step=True, on_epoch=False)
+        self.log(TOKENS, self.tokens_seen.sum().float(), on_step=True, on_epoch=False)
+        self.log(LR, self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -132,12 +135,11 @@ class LitMultiModalLM(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         for key, metric in self.val_metrics.items():
             if metric.update_count:
-                val_name, modality = key.rsplit("_", 1)
-                self.log(f"{val_name}/loss_{modality}", metric.compute())
+                self.log(loss_name(self.val_keys[key]), metric.compute())
             metric.reset()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        self.log("optim/grad_norm", grad_norm(self, norm_type=2)["grad_2.0_norm_total"], on_step=True)
+        self.log(GRAD_NORM, grad_norm(self, norm_type=2)["grad_2.0_norm_total"], on_step=True)
 
     def configure_optimizers(self):
         decay, no_decay = [], []

@@ -1,12 +1,5 @@
-"""One run = one (setting, arm, scale, seed), in its own folder that holds everything the analysis needs.
-
-    runs/<setting>/<scale>/<name>/seed<k>/     name = the arm, or a variant's name (e.g. an ablation's
-                                                "mom-in_proj+out_proj")
-        config.json        resolved configuration (model, data, optimisation, trainer)
-        metrics.csv        one row per logged step (CSVLogger)
-        tb/                TensorBoard events
-        checkpoints/       last.ckpt (resume point)
-        summary.json       params, FLOPs per token (analytic and fvcore), backend, versions, final losses, status
+"""One run = one (setting, arm or variant, scale, seed), trained into its own folder (the run record,
+analysis/run_record.py, defines the folder's files).
 
 A finished run is never overwritten: running it again is a no-op that says so. An interrupted run resumes from its
 last checkpoint and ends where an uninterrupted run would; a folder that holds a run of a different recipe (steps,
@@ -19,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import signal
 import time
@@ -32,63 +24,72 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from analysis.flops import analytic_flops, count_flops
-from datamodules.multimodal import SETTINGS, MultiModalDataModule
+from analysis.run_record import (
+    CHECKPOINT,
+    FLOPS,
+    METRICS,
+    STEP,
+    TENSORBOARD,
+    TOKENS_PER_S,
+    WALL,
+    Summary,
+    parse_loss_name,
+    read_config,
+    read_summary,
+    run_dir,
+    write_config,
+    write_summary,
+)
+from common import atomic_write
+from datamodules.multimodal import MultiModalDataModule
+from datamodules.settings import get_setting
 from datamodules.vocab import PATCH
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss
-from models import ARCHS, SCALES
-
-
-def run_dir(root: str | Path, setting: str, scale: str, arm: str, seed: int) -> Path:
-    return Path(root) / setting / scale / arm / f"seed{seed}"
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def read_summary(folder: Path) -> dict | None:
-    path = folder / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
+from experiments.recipes import RECIPES
+from models import SCALES, get_arm
 
 
 class RunRecorder(L.Callback):
     """Logs cumulative FLOPs, throughput and wall-clock every step; writes summary.json at the start and the end."""
 
-    def __init__(self, folder: Path, summary: dict) -> None:
+    def __init__(self, folder: Path, summary: Summary) -> None:
         self.folder, self.summary = folder, summary
         self.start = time.perf_counter()
         self.earlier: list[dict] = []  # metrics.csv rows of earlier attempts, kept across a resume
 
     def on_train_start(self, trainer, lit) -> None:
-        self.start = time.perf_counter() - self.summary.get("wall_clock_s", 0.0)  # resumed runs keep their clock
+        self.start = time.perf_counter() - self.summary.wall_clock_s  # resumed runs keep their clock
         self.step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
         tokens = batch["tokens"].numel() * trainer.world_size  # every device trains on a batch of its own
         now = time.perf_counter()
-        lit.log("flops", float(trainer.global_step * self.summary["train_flops_per_step"]), on_step=True)
-        lit.log("speed/tokens_per_s", tokens / max(now - self.step_start, 1e-9), on_step=True)
-        lit.log("time/wall_s", now - self.start, on_step=True)
+        lit.log(FLOPS, float(trainer.global_step * self.summary.train_flops_per_step), on_step=True)
+        lit.log(TOKENS_PER_S, tokens / max(now - self.step_start, 1e-9), on_step=True)
+        lit.log(WALL, now - self.start, on_step=True)
         self.step_start = now
 
     def on_validation_epoch_end(self, trainer, lit) -> None:
-        self.summary["wall_clock_s"] = time.perf_counter() - self.start
+        self.summary.wall_clock_s = time.perf_counter() - self.start
 
     def finish(self, trainer, lit, status: str, reason: str | None = None) -> None:
         writer = trainer.is_global_zero  # DDP: every rank runs train_run; one of them writes the record
         if writer:
             _merge_metrics(self.folder, self.earlier)
-        self.summary.update(
-            status=status, reason=reason, wall_clock_s=time.perf_counter() - self.start, steps=trainer.global_step
+        s = self.summary
+        s.status, s.reason, s.wall_clock_s, s.steps = (
+            status,
+            reason,
+            time.perf_counter() - self.start,
+            trainer.global_step,
         )
-        self.summary["final_val_loss"] = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val") and "/loss_" in k
+        s.final_val_loss = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if (key := parse_loss_name(k)) and key.kind == "val"
         }
         if writer:
-            write_json(self.folder / "summary.json", self.summary)
+            write_summary(self.folder, s)
 
 
 def recipe_conflicts(
@@ -99,10 +100,9 @@ def recipe_conflicts(
     Only what the caller asked for is compared (every `data` and `module` key given, the step budget and validation
     cadence); Trainer settings are not part of a recipe, so a run may resume on other hardware.
     """
-    path = folder / "config.json"
-    if not path.exists():
+    stored = read_config(folder)
+    if stored is None:
         return []
-    stored = json.loads(path.read_text())
     wanted = {"max_steps": max_steps, "val_every": val_every}
     wanted |= {f"data.{k}": v for k, v in (data or {}).items() if k != "cache_dir"}  # where, not what
     wanted |= {f"module.{k}": v for k, v in (module or {}).items()}
@@ -122,9 +122,10 @@ def _plain(value):
 
 def check_run(setting: str, arm: str, scale: str) -> None:
     """Fail before anything is prepared or trained when a name is unknown, listing the valid ones."""
-    for what, value, valid in (("setting", setting, SETTINGS), ("arm", arm, ARCHS), ("scale", scale, tuple(SCALES))):
-        if value not in valid:
-            raise ValueError(f"unknown {what} {value!r}; valid choices are {list(valid)}")
+    get_setting(setting)
+    get_arm(arm)
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid choices are {list(SCALES)}")
 
 
 def train_run(
@@ -132,28 +133,32 @@ def train_run(
     arm: str,
     scale: str = "tiny",
     seed: int = 0,
-    max_steps: int = 250,
+    max_steps: int | None = None,
     root: str | Path = "runs",
-    val_every: int = 10,
+    val_every: int | None = None,
     data: dict | None = None,
     module: dict | None = None,
     trainer: dict | None = None,
-    name: str | None = None,
-) -> dict:
+    variant: str | None = None,
+) -> Summary:
     """Train one run to max_steps (resuming if interrupted); returns its summary.
 
     Args:
         setting, arm, scale, seed: what the run is.
-        name: the run's folder name when it is a variant of its arm (default: the arm).
-        max_steps: optimiser steps (the schedule decays to its floor at max_steps).
+        variant: the run's folder name when it is a variant of its arm (default: the arm).
+        max_steps: optimiser steps (the schedule decays to its floor at max_steps); default: the scale's recipe.
         root: where run folders live.
-        val_every: validate every this many steps.
-        data: extra MultiModalDataModule arguments (identical for every arm of a comparison).
-        module: extra LitMultiModalLM arguments (lr, warmup_steps, model_overrides, ...).
+        val_every: validate every this many steps; default: the scale's recipe.
+        data: MultiModalDataModule arguments on top of the recipe's (identical for every arm of a comparison).
+        module: LitMultiModalLM arguments on top of the recipe's (lr, warmup_steps, model_overrides, ...).
         trainer: extra lightning.Trainer arguments (accelerator, devices, precision, strategy, ...).
     """
     check_run(setting, arm, scale)
-    folder = run_dir(root, setting, scale, name or arm, seed)
+    recipe = RECIPES[scale]
+    max_steps = recipe.max_steps if max_steps is None else max_steps
+    val_every = recipe.val_every if val_every is None else val_every
+    data, module, variant = recipe.data() | (data or {}), recipe.module() | (module or {}), variant or arm
+    folder = run_dir(root, setting, scale, variant, seed)
     conflicts = recipe_conflicts(folder, max_steps, val_every, data, module)
     if conflicts:
         raise ValueError(
@@ -161,12 +166,12 @@ def train_run(
             "choose another root or delete the folder"
         )
     previous = read_summary(folder)
-    if previous and previous.get("status") == "finished":
+    if previous and previous.finished:
         print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
         return previous
     folder.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
-    dm = MultiModalDataModule(setting=setting, seed=seed, **(data or {}))
+    dm = MultiModalDataModule(setting=setting, seed=seed, **data)
     dm.prepare_data()
     dm.setup("fit")
     lit = LitMultiModalLM(
@@ -176,12 +181,13 @@ def train_run(
         n_modalities=dm.n_modalities,
         patch_dim=dm.patch_dim,
         val_names=tuple(dm.val_sets),
-        **(module or {}),
+        **module,
     )
-    summary = _summary_start(folder, lit, dm, setting, arm, scale, seed, previous) | {"name": name or arm}
-    write_json(folder / "summary.json", summary)
+    summary = _summary_start(lit, dm, Summary(setting, arm, variant, scale, seed), previous)
+    write_summary(folder, summary)
     recorder = RunRecorder(folder, summary)
-    ckpt = ModelCheckpoint(dirpath=folder / "checkpoints", save_last=True, every_n_train_steps=val_every, save_top_k=0)
+    checkpoints = (folder / CHECKPOINT).parent
+    ckpt = ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=val_every, save_top_k=0)
     settings = dict(
         max_steps=max_steps,
         val_check_interval=val_every,
@@ -199,29 +205,28 @@ def train_run(
     if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
         settings.setdefault("precision", "bf16-mixed")
         # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use.
-        lit.flops_per_batch = summary["train_flops_per_step"]
+        lit.flops_per_batch = summary.train_flops_per_step
         extra_callbacks.append(
             ThroughputMonitor(batch_size_fn=lambda b: b["tokens"].shape[0], length_fn=lambda b: b["tokens"].numel())
         )
     pl_trainer = L.Trainer(
         default_root_dir=folder,
         callbacks=[recorder, ckpt, *extra_callbacks],
-        logger=[CSVLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version="tb")],
+        logger=[CSVLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version=TENSORBOARD)],
         **settings,
     )
     # DDP / FSDP: batch_size is per device, so a step trains on world_size batches (ThroughputMonitor's
     # flops_per_batch, set above, stays per device as Lightning wants it).
     world = pl_trainer.world_size
-    summary.update(
-        world_size=world,
-        tokens_per_step=summary["tokens_per_step"] * world,
-        train_flops_per_step=summary["train_flops_per_step"] * world,
-    )
-    write_json(
-        folder / "config.json",
+    summary.world_size = world
+    summary.tokens_per_step *= world
+    summary.train_flops_per_step *= world
+    write_config(
+        folder,
         {
             "setting": setting,
             "arm": arm,
+            "variant": variant,
             "scale": scale,
             "seed": seed,
             "max_steps": max_steps,
@@ -232,7 +237,7 @@ def train_run(
             "trainer": settings,
         },
     )
-    last = folder / "checkpoints" / "last.ckpt"
+    last = folder / CHECKPOINT
     recorder.earlier = _metrics_before(folder, last)
     try:
         with warnings.catch_warnings():
@@ -263,53 +268,51 @@ def train_run(
 
 def _metrics_before(folder: Path, last: Path) -> list[dict]:
     """Rows of metrics.csv logged before the checkpoint a resumed run restarts from (the logger rewrites the file)."""
-    path = folder / "metrics.csv"
+    path = folder / METRICS
     if not (last.exists() and path.exists()):
         return []
     resume_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if row.get("step") and int(row["step"]) < resume_step]
+        return [row for row in csv.DictReader(f) if row.get(STEP) and int(row[STEP]) < resume_step]
 
 
 def _merge_metrics(folder: Path, earlier: list[dict]) -> None:
-    """metrics.csv = the rows from before the resume point + the rows of this attempt (atomic rewrite)."""
-    path = folder / "metrics.csv"
+    """metrics.csv = the rows from before the resume point + the rows of this attempt (rows kept as written)."""
+    path = folder / METRICS
     if not earlier or not path.exists():
         return
     with open(path, newline="") as f:
         rows = earlier + list(csv.DictReader(f))
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(".metrics.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
-def _summary_start(folder, lit, dm, setting, arm, scale, seed, previous) -> dict:
+def _summary_start(lit: LitMultiModalLM, dm: MultiModalDataModule, summary: Summary, previous: Summary | None):
     """The summary fields known before training: sizes, FLOPs (analytic and counted), backend, versions."""
     batch = next(iter(dm.train_dataloader()))
     patch_fraction = float((batch["tokens"] == PATCH).float().mean())
     analytic = analytic_flops(lit.cfg, dm.seq_len, patch_fraction=patch_fraction)
     counted = count_flops(lit.model, batch)
-    total, active = lit.model.param_count()
-    tokens_per_step = dm.batch_size * dm.seq_len
-    return {
-        **(previous or {}),
-        "arm": arm,
-        "setting": setting,
-        "scale": scale,
-        "seed": seed,
-        "status": "running",
-        "params_total": total,
-        "params_active": active,
-        "flops_per_token": 3 * counted.per_token,
-        "flops_per_token_analytic": analytic.train_per_token,
-        "train_flops_per_step": analytic.train_per_token * tokens_per_step,
-        "tokens_per_step": tokens_per_step,
-        "backend": lit.model.scan_backend or "sdpa",
-        "data_sources": dm.sources,
-        "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-    }
+    summary.params_total, summary.params_active = lit.model.param_count()
+    summary.flops_per_token = 3 * counted.per_token
+    summary.flops_per_token_analytic = analytic.train_per_token
+    summary.tokens_per_step = dm.batch_size * dm.seq_len
+    summary.train_flops_per_step = analytic.train_per_token * summary.tokens_per_step
+    summary.backend = lit.model.backend
+    summary.data_sources = list(dm.sources)
+    summary.versions = {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()}
+    summary.device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    if previous is not None:  # a resumed run keeps its clock, steps and last losses
+        summary.wall_clock_s, summary.steps, summary.final_val_loss = (
+            previous.wall_clock_s,
+            previous.steps,
+            previous.final_val_loss,
+        )
+    return summary

@@ -1,4 +1,4 @@
-"""Train one run: one (setting, arm, scale, seed) into runs/<setting>/<scale>/<arm>/seed<k>/.
+"""Train one run: one (setting, arm, scale, seed) into runs/<setting>/<scale>/<variant>/seed<k>/.
 
     python experiments/train.py --setting chameleon --arm mom --scale tiny --seed 0 --max_steps 250 --root runs
     python experiments/train.py --config experiments/configs/debug.yaml --trainer.precision bf16-mixed
@@ -8,7 +8,9 @@ Parsing is LightningCLI's engine (jsonargparse) over the signatures of `train_ru
 `LitMultiModalLM` and `lightning.Trainer`, so every Trainer flag works (`--trainer.devices 2
 --trainer.strategy ddp`, `--trainer.precision`, ...) and YAML files compose (`--config a.yaml --config b.yaml`).
 The run folder, its loggers and checkpoints are the suite's own (experiments/run.py), so those Trainer arguments
-are not offered. Rerunning a finished run is a no-op; an unfinished one resumes.
+are not offered. The defaults of the step budget, validation, data and optimiser options are the recipe of the
+chosen `--scale` (experiments/recipes.py); YAMLs and flags override them. Rerunning a finished run is a no-op; an
+unfinished one resumes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from datamodules.multimodal import MultiModalDataModule
 from experiments import run
 from experiments.lit_module import LitMultiModalLM
+from experiments.recipes import RECIPES, Recipe
 from experiments.run import check_run, train_run
 
 # Trainer arguments the run owns: its folder, loggers, checkpoints, step budget and validation cadence.
@@ -47,13 +50,30 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
+def recipe_defaults(recipe: Recipe) -> dict:
+    """The parser's defaults for a scale: its recipe's budget, data and optimiser options."""
+    return {
+        "max_steps": recipe.max_steps,
+        "val_every": recipe.val_every,
+        **{f"data.{k}": v for k, v in recipe.data().items()},
+        **{f"model.{k}": v for k, v in recipe.module().items()},
+    }
+
+
+def parse(argv: list[str] | None = None):
+    """Parse twice: once to learn the scale, then with that scale's recipe as the defaults under YAMLs and flags."""
     parser = build_parser()
     cfg = parser.parse_args(argv)
     try:
         check_run(cfg.setting, cfg.arm, cfg.scale)
     except ValueError as exc:
         parser.error(str(exc))
+    parser.set_defaults(recipe_defaults(RECIPES[cfg.scale]))
+    return parser, parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None):
+    parser, cfg = parse(argv)
     defaults = parser.get_defaults()
     # Only the Trainer flags the user set: train_run has its own defaults for the rest (CPU, deterministic, ...).
     trainer = {k: v for k, v in cfg.trainer.as_dict().items() if v != defaults.trainer.as_dict()[k]}
@@ -68,10 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
         data=cfg.data.as_dict(),
         module=cfg.model.as_dict(),
         trainer=trainer,
+        variant=cfg.variant,
     )
-    print(f"{summary['status']}: {summary.get('final_val_loss')}")
+    print(f"{summary.status}: {summary.final_val_loss}")
     return summary
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main()["status"] == "finished" else 1)
+    sys.exit(0 if main().finished else 1)

@@ -6,7 +6,9 @@ model = build_model(ModelConfig.from_scale("tiny", arch="mom", vocab_size=4096, 
 out = model(tokens, modality_ids)          # out.logits: (B, L, V)
 """
 
-from models.config import ARCHS, DENSE_OF, FAMILY, ROUTING, SCALES, ModelConfig, ParamCount, param_count
+from models.arms import ARMS, ROUTINGS, Arm, get_arm, register_arm
+from models.config import ModelConfig, ParamCount, param_count
+from models.family import SCALES, Family
 from models.layers import (
     ModalityLinear,
     ModalityRMSNorm,
@@ -15,19 +17,21 @@ from models.layers import (
     upcycle_state_dict,
 )
 from models.lm import LMOutput, MultiModalLM, build_model, position_hash_ids
-from models.mamba import MAMBA_PARTS, MambaMixer
+from models.mamba import MAMBA, MAMBA_PARTS, MambaMixer
 from models.scan import BACKENDS, resolve_backend, selective_scan, selective_scan_ref
-from models.transformer import TRANSFORMER_PARTS, TransformerBlock
+from models.transformer import TRANSFORMER, TRANSFORMER_PARTS, TransformerBlock
 
 __all__ = [
-    "ARCHS",
+    "ARMS",
     "BACKENDS",
-    "DENSE_OF",
-    "FAMILY",
+    "MAMBA",
     "MAMBA_PARTS",
-    "ROUTING",
+    "ROUTINGS",
     "SCALES",
+    "TRANSFORMER",
     "TRANSFORMER_PARTS",
+    "Arm",
+    "Family",
     "LMOutput",
     "MambaMixer",
     "ModalityLinear",
@@ -39,8 +43,10 @@ __all__ = [
     "TransformerBlock",
     "build_model",
     "expert_state_dict",
+    "get_arm",
     "param_count",
     "position_hash_ids",
+    "register_arm",
     "resolve_backend",
     "selective_scan",
     "selective_scan_ref",

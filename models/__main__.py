@@ -7,7 +7,9 @@ python -m models [--vocab-size 32000] [--modalities 2] [--scales tiny,small,163m
 
 import argparse
 
-from models.config import ARCHS, SCALES, ModelConfig
+from models.arms import ARMS
+from models.config import ModelConfig
+from models.family import SCALES
 from models.lm import build_model
 
 
@@ -24,7 +26,7 @@ def main() -> None:
     print(f"{header}  (M = {args.modalities})")
     print("|---|---|---|---|---|---|---|---|")
     for scale in args.scales.split(","):
-        for arch in ARCHS:
+        for arch in ARMS:
             cfg = ModelConfig.from_scale(scale, arch=arch, **overrides)
             total, active = build_model(cfg, device="meta").param_count()
             print(

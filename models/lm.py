@@ -23,9 +23,6 @@ from torch import Tensor, nn
 
 from models.config import ModelConfig, ParamCount
 from models.layers import SPARSE_LAYERS, ModalityLinear, ModalityRMSNorm, ModalityRouting, validate_modality_ids
-from models.mamba import MambaMixer
-from models.scan import resolve_backend
-from models.transformer import TransformerBlock
 
 # Knuth's multiplicative hash (TAOCP vol. 3, §6.4): the prime nearest 2^32 / φ (golden ratio).
 KNUTH_MULTIPLIER = 2654435761
@@ -42,34 +39,6 @@ def position_hash_ids(batch: int, seq_len: int, n_experts: int, device: torch.de
     pos = torch.arange(seq_len, device=device, dtype=torch.int64)
     h = (pos * KNUTH_MULTIPLIER) & 0xFFFFFFFF  # 32-bit hash; the int64 product cannot overflow for L < 2^31
     return ((h * n_experts) >> 32).expand(batch, seq_len)  # (B, L) in [0, M)
-
-
-class MambaBlock(nn.Module):
-    """x + mixer(RMSNorm(x)): mamba-ssm's block (pre-norm, shared norm)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.norm = ModalityRMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = MambaMixer(
-            cfg.d_model,
-            d_state=cfg.d_state,
-            d_conv=cfg.d_conv,
-            expand=cfg.expand,
-            dt_rank=cfg.dt_rank,
-            dt_min=cfg.dt_min,
-            dt_max=cfg.dt_max,
-            dt_init=cfg.dt_init,
-            dt_scale=cfg.dt_scale,
-            dt_init_floor=cfg.dt_init_floor,
-            conv_bias=cfg.conv_bias,
-            bias=cfg.bias,
-            n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
-            decouple=cfg.decouple,
-            scan_backend=cfg.scan_backend,
-        )
-
-    def forward(self, x: Tensor, routing: ModalityRouting | None) -> Tensor:
-        return x + self.mixer(self.norm(x), routing)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -102,22 +71,7 @@ class MultiModalLM(nn.Module):
             self.patch_in = nn.Linear(cfg.patch_dim, d)
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
             self.patch_head = nn.Linear(d, cfg.patch_dim)
-        if cfg.family == "mamba":
-            self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg.n_block))
-        else:
-            self.layers = nn.ModuleList(
-                TransformerBlock(
-                    d,
-                    cfg.n_head,
-                    cfg.mlp_hidden,
-                    n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
-                    decouple=cfg.decouple,
-                    norm_placement=cfg.norm_placement,
-                    norm_eps=cfg.norm_eps,
-                    rope_theta=cfg.rope_theta,
-                )
-                for _ in range(cfg.n_block)
-            )
+        self.layers = nn.ModuleList(cfg.family.block(cfg) for _ in range(cfg.n_block))
         self.norm_f = ModalityRMSNorm(d, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.reset_parameters()
@@ -126,25 +80,18 @@ class MultiModalLM(nn.Module):
     def reset_parameters(self) -> None:
         """Model-level initialisation on top of each layer's own.
 
-        Embedding N(0, init_std); the LM head likewise. Mamba keeps nn.Linear's default for its projections
-        (mamba-ssm) and rescales out_proj by 1/sqrt(n_block), its residual-branch rescaling; transformers use
-        N(0, init_std) for every projection and init_std/sqrt(2·n_block) for the residual outputs wo and w2
-        (GPT-2). Biases are zeroed except the dt bias, whose inverse-softplus init must survive.
+        Embedding N(0, init_std); the LM head likewise. Biases of the blocks' projections are zeroed except the dt
+        bias, whose inverse-softplus init must survive; then the family initialises each block (`Family.init_block`).
         """
         std = self.cfg.init_std
         nn.init.normal_(self.embedding.weight, std=std)
         nn.init.normal_(self.lm_head.weight, std=std)
-        for name, module in self.layers.named_modules():
-            if not isinstance(module, ModalityLinear):
-                continue
-            if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
-                module.bias.zero_()
-            if self.cfg.family == "mamba":
-                if name.endswith("out_proj"):
-                    module.weight.div_(math.sqrt(self.cfg.n_block))
-            else:
-                residual_out = name.endswith(("wo", "w2"))
-                nn.init.normal_(module.weight, std=std / math.sqrt(2 * self.cfg.n_block) if residual_out else std)
+        for module in self.layers.modules():
+            if isinstance(module, ModalityLinear) and module.bias is not None:
+                if not getattr(module.bias, "_no_reinit", False):
+                    module.bias.zero_()
+        for layer in self.layers:
+            self.cfg.family.init_block(layer, self.cfg)
 
     def forward(
         self,
@@ -228,12 +175,10 @@ class MultiModalLM(nn.Module):
         return self.patch_in(patches[patch_mask]) + temb
 
     @property
-    def scan_backend(self) -> str | None:
-        """The selective-scan backend a forward on this model's device uses (None for transformers)."""
-        if self.cfg.family != "mamba":
-            return None
+    def backend(self) -> str:
+        """The kernel a forward on this model's device runs: the selective-scan backend, or "sdpa" (transformers)."""
         weight = self.embedding.weight
-        return resolve_backend(self.cfg.scan_backend, weight.device, weight.dtype)
+        return self.cfg.family.backend(self.cfg, weight.device, weight.dtype)
 
     def param_count(self) -> ParamCount:
         """(total, active per token) from the modules themselves: a sparse layer's token uses one of its M copies."""

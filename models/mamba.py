@@ -13,13 +13,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.layers import ModalityLinear, ModalityRouting, as_routing, validate_parts
-from models.scan import BACKENDS, resolve_backend, selective_scan
+from models.family import Family
+from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, as_routing, validate_parts
+from models.scan import BACKENDS, resolve_backend, scan_flops, selective_scan
+
+if TYPE_CHECKING:
+    from models.config import ModelConfig
 
 MAMBA_PARTS = ("in_proj", "x_proj", "dt_proj", "out_proj")
 
@@ -181,3 +186,86 @@ class MambaMixer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_modalities={self.n_modalities}, decouple={list(self.decouple)}, scan_backend={self.scan_backend!r}"
+
+
+class MambaBlock(nn.Module):
+    """x + mixer(RMSNorm(x)): mamba-ssm's block (pre-norm, shared norm)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = ModalityRMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mixer = MambaMixer(
+            cfg.d_model,
+            d_state=cfg.d_state,
+            d_conv=cfg.d_conv,
+            expand=cfg.expand,
+            dt_rank=cfg.dt_rank,
+            dt_min=cfg.dt_min,
+            dt_max=cfg.dt_max,
+            dt_init=cfg.dt_init,
+            dt_scale=cfg.dt_scale,
+            dt_init_floor=cfg.dt_init_floor,
+            conv_bias=cfg.conv_bias,
+            bias=cfg.bias,
+            n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
+            decouple=cfg.decouple,
+            scan_backend=cfg.scan_backend,
+        )
+
+    def forward(self, x: Tensor, routing: ModalityRouting | None) -> Tensor:
+        return x + self.mixer(self.norm(x), routing)
+
+
+class MambaFamily(Family):
+    """Mamba-1 blocks; two per transformer-layer equivalent (mamba-ssm's convention: two Mamba blocks replace
+    attention + MLP), so the dense arms of one scale have about the same parameters."""
+
+    name = "mamba"
+    parts = MAMBA_PARTS
+    blocks_per_layer = 2
+    ablation_groups = (("in_proj", "out_proj"), ("x_proj", "dt_proj"))
+    # n_layer counts transformer-layer equivalents. At 163m and 760m, 30 and 44 blocks (not 2 per layer, which would
+    # overshoot the names by 4% and 7%) keep dense Mamba within 3% of the name; docs/papers.md derives the widths.
+    scales = {
+        "tiny": dict(d_model=128, n_layer=2, vocab_size=4096),
+        "small": dict(d_model=256, n_layer=4, vocab_size=8192),
+        "163m": dict(d_model=768, n_layer=15, vocab_size=32000),
+        "760m": dict(d_model=1536, n_layer=22, vocab_size=32000),
+        "1.4b": dict(d_model=2048, n_layer=24, vocab_size=32000),
+    }
+
+    def block(self, cfg: ModelConfig) -> nn.Module:
+        return MambaBlock(cfg)
+
+    @torch.no_grad()
+    def init_block(self, block: nn.Module, cfg: ModelConfig) -> None:
+        """nn.Linear's default for the projections (mamba-ssm), out_proj rescaled by 1/sqrt(n_block): the residual
+        branch's rescaling."""
+        for name, module in block.named_modules():
+            if isinstance(module, ModalityLinear) and name.endswith("out_proj"):
+                module.weight.div_(math.sqrt(cfg.n_block))
+
+    def block_params(self, cfg: ModelConfig) -> tuple[dict[str, int], int]:
+        d, E, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank_value, cfg.d_conv
+        parts = {
+            "in_proj": d * 2 * E + (2 * E if cfg.bias else 0),
+            "x_proj": E * (R + 2 * N),
+            "dt_proj": R * E + E,
+            "out_proj": E * d + (d if cfg.bias else 0),
+        }
+        shared = d + E * K + (E if cfg.conv_bias else 0) + E * N + E  # norm, conv1d, A_log, D
+        return parts, shared
+
+    def block_flops(self, cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+        d, E, N, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank_value
+        return {
+            "matmul": 2 * (d * 2 * E + E * (R + 2 * N) + R * E + E * d),  # in_proj, x_proj, dt_proj, out_proj
+            "conv": 2 * cfg.d_conv * E,  # the depthwise causal conv's kept outputs
+            "scan": scan_flops(1, E, 1, N),
+        }
+
+    def backend(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> str:
+        return resolve_backend(cfg.scan_backend, device, dtype)
+
+
+MAMBA = MambaFamily()

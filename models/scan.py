@@ -32,6 +32,18 @@ _GPU_INSTALL_HINT = "pip install -r requirements-gpu.txt"
 
 _LOG2E = math.log2(math.e)
 
+# The scan's elementwise FLOPs under the suite's convention (analysis/flops.py), counted per call with u (B, E, L) and
+# A (E, N). Per element of (B, E, L, N): Δ·A 1, exp 1 (a = exp(Δ·A)), (Δu)·B 1, h = a·h + b 2 (one MAC), y += C·h 2.
+# Per element of (B, E, L): softplus(Δ) 1, Δ·u 1, D skip y + D·u 2 (one MAC), gate y·silu(z) 2 (silu 1, product 1).
+# They describe the scan as MambaMixer calls it (D, z and delta_softplus always on).
+SCAN_FLOPS_PER_STATE = 7
+SCAN_FLOPS_PER_CHANNEL = 6
+
+
+def scan_flops(batch: int, d_inner: int, seq_len: int, d_state: int) -> int:
+    """FLOPs of one selective scan over u (batch, d_inner, seq_len) with A (d_inner, d_state)."""
+    return batch * d_inner * seq_len * (SCAN_FLOPS_PER_STATE * d_state + SCAN_FLOPS_PER_CHANNEL)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Reference

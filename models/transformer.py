@@ -10,13 +10,19 @@ Shapes: B batch, L sequence, D d_model, H heads, K head_dim (= D / H), F mlp hid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.family import Family
 from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, validate_parts
+
+if TYPE_CHECKING:
+    from models.config import ModelConfig
 
 TRANSFORMER_PARTS = ("wq", "wk", "wv", "wo", "mlp", "norm")
 NORM_PLACEMENTS = ("pre", "post")  # pre: x + f(norm(x)); post: x + norm(f(x)), MoT's / Chameleon's "SwinNorm"
@@ -136,3 +142,64 @@ class TransformerBlock(nn.Module):
             else:
                 x = x + norm(sublayer(x, routing), routing)
         return x
+
+
+class TransformerFamily(Family):
+    """Transformer blocks (attention + SwiGLU MLP), one per layer."""
+
+    name = "transformer"
+    parts = TRANSFORMER_PARTS
+    blocks_per_layer = 1
+    ablation_groups = (("wq", "wk", "wv", "wo"), ("mlp", "norm"))
+    # The paper scales reproduce their names with the Transfusion setting's 32k vocabulary and untied embeddings
+    # (docs/papers.md). Head counts are not published: head_dim 64 at 163m and 128 above are our choice.
+    scales = {
+        "tiny": dict(d_model=128, n_layer=2, n_head=4, mlp_multiple_of=64, vocab_size=4096),
+        "small": dict(d_model=256, n_layer=4, n_head=4, mlp_multiple_of=64, vocab_size=8192),
+        "163m": dict(d_model=768, n_layer=16, n_head=12, vocab_size=32000),
+        "760m": dict(d_model=1536, n_layer=24, n_head=12, vocab_size=32000),
+        "1.4b": dict(d_model=2048, n_layer=24, n_head=16, vocab_size=32000),
+    }
+
+    def check(self, cfg: ModelConfig) -> None:
+        if cfg.d_model % cfg.n_head:
+            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_head={cfg.n_head}")
+
+    def block(self, cfg: ModelConfig) -> nn.Module:
+        return TransformerBlock(
+            cfg.d_model,
+            cfg.n_head,
+            cfg.mlp_hidden,
+            n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
+            decouple=cfg.decouple,
+            norm_placement=cfg.norm_placement,
+            norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_theta,
+        )
+
+    @torch.no_grad()
+    def init_block(self, block: nn.Module, cfg: ModelConfig) -> None:
+        """N(0, init_std) for every projection, init_std/sqrt(2·n_block) for the residual outputs wo and w2 (GPT-2)."""
+        for name, module in block.named_modules():
+            if isinstance(module, ModalityLinear):
+                residual_out = name.endswith(("wo", "w2"))
+                std = cfg.init_std / math.sqrt(2 * cfg.n_block) if residual_out else cfg.init_std
+                nn.init.normal_(module.weight, std=std)
+
+    def block_params(self, cfg: ModelConfig) -> tuple[dict[str, int], int]:
+        d = cfg.d_model
+        parts = {"wq": d * d, "wk": d * d, "wv": d * d, "wo": d * d, "mlp": 3 * d * cfg.mlp_hidden, "norm": 2 * d}
+        return parts, 0
+
+    def block_flops(self, cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+        d = cfg.d_model
+        return {
+            "matmul": 2 * (4 * d * d + 3 * d * cfg.mlp_hidden),  # Wq, Wk, Wv, Wo; SwiGLU's w1, w3 (D -> F), w2
+            "attention": 2 * 2 * seq_len * d,  # QK^T and AV over the full L x L, L·d MACs each per token
+        }
+
+    def backend(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> str:
+        return "sdpa"
+
+
+TRANSFORMER = TransformerFamily()

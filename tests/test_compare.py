@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from experiments.compare import ABLATION_BASIC, ABLATION_FULL, MatrixProgress, main, plan
+from experiments.compare import MatrixProgress, main
+from experiments.plan import ablation_variants, plan
 from tests.helpers import SMALL_DATA, TINY_MODEL
 
 STEPS = 4
@@ -115,12 +116,14 @@ def test_bad_names_are_refused_before_anything_runs(tmp_path, capsys, flag, valu
 
 def test_ablation_plans_the_projection_subsets_beside_mamba_and_mom():
     runs = plan(["chameleon"], ["mamba", "mom"], [0], "basic", "chameleon")
-    names = [r.name for r in runs]
-    assert names[:2] == ["mamba", "mom"] and len(names) == 2 + len(ABLATION_BASIC)
+    names = [r.variant for r in runs]
+    assert names[:2] == ["mamba", "mom"] and len(names) == 2 + len(ablation_variants("mom")) == 2 + 6
     assert "mom-in_proj+out_proj" in names and "mom-x_proj+dt_proj" in names and "mom-dt_proj" in names
     full = plan(["transfusion"], ["mamba"], [0, 1], "full", "chameleon")
-    assert len(ABLATION_FULL) == 14 and len({r.decouple for r in full if r.decouple}) == 14
+    assert len(ablation_variants("mom", full=True)) == 14 and len({r.decouple for r in full if r.decouple}) == 14
     assert len(full) == 2 + 2 * (2 + 14)  # transfusion mamba x 2 seeds; chameleon mamba, mom, 14 variants x 2
+    mot = plan(["chameleon"], [], [0], "basic", "chameleon", ablation_arm="mot")
+    assert [r.variant for r in mot][:2] == ["transformer", "mot"] and "mot-mlp+norm" in [r.variant for r in mot]
 
 
 def test_ablation_runs_train_their_subset(tmp_path, cache):

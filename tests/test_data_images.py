@@ -13,16 +13,13 @@ from datamodules.images import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_ROOT,
     FASHION_MNIST_TEMPLATES,
-    PatchNormalizer,
-    PatchVQ,
     SourceUnavailable,
     load_digits_images,
     load_emoji,
     load_fashion_mnist,
-    patchify,
     read_idx,
-    unpatchify,
 )
+from datamodules.patches import PatchNormalizer, PatchVQ, patchify, unpatchify
 
 
 def _no_network(*args, **kwargs):
@@ -63,7 +60,7 @@ def test_fashion_mnist_loads(fashion):
     assert fashion.images.shape == (70_000, 28, 28, 1) and fashion.images.dtype == np.float32
     assert (fashion.split == "train").sum() == 60_000 and (fashion.split == "val").sum() == 10_000
     assert fashion.images.min() == 0.0 and fashion.images.max() == 1.0
-    assert 0.1 < fashion.images.var() < 0.15  # DATA.md: pixel variance 0.124
+    assert 0.1 < fashion.images.var() < 0.15  # docs/data.md: pixel variance 0.124
     assert len(fashion.captions) == 70_000
     templates_seen = {
         t
@@ -180,7 +177,8 @@ def test_patch_normalizer_round_trip():
 
 
 def test_vq_fashion_mnist(fashion):
-    """K=256 4×4 VQ fit on 5k images: held-out MSE near DATA.md's 0.0084, codes in range, fit deterministic."""
+    """K=256 4×4 VQ fit on 5k images: held-out MSE near the 0.0084 measured with 20k images, codes in range,
+    fit deterministic."""
     train, val = fashion.select("train"), fashion.select("val")
     vq = PatchVQ.fit(train.images[:5000], patch=4, codebook_size=256, seed=0)
     assert vq.codebook.shape == (256, 16)
@@ -189,7 +187,7 @@ def test_vq_fashion_mnist(fashion):
     assert codes.shape == (2000, 49) and codes.dtype == np.int64
     assert codes.min() >= 0 and codes.max() < 256
     assert vq.decode(codes).shape == held_out.shape
-    # DATA.md measured 0.0084 with 20k training images; a quarter of the data may cost a little, so allow ~1.8×,
+    # 0.0084 was measured with 20k training images; a quarter of the data may cost a little, so allow ~1.8×,
     # which is still about 8× below the pixel variance (0.124): the codes carry most of the image.
     mse = vq.reconstruction_mse(held_out)
     assert mse < 0.015 and mse < held_out.var() / 8

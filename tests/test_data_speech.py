@@ -1,4 +1,4 @@
-"""Speech sources, log-mel features and discrete units (datamodules/speech.py), all offline."""
+"""Speech sources, log-mel features and discrete units (datamodules/speech.py, units.py), all offline."""
 
 import socket
 import subprocess
@@ -8,16 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.speech import (
-    EspeakSynth,
-    SourceUnavailable,
-    SpeechUnits,
-    load_asterisk_prompts,
-    log_mel,
-    mel_filterbank,
-    merge_repeats,
-    synthesize_corpus,
-)
+from datamodules.speech import EspeakSynth, SourceUnavailable, load_asterisk_prompts, synthesize_corpus
+from datamodules.units import SpeechUnits, log_mel, mel_filterbank, merge_repeats
 
 SUBJECTS = ["the old sailor", "a small dog", "my sister", "the teacher", "our neighbour", "the farmer's wife"]
 VERBS = ["found", "painted", "carried", "forgot", "watched", "opened", "remembered", "sold"]
@@ -162,7 +154,7 @@ def test_speech_units(tts_corpus: list) -> None:
     assert (codes[1:] != codes[:-1]).all()
     frames = units.encode_frames(tts_corpus[0].audio, tts_corpus[0].sample_rate)
     np.testing.assert_array_equal(merge_repeats(frames), codes)
-    # DATA.md §5 measured 37–43 units/s after merging (fortunes, espeak en-us, K=64); the wider band allows for
+    # docs/data.md: 37–43 units/s measured after merging (fortunes, espeak en-us, K=64); the wider band allows for
     # other text and speaking styles while still catching a broken merge (≈100/s) or a collapsed codebook (≈few/s).
     all_codes = [units.encode(u.audio, u.sample_rate) for u in tts_corpus]
     assert 20 < sum(map(len, all_codes)) / sum(u.duration for u in tts_corpus) < 70

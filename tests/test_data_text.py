@@ -34,7 +34,8 @@ def austen_tokenizer(austen):
 
 @needs_austen
 def test_austen_six_novels_with_plausible_size(austen):
-    """The pure-Python R lazy-load parser yields the six novels with DATA.md's sizes (3.95M raw chars, 10,298 paras)."""
+    """The pure-Python R lazy-load parser yields the six novels with their known sizes (3.95M raw chars, 10,298
+    paragraphs)."""
     lines = text.load_austen_lines()
     raw_chars = sum(len(line) for novel in lines.values() for line in novel)
     assert 3_800_000 <= raw_chars <= 4_100_000
@@ -194,7 +195,7 @@ def test_bpe_deterministic_and_save_load(tmp_path):
 
 @needs_austen
 def test_bpe_on_austen_round_trip_and_compression(austen, austen_tokenizer):
-    """At V=4096 Austen round-trips exactly and compresses to ~4.1 chars/token (DATA.md: 4.14; accept 3.8-4.5)."""
+    """At V=4096 Austen round-trips exactly and compresses to ~4.1 chars/token (measured 4.14; accept 3.8-4.5)."""
     paragraphs = [p for ps in austen.values() for p in ps]
     tok = austen_tokenizer
     assert tok.get_vocab_size() == 4096

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from datamodules.errors import SourceUnavailable
-from datamodules.multimodal import SETTINGS, MultiModalDataModule
+from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import cosine_alpha_bar
+from datamodules.settings import SETTINGS
 from datamodules.vocab import BOA, BOI, EOA, EOI, IGNORE, PAD, PATCH
 from tests.helpers import SMALL_DATA
 
@@ -74,7 +75,7 @@ def first_batch(dm, loader: str = "train"):
     return next(iter(loaders))
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("setting", list(SETTINGS))
 def test_batch_contract(modules, setting):
     """Shapes and dtypes; modality ids read off the vocabulary; targets are the next tokens; markers balanced."""
     dm = modules[setting]

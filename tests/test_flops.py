@@ -7,15 +7,13 @@ import torch
 
 from analysis.flops import (
     IGNORED_OPS,
-    SCAN_FLOPS_PER_CHANNEL,
-    SCAN_FLOPS_PER_STATE,
     analytic_flops,
     count_flops,
     count_scan_flops,
     flops_per_token,
-    scan_flops,
 )
-from models import ARCHS, DENSE_OF, ModelConfig, build_model, param_count
+from models import ARMS, ModelConfig, build_model, param_count
+from models.scan import SCAN_FLOPS_PER_CHANNEL, SCAN_FLOPS_PER_STATE, scan_flops
 from tests.helpers import interleaved_ids
 
 V, P, B, L = 96, 12, 2, 32
@@ -48,7 +46,7 @@ def counted_and_analytic(arch: str, patches: bool):
 
 
 @pytest.mark.parametrize("patches", [False, True], ids=["tokens", "transfusion"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", list(ARMS))
 def test_fvcore_matches_analytic(arch, patches):
     """fvcore × 2 with the scan/SDPA/conv handles equals the analytic forward FLOPs per token (≤ 2%, in fact exact)."""
     counted, analytic = counted_and_analytic(arch, patches)
@@ -61,7 +59,7 @@ def test_fvcore_matches_analytic(arch, patches):
     assert counted.per_token == pytest.approx(analytic.forward_per_token, rel=1e-9)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", list(ARMS))
 def test_no_silent_zeros(arch):
     """Unpriced ops are all listed in IGNORED_OPS; the scan or SDPA is priced non-zero; nothing else is priced."""
     counted, analytic = counted_and_analytic(arch, patches=True)
@@ -79,12 +77,13 @@ def test_unknown_unpriced_op_raises(monkeypatch):
         count_flops(build_model(tiny_cfg("transformer")), make_batch(False))
 
 
-@pytest.mark.parametrize("sparse", list(DENSE_OF))
+@pytest.mark.parametrize("sparse", [name for name, arm in ARMS.items() if arm.is_sparse])
 def test_mixture_flops_equal_dense(sparse):
     """A mixture arm has exactly its dense baseline's analytic FLOPs per token, and counted within 1%."""
     cfg = tiny_cfg(sparse, patch_dim=P)
     assert analytic_flops(cfg, L, 0.25) == analytic_flops(cfg.dense(), L, 0.25)
-    assert flops_per_token(cfg, L) == flops_per_token(replace(cfg, arch=DENSE_OF[sparse], decouple=(), routing=None), L)
+    dense_cfg = replace(cfg, arch=ARMS[sparse].dense, decouple=(), routing=None)
+    assert flops_per_token(cfg, L) == flops_per_token(dense_cfg, L)
     batch = make_batch(patches=True)
     dense, mixed = (count_flops(build_model(c), batch).per_token for c in (cfg.dense(), cfg))
     assert mixed == pytest.approx(dense, rel=0.01)
@@ -149,7 +148,7 @@ def test_presets_table_command(capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["analysis", "--scales", "163m"])
     main()
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "163m" in r]
-    assert len(rows) == 3 * len(ARCHS)
+    assert len(rows) == 3 * len(ARMS)
     assert "| transfusion | 163m | mom | 274.4M | 162.3M |" in "\n".join(rows)
     assert "| transfusion | 163m | mom_hash | 274.4M | 162.3M |" in "\n".join(rows)
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.multimodal import SETTINGS, MultiModalDataModule
+from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import next_token_targets
+from datamodules.settings import SETTINGS
 from datamodules.vocab import IGNORE, PAD
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss, warmup_cosine
 from experiments.losses import multimodal_losses
-from models import ARCHS
+from models import ARMS
 from tests.helpers import SMALL_DATA, TINY_MODEL
 
 
@@ -69,8 +70,8 @@ def lit_for(dm: MultiModalDataModule, arch: str, **kwargs) -> LitMultiModalLM:
     )
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("arch", list(ARMS))
 def test_loss_decreases_on_a_fixed_batch(datamodules, setting, arch):
     """Every arm learns a fixed real batch of every setting: the total loss falls by a quarter in 40 steps."""
     dm = datamodules[setting]
@@ -87,8 +88,8 @@ def test_loss_decreases_on_a_fixed_batch(datamodules, setting, arch):
     assert loss.item() < 0.75 * first, (first, loss.item())
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("arch", list(ARMS))
 def test_tiny_scale_trains_and_validates(datamodules, setting, arch, tmp_path):
     """Every arm at the tiny scale runs Trainer steps and validation; per-modality validation losses are logged."""
     dm = datamodules[setting]

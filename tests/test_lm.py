@@ -4,9 +4,7 @@ import pytest
 import torch
 
 from models import (
-    ARCHS,
-    DENSE_OF,
-    ROUTING,
+    ARMS,
     SCALES,
     ModelConfig,
     build_model,
@@ -17,8 +15,9 @@ from models import (
 from tests.helpers import interleaved_ids
 
 V, P = 64, 12
-SPARSE = list(DENSE_OF)  # mom, mom_hash, mot, mot_hash
-BY_MODALITY = [arch for arch in SPARSE if ROUTING[arch] == "modality"]  # mom, mot
+ARCHS = list(ARMS)
+SPARSE = [arch for arch in ARMS if ARMS[arch].is_sparse]  # mom, mot, mom_hash, mot_hash
+BY_MODALITY = [arch for arch in SPARSE if ARMS[arch].routing == "modality"]  # mom, mot
 
 
 def small_cfg(arch: str, **overrides) -> ModelConfig:
@@ -79,7 +78,7 @@ def test_causal(arch):
 def test_sparse_model_with_identical_experts_equals_dense(arch):
     """Copying the dense model into every expert reproduces the dense model's outputs (tokens and patches), whatever
     picks the experts (modality or position hash)."""
-    dense = build_model(small_cfg(DENSE_OF[arch], patch_dim=P, n_modalities=2))
+    dense = build_model(small_cfg(ARMS[arch].dense, patch_dim=P, n_modalities=2))
     sparse = build_model(small_cfg(arch, patch_dim=P, n_modalities=2))
     sparse.load_state_dict(upcycle_state_dict(sparse, dense.state_dict()))
     batch = transfusion_batch()
@@ -92,7 +91,7 @@ def test_sparse_model_with_identical_experts_equals_dense(arch):
 def test_sparse_model_fed_one_modality_equals_dense_expert(arch):
     """A sparse model fed only modality k equals the dense model holding expert k."""
     sparse = build_model(small_cfg(arch))
-    dense = build_model(small_cfg(DENSE_OF[arch]))
+    dense = build_model(small_cfg(ARMS[arch].dense))
     tokens = torch.randint(0, V, (2, 15))
     for k in range(3):
         dense.load_state_dict(expert_state_dict(sparse, k))
@@ -154,15 +153,15 @@ def test_config_round_trip_and_defaults():
     for arch in ARCHS:
         cfg = ModelConfig.from_scale("tiny", arch=arch, vocab_size=100)
         assert ModelConfig(**cfg.to_dict()) == cfg
-        assert cfg.to_dict()["routing"] == cfg.routing == ROUTING[arch]
-        assert cfg.dense().arch == DENSE_OF.get(arch, arch) and cfg.dense().routing == "none"
+        assert cfg.to_dict()["routing"] == cfg.routing == ARMS[arch].routing
+        assert cfg.dense().arch == (ARMS[arch].dense or arch) and cfg.dense().routing == "none"
     assert ModelConfig(arch="mom").decouple == ModelConfig(arch="mom_hash").decouple
     assert ModelConfig(arch="mom").decouple == ("in_proj", "x_proj", "dt_proj", "out_proj")
     assert ModelConfig(arch="mot").decouple == ModelConfig(arch="mot_hash").decouple
     assert ModelConfig(arch="mot").decouple == ("wq", "wk", "wv", "wo", "mlp", "norm")
     assert ModelConfig(arch="mamba").decouple == ()
     assert [ModelConfig(arch=a).routing for a in ("mamba", "mom", "mom_hash")] == ["none", "modality", "position_hash"]
-    assert ModelConfig(arch="mom_hash").is_sparse and ModelConfig(arch="mot_hash").family == "transformer"
+    assert ModelConfig(arch="mom_hash").is_sparse and ModelConfig(arch="mot_hash").family.name == "transformer"
     assert ModelConfig.from_scale("tiny", arch="mom").n_block == 4
     assert ModelConfig.from_scale("tiny", arch="mot").n_block == 2
 
@@ -170,7 +169,7 @@ def test_config_round_trip_and_defaults():
 @pytest.mark.parametrize(
     ("make", "error", "match"),
     [
-        (lambda: ModelConfig(arch="rwkv"), ValueError, r"unknown arch 'rwkv'.*'mamba', 'mom', 'mom_hash', 'trans"),
+        (lambda: ModelConfig(arch="rwkv"), ValueError, r"unknown arm 'rwkv'.*'mamba', 'mom', 'transformer', 'mot'"),
         (lambda: ModelConfig(arch="mom", routing="position_hash"), ValueError, r"routes by 'modality'.*'mom_hash"),
         (lambda: ModelConfig(arch="mamba", routing="modality"), ValueError, r"'mamba' routes by 'none'"),
         (lambda: ModelConfig.from_scale("7b"), ValueError, r"unknown scale '7b'.*'tiny'"),
@@ -211,10 +210,10 @@ def test_bad_forward_input():
         plain(tokens, patches=torch.randn(2, 8, P), patch_mask=ids.bool(), timesteps=ids)
 
 
-def test_scan_backend_is_queryable():
-    """A Mamba model reports the scan backend its forward uses here; transformers report None."""
-    assert build_model(small_cfg("mom")).scan_backend == "torch"
-    assert build_model(small_cfg("mot")).scan_backend is None
+def test_backend_is_queryable():
+    """A Mamba model reports the scan backend its forward uses here; transformers report SDPA."""
+    assert build_model(small_cfg("mom")).backend == "torch"
+    assert build_model(small_cfg("mot")).backend == "sdpa"
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -7,12 +7,27 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import report
-from analysis.report import LossKey, load_results, main, read_metrics
-from models.config import DENSE_OF
+from analysis.report import ReportError, main
+from analysis.results import CURVE_COLUMNS, Results, evaluation_grid, load_results, read_metrics
+from analysis.run_record import (
+    FLOPS,
+    LR,
+    STEP,
+    TOKENS,
+    TRAIN_LOSS,
+    WALL,
+    LossKey,
+    Summary,
+    loss_name,
+    run_dir,
+    write_config,
+    write_summary,
+)
+from models import ARMS
 
 FLOPS_PER_STEP = 1e9
 STEPS, VAL_EVERY = 2000, 5  # 400 evaluations: the trailing mean's lag moves FLOPs-to-match by well under 1%
@@ -45,14 +60,14 @@ def write_run(
     wall_per_step: float = 0.1,
     steps: int = STEPS,
 ) -> dict:
-    """A run folder as experiments/run.py writes it (summary.json, config.json, metrics.csv); its comparison entry.
+    """A run folder as the run record defines it (summary.json, config.json, metrics.csv); its comparison entry.
 
     `speedups` maps a modality (validation set 'val' and training loss) or 'real_<modality>' (val_real_speech) to
     the curve's speedup over the dense curve; missing ones are 1.
     """
     speedups = speedups or {}
     variant = variant or arm
-    folder = root / "runs" / setting / "tiny" / variant / f"seed{seed}"
+    folder = run_dir(root / "runs", setting, "tiny", variant, seed)
     folder.mkdir(parents=True)
     valsets = {"val": MODALITIES[setting]}
     if setting == "three_modality":
@@ -60,55 +75,61 @@ def write_run(
     rows = []
     for s in range(steps):
         flops = (s + 1) * FLOPS_PER_STEP  # a row with step s is logged after s + 1 optimizer steps
-        train = {f"train/loss_{m}": float(loss_curve(np.array(flops), speedups.get(m, 1.0))) for m in valsets["val"]}
+        train = {
+            loss_name(LossKey("train", "", m)): float(loss_curve(np.array(flops), speedups.get(m, 1.0)))
+            for m in valsets["val"]
+        }
         rows.append(
             {
                 "epoch": 0,
-                "flops": flops,
-                "optim/lr": 1e-3,
-                "step": s,
-                "time/wall_s": (s + 1) * wall_per_step,
-                "tokens": (s + 1) * 2048.0,
-                "train/loss": float(np.mean(list(train.values()))),
+                FLOPS: flops,
+                LR: 1e-3,
+                STEP: s,
+                WALL: (s + 1) * wall_per_step,
+                TOKENS: (s + 1) * 2048.0,
+                TRAIN_LOSS: float(np.mean(list(train.values()))),
                 **train,
             }
         )
         if (s + 1) % VAL_EVERY == 0:
-            val = {"epoch": 0, "step": s}
+            val = {"epoch": 0, STEP: s}
             for valset, modalities in valsets.items():
                 prefix = "" if valset == "val" else "real_"
                 for m in modalities:
-                    val[f"{valset}/loss_{m}"] = float(loss_curve(np.array(flops), speedups.get(prefix + m, 1.0)))
+                    loss = float(loss_curve(np.array(flops), speedups.get(prefix + m, 1.0)))
+                    val[loss_name(LossKey("val", valset, m))] = loss
             rows.append(val)
     columns = sorted({k for row in rows for k in row})
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    summary = {
-        "arm": arm,
-        "setting": setting,
-        "scale": "tiny",
-        "seed": seed,
-        "status": status,
-        "reason": None if status == "finished" else "RuntimeError: boom",
-        "params_total": 1_500_000 if arm in DENSE_OF else 1_100_000,
-        "params_active": 1_100_000,
-        "flops_per_token": FLOPS_PER_STEP / 2048,
-        "flops_per_token_analytic": FLOPS_PER_STEP / 2048,
-        "train_flops_per_step": FLOPS_PER_STEP,
-        "tokens_per_step": 2048,
-        "backend": "torch",
-        "data_sources": [f"synthetic {setting} corpus"],
-        "versions": {"torch": "0.0-test", "python": "3.x"},
-        "device": "cpu",
-        "wall_clock_s": steps * wall_per_step,
-        "steps": steps,
-    }
-    (folder / "summary.json").write_text(json.dumps(summary))
-    model = {"arch": arm, "decouple": decouple if arm in DENSE_OF else []}
+    sparse = ARMS[arm].is_sparse
+    summary = Summary(
+        setting=setting,
+        arm=arm,
+        variant=variant,
+        scale="tiny",
+        seed=seed,
+        status=status,
+        reason=None if status == "finished" else "RuntimeError: boom",
+        params_total=1_500_000 if sparse else 1_100_000,
+        params_active=1_100_000,
+        flops_per_token=FLOPS_PER_STEP / 2048,
+        flops_per_token_analytic=FLOPS_PER_STEP / 2048,
+        train_flops_per_step=FLOPS_PER_STEP,
+        tokens_per_step=2048,
+        backend="torch",
+        data_sources=[f"synthetic {setting} corpus"],
+        versions={"torch": "0.0-test", "python": "3.x"},
+        device="cpu",
+        wall_clock_s=steps * wall_per_step,
+        steps=steps,
+    )
+    write_summary(folder, summary)
+    model = {"arch": arm, "decouple": (decouple or list(ARMS[arm].parts)) if sparse else []}
     config = {"setting": setting, "arm": arm, "scale": "tiny", "seed": seed, "max_steps": steps, "val_every": VAL_EVERY}
-    (folder / "config.json").write_text(json.dumps({**config, "model": model}))
+    write_config(folder, {**config, "variant": variant, "model": model})
     return {"setting": setting, "arm": arm, "variant": variant, "seed": seed, "folder": str(folder)}
 
 
@@ -160,11 +181,9 @@ def write_all(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory) -> Path:
-    """The synthetic results folder, with the report written once through the CLI (mom_hash known as a control arm)."""
+    """The synthetic results folder, with the report written once through the CLI."""
     folder = write_all(tmp_path_factory.mktemp("report"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "DENSE_OF", {**DENSE_OF, "mom_hash": "mamba"})
-        assert main([str(folder)]) == 0
+    assert main([str(folder)]) == 0
     return folder
 
 
@@ -335,8 +354,9 @@ def test_report_states_units_rules_and_setup(out):
 
 
 def test_read_metrics_step_semantics(tmp_path):
-    """On the brief's metrics.csv sample: a row with step s counts s + 1 steps of FLOPs and takes its training row's
-    wall-clock; the training loss is the mean of the val_every steps that end at the evaluation step."""
+    """On a real metrics.csv sample: a row with step s counts s + 1 steps of FLOPs and takes its training row's
+    wall-clock and tokens; on the evaluation grid the training loss is the mean of the val_every steps that end at
+    the evaluation step."""
     (tmp_path / "metrics.csv").write_text(
         "epoch,flops,optim/grad_norm,optim/lr,speed/tokens_per_s,step,time/wall_s,tokens,tokens/image,tokens/text,"
         "train/loss,train/loss_image,train/loss_text,val/loss_image,val/loss_text\n"
@@ -345,12 +365,22 @@ def test_read_metrics_step_semantics(tmp_path):
         "0,,,,,9,,,,,,,,7.250875949859619,7.515676975250244\n"
         "0,112805806080.0,1.323,0.0011,460.58,10,28.77,22528.0,8581.0,13947.0,7.307,7.015,7.534,,\n"
     )
-    curves = read_metrics(tmp_path / "metrics.csv", 10255073280.0, val_every=10)
-    val = curves[LossKey("val", "val", "image")]
-    assert (val.steps.tolist(), val.flops.tolist(), val.wall.tolist()) == ([10], [102550732800.0], [24.32])
-    assert val.loss.tolist() == [7.250875949859619]
-    assert curves[LossKey("train", "", "text")].loss.tolist() == [pytest.approx((7.674 + 7.608) / 2)]
-    assert set(curves) == {LossKey(k, v, m) for k, v in (("val", "val"), ("train", "")) for m in ("text", "image")}
+    curves = read_metrics(tmp_path / "metrics.csv", 10255073280.0)
+    val = curves[(curves["kind"] == "val") & (curves["modality"] == "image")]
+    assert val[["step", "tokens", "flops", "wall_s", "loss"]].values.tolist() == [
+        [10, 20480.0, 102550732800.0, 24.32, 7.250875949859619]
+    ]
+    assert set(zip(curves["kind"], curves["valset"], curves["modality"], strict=True)) == {
+        (k, v, m) for k, v in (("val", "val"), ("train", "")) for m in ("text", "image")
+    }
+    assert curves.loc[curves["kind"] == "train", "step"].tolist() == [9, 10, 11] * 2
+    identity = {"setting": "chameleon", "arm": "mom", "variant": "mom", "seed": 0}
+    run = identity | {"status": "finished", "val_every": 10, "train_flops_per_step": 10255073280.0}
+    results = Results(tmp_path, {}, pd.DataFrame([run]), curves.assign(**identity)[CURVE_COLUMNS])
+    grid = evaluation_grid(results)
+    text = grid[(grid["kind"] == "train") & (grid["modality"] == "text")]
+    assert text[["step", "wall_s"]].values.tolist() == [[10, 24.32]]
+    assert text["loss"].tolist() == [pytest.approx((7.674 + 7.608) / 2)]
 
 
 def test_missing_or_corrupt_comparison_fails_naming_the_path(tmp_path, capsys):
@@ -360,6 +390,6 @@ def test_missing_or_corrupt_comparison_fails_naming_the_path(tmp_path, capsys):
     (tmp_path / "comparison.json").write_text("{not json")
     assert main([str(tmp_path)]) == 2
     assert f"{tmp_path / 'comparison.json'}: not readable as JSON" in capsys.readouterr().err
-    with pytest.raises(report.ReportError, match="runs\\[0\\]"):
+    with pytest.raises(ReportError, match="runs\\[0\\]"):
         (tmp_path / "comparison.json").write_text(json.dumps({"runs": [{"arm": "mom"}]}))
         load_results(tmp_path)

@@ -7,7 +7,8 @@ import lightning as L
 import pytest
 import torch
 
-from experiments.run import run_dir, train_run
+from analysis.run_record import Summary, read_summary, run_dir
+from experiments.run import train_run
 from tests.helpers import SMALL_DATA, TINY_MODEL
 
 MODULE = dict(model_overrides=TINY_MODEL)
@@ -47,19 +48,24 @@ def test_run_folder_records_everything_and_is_never_redone(tmp_path, data):
     for name in ("config.json", "metrics.csv", "summary.json", "checkpoints/last.ckpt"):
         assert (folder / name).exists(), name
     assert list((folder / "tb").glob("events.out.tfevents.*"))
-    for key in ("arm", "setting", "scale", "seed", "params_total", "params_active", "flops_per_token",
-                "flops_per_token_analytic", "train_flops_per_step", "backend", "final_val_loss", "wall_clock_s",
-                "status", "versions", "device", "data_sources"):  # fmt: skip
-        assert key in summary, key
-    assert summary["status"] == "finished" and summary["backend"] == "torch"
-    assert abs(summary["flops_per_token"] / summary["flops_per_token_analytic"] - 1) < 0.02
-    assert set(summary["final_val_loss"]) == {"val/loss_text", "val/loss_image"}
+    assert isinstance(summary, Summary) and summary == read_summary(folder)  # the record on disk is the returned one
+    assert (summary.arm, summary.variant, summary.setting, summary.scale, summary.seed) == (
+        "mom",
+        "mom",
+        "chameleon",
+        "tiny",
+        0,
+    )
+    assert summary.status == "finished" and summary.backend == "torch" and summary.steps == 8
+    assert summary.params_total > summary.params_active > 0 and summary.wall_clock_s > 0 and summary.data_sources
+    assert abs(summary.flops_per_token / summary.flops_per_token_analytic - 1) < 0.02
+    assert set(summary.final_val_loss) == {"val/loss_text", "val/loss_image"}
     trained = [r for r in rows(folder) if r["train/loss"]]
     assert [int(r["step"]) for r in trained] == list(range(8))
     assert [float(r["tokens"]) for r in trained] == [(i + 1) * 4 * 128 for i in range(8)]
-    assert float(trained[-1]["flops"]) == 8 * summary["train_flops_per_step"]
+    assert float(trained[-1]["flops"]) == 8 * summary.train_flops_per_step
     before = (folder / "summary.json").read_text()
-    assert run(tmp_path, data) == json.loads(before)
+    assert run(tmp_path, data) == Summary.from_dict(json.loads(before))
     assert (folder / "summary.json").read_text() == before
 
 
@@ -69,9 +75,9 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, data):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path / "b", data, trainer={"callbacks": [_Crash()]})
     b_folder = run_dir(tmp_path / "b", "chameleon", "tiny", "mom", 0)
-    assert json.loads((b_folder / "summary.json").read_text())["status"] == "crashed"
+    assert read_summary(b_folder).status == "crashed"
     resumed = run(tmp_path / "b", data)
-    assert resumed["status"] == "finished" and resumed["final_val_loss"] == straight["final_val_loss"]
+    assert resumed.status == "finished" and resumed.final_val_loss == straight.final_val_loss
     a_folder = run_dir(tmp_path / "a", "chameleon", "tiny", "mom", 0)
     load = lambda f: torch.load(f / "checkpoints/last.ckpt", weights_only=False)["state_dict"]  # noqa: E731
     sa, sb = load(a_folder), load(b_folder)
@@ -86,6 +92,6 @@ def test_non_finite_loss_fails_that_run_only(tmp_path, data):
     sibling = run_dir(tmp_path, "chameleon", "tiny", "mamba", 0) / "summary.json"
     before = sibling.read_text()
     summary = run(tmp_path, data, arm="mom", trainer={"callbacks": [_PoisonAt()]})
-    assert summary["status"] == "failed"
-    assert "step 3" in summary["reason"] and "loss_" in summary["reason"]
+    assert summary.status == "failed"
+    assert "step 3" in summary.reason and "loss_" in summary.reason
     assert sibling.read_text() == before

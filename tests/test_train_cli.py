@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.run_record import Summary
 from experiments import train
 
 CONFIGS = sorted((Path(__file__).parents[1] / "experiments" / "configs").glob("*.yaml"))
@@ -12,7 +13,8 @@ CONFIGS = sorted((Path(__file__).parents[1] / "experiments" / "configs").glob("*
 @pytest.fixture
 def captured(monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "train_run", lambda **kw: calls.append(kw) or {"status": "finished"})
+    finished = Summary("chameleon", "mom", "mom", "tiny", 0, status="finished")
+    monkeypatch.setattr(train, "train_run", lambda **kw: calls.append(kw) or finished)
     return calls
 
 
@@ -73,4 +75,4 @@ def test_debug_config_runs_end_to_end(tmp_path):
             str(tmp_path / "cache"),
         ]
     )
-    assert summary["status"] == "finished" and summary["steps"] == 20
+    assert summary.status == "finished" and summary.steps == 20

@@ -1,0 +1,72 @@
+"""How arms, modalities and losses are named, ordered and coloured in tables and figures.
+
+Arms' labels, colours and order come from the arm registry (models/arms.py), loss units from the settings registry
+(datamodules/settings.py); this module only adds what is presentation alone.
+"""
+
+from __future__ import annotations
+
+from analysis.run_record import LossKey
+from datamodules.settings import SETTINGS
+from datamodules.vocab import MODALITY_NAMES
+from models.arms import ARMS
+
+# Extra validation sets get their own rows and panels, named by what they hold.
+VALSET_LABELS = {"val": "", "val_real_speech": "real recordings"}
+
+
+def arm_label(arm: str) -> str:
+    """'mom' -> 'MoM', 'mom_hash' -> 'MoM-hash'; an arm the registry does not know keeps its name."""
+    return ARMS[arm].label if arm in ARMS else arm
+
+
+def arm_rank(arm: str) -> tuple[int, str]:
+    """Sort key: registered arms in registration order, then any other by name."""
+    order = list(ARMS)
+    return (order.index(arm) if arm in order else len(order), arm)
+
+
+def arm_colour(arm: str) -> str:
+    """A fixed colour per arm, so one arm looks the same in every figure."""
+    return ARMS[arm].colour if arm in ARMS else f"C{sum(map(ord, arm)) % 10}"
+
+
+def dense_partner(arm: str) -> str | None:
+    """The dense arm a sparse arm is compared with; None for a dense or unknown arm."""
+    return ARMS[arm].dense if arm in ARMS else None
+
+
+def pair_label(variant: str) -> str:
+    return f"{arm_label(variant)} vs {arm_label(dense_partner(variant))}"
+
+
+def modality_rank(modality: str) -> tuple[int, str]:
+    """Sort key: text, image, speech, then any other modality by name."""
+    return (MODALITY_NAMES.index(modality) if modality in MODALITY_NAMES else len(MODALITY_NAMES), modality)
+
+
+def loss_rank(key: LossKey) -> tuple:
+    """Sort key: validation before training, the primary set 'val' first, then text, image, speech."""
+    return (key.kind != "val", key.valset != "val", key.valset, modality_rank(key.modality))
+
+
+def loss_label(key: LossKey) -> str:
+    """'image', or 'speech (real recordings)' for a loss on an extra validation set."""
+    extra = VALSET_LABELS.get(key.valset, key.valset)
+    return f"{key.modality} ({extra})" if extra else key.modality
+
+
+def loss_unit(setting: str, modality: str) -> str:
+    """The unit of a setting's loss: the diffusion MSE for continuous images, else cross-entropy in nats."""
+    return SETTINGS[setting].loss_unit(modality) if setting in SETTINGS else "nats"
+
+
+def axis_label(setting: str, key: LossKey) -> str:
+    """Y-axis label with the unit, e.g. 'validation loss (nats)' or 'training diffusion MSE'."""
+    stage = "validation" if key.kind == "val" else "training"
+    unit = loss_unit(setting, key.modality)
+    return f"{stage} diffusion MSE" if unit == "diffusion MSE" else f"{stage} loss ({unit})"
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}%"

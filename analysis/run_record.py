@@ -1,0 +1,196 @@
+"""The run record: what a run folder holds and how its metrics are named, defined once for the writer
+(experiments/run.py), the reader (analysis/results.py) and the tests.
+
+    <root>/<setting>/<scale>/<variant>/seed<k>/     variant = the arm, or an ablation variant ("mom-in_proj")
+        config.json             the resolved configuration: model, data, module, trainer, step budget
+        metrics.csv             one row per logged step (Lightning's CSVLogger), columns named below
+        tb/                     TensorBoard events (the same metrics)
+        checkpoints/last.ckpt   the resume point
+        summary.json            `Summary`: identity, sizes, FLOPs, backend, versions, status, final losses
+
+metrics.csv: a row with `step = s` was logged after s + 1 optimizer steps. Training rows hold the per-step
+training losses (`train/loss` is the total, `train/loss_<modality>` each modality's), `flops` (cumulative training
+FLOPs), `tokens` and `tokens/<modality>`, `time/wall_s`, `optim/lr`, `optim/grad_norm` and `speed/tokens_per_s`;
+validation rows hold `<valset>/loss_<modality>` for every validation set (`val`, `val_real_speech`).
+`loss_name` and `parse_loss_name` are the one mapping between a loss and its column.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import NamedTuple
+
+from common import write_json
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "finished", "failed", "crashed", "interrupted")
+
+CONFIG, METRICS, SUMMARY, TENSORBOARD = "config.json", "metrics.csv", "summary.json", "tb"
+CHECKPOINT = "checkpoints/last.ckpt"
+
+# metrics.csv columns besides the losses
+STEP, FLOPS, TOKENS, WALL = "step", "flops", "tokens", "time/wall_s"
+LR, GRAD_NORM, TOKENS_PER_S = "optim/lr", "optim/grad_norm", "speed/tokens_per_s"
+TRAIN_LOSS = "train/loss"  # the total training loss, the one optimised
+
+
+class RunRecordError(ValueError):
+    """A run folder's file cannot be read as the run record defines it; the message names the file."""
+
+
+def run_dir(root: str | Path, setting: str, scale: str, variant: str, seed: int) -> Path:
+    return Path(root) / setting / scale / variant / f"seed{seed}"
+
+
+def tokens_name(modality: str) -> str:
+    return f"{TOKENS}/{modality}"
+
+
+class LossKey(NamedTuple):
+    """Which loss a curve holds: kind 'val' or 'train', the validation set ('' for training), the modality."""
+
+    kind: str
+    valset: str
+    modality: str
+
+
+def loss_name(key: LossKey) -> str:
+    """The metrics.csv column of a loss: 'train/loss_text', 'val/loss_image', 'val_real_speech/loss_speech'."""
+    return f"train/loss_{key.modality}" if key.kind == "train" else f"{key.valset}/loss_{key.modality}"
+
+
+def parse_loss_name(column: str) -> LossKey | None:
+    """The inverse of `loss_name`; None for a column that is not a per-modality loss."""
+    prefix, sep, modality = column.partition("/loss_")
+    if not sep or not prefix or not modality:
+        return None
+    return LossKey("train", "", modality) if prefix == "train" else LossKey("val", prefix, modality)
+
+
+@dataclass
+class Summary:
+    """summary.json: written when a run starts and again when it stops (`status` says how)."""
+
+    setting: str
+    arm: str
+    variant: str  # the run folder's name: the arm, or an ablation variant of it
+    scale: str
+    seed: int
+    status: str = "running"  # one of STATUSES
+    reason: str | None = None  # why a run is not finished
+    params_total: int = 0
+    params_active: int = 0  # per token: one expert of every sparse part
+    flops_per_token: float = 0.0  # training FLOPs per token counted by fvcore
+    flops_per_token_analytic: float = 0.0  # the same from the formula (analysis/flops.py)
+    train_flops_per_step: float = 0.0  # analytic FLOPs per token x tokens per step (every device)
+    tokens_per_step: int = 0
+    world_size: int = 1
+    backend: str = ""  # the kernel the forward ran: a selective-scan backend, or "sdpa"
+    data_sources: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    device: str = ""
+    steps: int = 0  # optimizer steps done
+    wall_clock_s: float = 0.0
+    final_val_loss: dict[str, float] = field(default_factory=dict)  # metrics.csv column -> last value
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object, path: Path | str = SUMMARY) -> Summary:
+        """Check a decoded summary.json against this schema; RunRecordError naming `path` if it does not fit."""
+        if not isinstance(data, dict):
+            raise RunRecordError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        data = _upgrade(dict(data))
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise RunRecordError(
+                f"{path}: run record schema version {version!r}, but this suite reads version {SCHEMA_VERSION}; "
+                "train it again with this version (delete the run folder) or use the version that wrote it"
+            )
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        missing = [name for name in ("setting", "arm", "variant", "scale", "seed") if name not in data]
+        wrong = [name for name, value in data.items() if name in known and not _fits(value, _TYPES[name])]
+        if unknown or missing or wrong or data.get("status") not in STATUSES:
+            problems = [f"unknown fields {unknown}"] if unknown else []
+            problems += [f"missing fields {missing}"] if missing else []
+            problems += [f"fields of the wrong type {wrong}"] if wrong else []
+            if data.get("status") not in STATUSES:
+                problems.append(f"status {data.get('status')!r} is not one of {list(STATUSES)}")
+            raise RunRecordError(f"{path}: not a run summary ({'; '.join(problems)})")
+        return cls(**data)
+
+
+# JSON types each Summary field may hold (None only where the field allows it).
+_TYPES = {
+    **dict.fromkeys(("setting", "arm", "variant", "scale", "status", "backend", "device"), str),
+    **dict.fromkeys(("seed", "params_total", "params_active", "tokens_per_step", "world_size", "steps"), int),
+    **dict.fromkeys(("flops_per_token", "flops_per_token_analytic", "train_flops_per_step", "wall_clock_s"), float),
+    "reason": (str, type(None)),
+    "data_sources": list,
+    "versions": dict,
+    "final_val_loss": dict,
+    "schema_version": int,
+}
+
+
+def _fits(value: object, types: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return False
+    if types is float:
+        return isinstance(value, int | float)
+    return isinstance(value, types)
+
+
+def _upgrade(data: dict) -> dict:
+    """Records written before schema versions (version 0) named the variant "name"; they read as version 1."""
+    if "schema_version" not in data and "arm" in data:
+        data["variant"] = data.pop("name", data["arm"])
+        data["schema_version"] = 1
+    return data
+
+
+def read_summary(folder: Path) -> Summary | None:
+    """The run's summary, None when the folder has none; RunRecordError naming the file when it is unreadable."""
+    path = Path(folder) / SUMMARY
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunRecordError(f"{path}: unreadable ({exc})") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunRecordError(f"{path}: not valid JSON ({exc})") from exc
+    return Summary.from_dict(data, path)
+
+
+def write_summary(folder: Path, summary: Summary) -> None:
+    write_json(Path(folder) / SUMMARY, summary.to_dict())
+
+
+def read_config(folder: Path) -> dict | None:
+    """The run's config.json as a dict, None when absent; RunRecordError naming the file when it is unreadable."""
+    path = Path(folder) / CONFIG
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunRecordError(f"{path}: not readable as JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RunRecordError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def write_config(folder: Path, config: dict) -> None:
+    write_json(Path(folder) / CONFIG, config)

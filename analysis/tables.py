@@ -1,0 +1,273 @@
+"""The report's Markdown tables and verdicts, built from the DataFrames of analysis/pairs.py (the notebooks call
+these too).
+
+`summary` is `pairs.summarise(matches)`: one row per setting, loss, sparse variant, over seeds. A cell with several
+seeds reads "mean [low, high]" (95% interval); a variant that did not reach the target in every seed reads "not
+reached" or "k/n not reached", never a number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+import pandas as pd
+
+from analysis.labels import (
+    arm_label,
+    arm_rank,
+    dense_partner,
+    loss_label,
+    loss_rank,
+    loss_unit,
+    modality_rank,
+    pair_label,
+    percent,
+)
+from analysis.matching import mean_interval
+from analysis.pairs import Interval, ablation_variants, interval, loss_key, n_seeds, not_reached_text
+from analysis.papers import PAPER_NUMBERS, PAPER_SOURCES
+from analysis.results import Results
+from analysis.run_record import LossKey
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def with_interval(value: Interval | None, n: int, fmt: Callable[[float], str]) -> str:
+    if value is None:
+        return "n/a"
+    mean, low, high = value
+    return fmt(mean) if n == 1 else f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"
+
+
+def fraction_cell(agg: dict | None) -> str:
+    """'78.1%', '78.1% [70.2%, 86.0%]' over seeds, 'not reached' or 'k/n not reached'; '–' when not run."""
+    if agg is None:
+        return "–"
+    fraction = interval(agg, "fraction")
+    return not_reached_text(agg) if fraction is None else with_interval(fraction, n_seeds(agg), percent)
+
+
+def main_pairs(summary: pd.DataFrame, kind: str) -> dict[tuple[str, LossKey, str], dict]:
+    """Summary rows of one loss kind for the main and control arms (ablation variants left out), keyed for lookup."""
+    rows = summary.to_dict("records")
+    return {
+        (r["setting"], loss_key(r), r["variant"]): r for r in rows if r["kind"] == kind and r["variant"] == r["arm"]
+    }
+
+
+def _rows(results: Results, keys: Iterable[tuple[str, LossKey]]) -> list[tuple[str, LossKey]]:
+    settings = results.settings
+    return sorted(set(keys), key=lambda sk: (settings.index(sk[0]), loss_rank(sk[1])))
+
+
+def match_table(results: Results, summary: pd.DataFrame, kind: str = "val") -> str:
+    """The headline table: FLOPs-to-match (% of the dense arm's training FLOPs) per setting and loss, one column per
+    sparse arm, then the papers' numbers for the same setting and modality with their source keys."""
+    found = main_pairs(summary, kind)
+    if not found:
+        return f"No finished sparse/dense pair has a {kind} loss."
+    variants = sorted({v for _, _, v in found}, key=arm_rank)
+    paper_arms = [v for v in variants if any(arm == v for arm, _, _ in PAPER_NUMBERS)]
+    header = ["setting", "loss", *map(pair_label, variants), *[f"{arm_label(a)} (paper)" for a in paper_arms]]
+    rows = []
+    for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
+        primary = key.valset in ("val", "")
+        papers = [PAPER_NUMBERS.get((a, setting, key.modality)) if primary else None for a in paper_arms]
+        rows.append(
+            [
+                setting,
+                loss_label(key),
+                *[fraction_cell(found.get((setting, key, v))) for v in variants],
+                *["" if p is None else f"{p.value} at {p.scale} [{p.source}]" for p in papers],
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def paper_sources(results: Results) -> str:
+    """The sources of the papers' numbers that the tables cite, one line each."""
+    arms, settings = set(results.runs["arm"]), results.settings
+    cited = {p.source for (arm, setting, _), p in PAPER_NUMBERS.items() if arm in arms and setting in settings}
+    return "\n".join(f"- [{key}] {text}" for key, text in PAPER_SOURCES.items() if key in cited)
+
+
+def _finals(finals: pd.DataFrame) -> dict[tuple[str, LossKey, str], list[float]]:
+    out: dict[tuple[str, LossKey, str], list[float]] = defaultdict(list)
+    for r in finals.to_dict("records"):
+        out[(r["setting"], loss_key(r), r["variant"])].append(r["final_loss"])
+    return out
+
+
+def final_loss_table(results: Results, finals: pd.DataFrame) -> str:
+    """Smoothed final validation loss of every main arm per setting and loss (mean [95% interval] over seeds)."""
+    found = {k: v for k, v in _finals(finals).items() if k[1].kind == "val"}
+    main = set(results.runs.loc[results.runs["variant"] == results.runs["arm"], "variant"])
+    variants = sorted({v for _, _, v in found if v in main}, key=arm_rank)
+    if not variants:
+        return "No finished run."
+    rows = []
+    for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
+        cells = []
+        for v in variants:
+            values = found.get((setting, key, v))
+            cells.append("–" if not values else with_interval(mean_interval(values), len(values), "{:.4f}".format))
+        rows.append([setting, loss_label(key), loss_unit(setting, key.modality), *cells])
+    return markdown_table(["setting", "loss", "unit", *map(arm_label, variants)], rows)
+
+
+def field_table(results: Results, summary: pd.DataFrame, name: str, fmt: Callable[[float], str]) -> str:
+    """A table of one summarised number ('loss_gap', 'wall_clock_fraction', ...) on validation loss, one column per
+    sparse arm."""
+    found = main_pairs(summary, "val")
+    if not found:
+        return "No finished sparse/dense pair."
+    variants = sorted({v for _, _, v in found}, key=arm_rank)
+    with_unit = name == "loss_gap"
+    rows = []
+    for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
+        cells = []
+        for v in variants:
+            agg = found.get((setting, key, v))
+            if agg is None:
+                cells.append("–")
+            elif name == "wall_clock_fraction" and interval(agg, "fraction") is None:
+                cells.append(not_reached_text(agg))
+            else:
+                cells.append(with_interval(interval(agg, name), n_seeds(agg), fmt))
+        rows.append([setting, loss_label(key), *([loss_unit(setting, key.modality)] if with_unit else []), *cells])
+    header = ["setting", "loss", *(["unit"] if with_unit else []), *map(pair_label, variants)]
+    return markdown_table(header, rows)
+
+
+def ablation_table(results: Results, summary: pd.DataFrame, finals: pd.DataFrame) -> str:
+    """Every variant of the ablation arm against its dense arm: FLOPs-to-match and final loss per modality."""
+    setting, variants = results.meta.get("ablation_setting"), ablation_variants(results)
+    if not setting or not variants:
+        return "No ablation in this comparison (meta.ablation_setting is not set)."
+    rows = summary.to_dict("records")
+    found = {
+        (r["variant"], r["modality"]): r
+        for r in rows
+        if (r["setting"], r["kind"], r["valset"]) == (setting, "val", "val")
+    }
+    final_values = _finals(finals)
+    dense = dense_partner(results.meta.get("ablation_arm") or "mom")
+    modalities = sorted(
+        {k.modality for (s, k, _) in final_values if s == setting and (k.kind, k.valset) == ("val", "val")},
+        key=modality_rank,
+    )
+
+    def final(variant: str, modality: str) -> str:
+        values = final_values.get((setting, LossKey("val", "val", modality), variant))
+        return "–" if not values else with_interval(mean_interval(values), len(values), "{:.4f}".format)
+
+    statuses = defaultdict(list)
+    for r in results.runs[results.runs["setting"] == setting].itertuples():
+        statuses[r.variant].append(r.status)
+    table = [
+        [
+            f"{label} (`{variant}`)",
+            *[fraction_cell(found.get((variant, m))) for m in modalities],
+            *[final(variant, m) for m in modalities],
+            ", ".join(sorted(set(statuses[variant]))),
+        ]
+        for variant, label in variants
+    ]
+    table.append(
+        [f"none: dense {arm_label(dense)} (`{dense}`)", *["100% (baseline)"] * len(modalities)]
+        + [final(dense, m) for m in modalities]
+        + [", ".join(sorted(set(statuses[dense]))) or "not run"]
+    )
+    header = ["decoupled", *[f"FLOPs-to-match {m}" for m in modalities], *[f"final {m} loss" for m in modalities]]
+    return markdown_table([*header, "status"], table)
+
+
+def _number(run, name: str, fmt: str, scale: float = 1.0) -> str:
+    value = getattr(run, name, None)
+    return "–" if value is None or pd.isna(value) else format(value / scale, fmt)
+
+
+def runs_table(results: Results) -> str:
+    """Every run of comparison.json with its status, sizes, FLOPs per token (fvcore and analytic), backend, time."""
+    rows = []
+    for r in results.runs.itertuples():
+        counted, analytic = getattr(r, "flops_per_token", None), getattr(r, "flops_per_token_analytic", None)
+        ratio = f"{analytic / counted:.4f}" if counted and analytic and not pd.isna(counted) else "–"
+        finished = r.status == "finished"
+        steps = getattr(r, "steps", None)
+        rows.append(
+            [
+                r.setting,
+                r.variant,
+                str(r.seed),
+                r.status if finished else f"**{r.status}**",
+                "–" if steps is None or pd.isna(steps) else str(int(steps)),
+                _number(r, "params_total", ".3f", 1e6),
+                _number(r, "params_active", ".3f", 1e6),
+                _number(r, "flops_per_token", ".4g"),
+                ratio,
+                _text(r, "backend"),
+                _text(r, "device"),
+                _number(r, "wall_clock_s", ".0f"),
+                "" if finished else f"excluded: {r.reason or 'no reason recorded'}",
+            ]
+        )
+    header = ["setting", "variant", "seed", "status", "steps", "params total (M)", "params active (M)"]
+    header += ["train FLOPs/token (fvcore)", "analytic / fvcore", "backend", "device", "wall-clock (s)", "note"]
+    return markdown_table(header, rows)
+
+
+def _text(run, name: str) -> str:
+    value = getattr(run, name, None)
+    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def versions_text(results: Results) -> list[str]:
+    """The distinct version sets the runs recorded, as sorted JSON."""
+    column = results.runs.get("versions", pd.Series(dtype=object))
+    return sorted({json.dumps(v, sort_keys=True) for v in column if isinstance(v, dict)})
+
+
+def verdicts(results: Results, summary: pd.DataFrame) -> list[str]:
+    """One line per setting from the primary validation numbers, e.g. '**chameleon**: MoM reached Mamba's final
+    loss on text at 80.1% and on image at 45.1% of Mamba's FLOPs, but did not reach ... on speech (+0.050 nats).'"""
+    found = main_pairs(summary, "val")
+    lines = []
+    for setting in results.settings:
+        sentences = []
+        for variant in sorted({v for s, _, v in found if s == setting}, key=arm_rank):
+            aggs = [a for (s, k, v), a in found.items() if (s, k.valset, v) == (setting, "val", variant)]
+            sentences.append(_verdict(setting, sorted(aggs, key=lambda a: loss_rank(loss_key(a)))))
+        body = "; ".join(sentences) + "." if sentences else "no finished sparse/dense pair, so no verdict."
+        lines.append(f"- **{setting}**: {body}")
+    return lines
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _verdict(setting: str, aggs: list[dict]) -> str:
+    """One sparse arm's clause of a verdict: where it reached its dense arm's final loss, where only in some seeds,
+    where not (with the loss gap at equal FLOPs)."""
+    sparse, dense = arm_label(aggs[0]["arm"]), arm_label(aggs[0]["dense_arm"])
+    reached, partial, missed = [], [], []
+    for a in aggs:
+        fraction = interval(a, "fraction")
+        if fraction is not None:
+            reached.append(f"on {a['modality']} at {percent(fraction[0])}")
+        elif a["n_reached"]:
+            partial.append(f"on {a['modality']} in only {a['n_reached']}/{n_seeds(a)} seeds")
+        else:
+            gap, unit = interval(a, "loss_gap"), loss_unit(setting, a["modality"])
+            missed.append(f"on {a['modality']}" + ("" if gap is None else f" ({gap[0]:+.3f} {unit} at equal FLOPs)"))
+    seeds = f" (means over {n_seeds(aggs[0])} seeds)" if n_seeds(aggs[0]) > 1 else ""
+    clauses = [f"reached {dense}'s final loss {_and(reached)} of {dense}'s FLOPs{seeds}"] if reached else []
+    clauses += [f"reached {dense}'s final loss {_and(partial)}"] if partial else []
+    clauses += [f"did not reach {dense}'s final loss {_and(missed)}"] if missed else []
+    return f"{sparse} " + ", but ".join(clauses)

@@ -1,0 +1,235 @@
+"""A comparison's plan: which runs (setting x seed x arm, plus ablation variants), with which one recipe, where.
+
+`resolve` turns compare.py's arguments into a `Comparison` and raises ValueError naming any bad value with the valid
+choices; `Comparison.problems` lists the existing folders it would mix with. Both run before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import itertools
+import json
+import math
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from analysis.run_record import RunRecordError, read_summary, run_dir
+from datamodules.multimodal import MultiModalDataModule
+from datamodules.settings import SETTINGS, get_setting
+from experiments.recipes import RECIPES, Recipe
+from experiments.run import recipe_conflicts
+from models import ARMS, SCALES, ModelConfig, get_arm
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the matrix. `variant` is its folder name: the arm, or an ablation variant ("mom-in_proj")."""
+
+    setting: str
+    arm: str
+    seed: int
+    variant: str
+    decouple: tuple[str, ...] | None = None  # the ablation variant's decoupled parts; None = the arm's default
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting}/{self.variant}/seed{self.seed}"
+
+
+def ablation_variants(arm: str, full: bool = False) -> list[tuple[str, ...]]:
+    """The decoupled-part subsets an ablation of sparse `arm` trains beside it (its own default is the arm itself).
+
+    basic: each part alone, then the family's groups (Mamba: in_proj+out_proj, x_proj+dt_proj); full: every proper
+    non-empty subset of the arm's parts.
+    """
+    spec = get_arm(arm)
+    if not spec.is_sparse:
+        raise ValueError(f"--ablation-arm {arm!r} is dense; valid choices are {[a for a in ARMS if ARMS[a].is_sparse]}")
+    parts = spec.parts
+    if full:
+        return [s for k in range(1, len(parts)) for s in itertools.combinations(parts, k)]
+    groups = [g for g in spec.family.ablation_groups if set(g) < set(parts)]
+    return [(p,) for p in parts] + groups
+
+
+def plan(
+    settings, arms, seeds, ablation: str | None, ablation_setting: str, ablation_arm: str = "mom"
+) -> list[RunSpec]:
+    """Settings outermost (a stopped comparison has whole settings done), then seeds, then arms; ablation last."""
+    runs = [RunSpec(s, a, seed, a) for s in settings for seed in seeds for a in arms]
+    if ablation:
+        dense = get_arm(ablation_arm).dense
+        for seed in seeds:
+            runs += [RunSpec(ablation_setting, arm, seed, arm) for arm in (dense, ablation_arm)]
+            runs += [
+                RunSpec(ablation_setting, ablation_arm, seed, f"{ablation_arm}-{'+'.join(p)}", p)
+                for p in ablation_variants(ablation_arm, full=ablation == "full")
+            ]
+    return list(dict.fromkeys(runs))
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+@dataclass
+class Comparison:
+    """A resolved comparison: the runs and the one recipe they share."""
+
+    runs: list[RunSpec]
+    scale: str
+    root: Path
+    out: Path
+    recipe: Recipe  # the scale's recipe with the budget and validation flags applied
+    data: dict  # MultiModalDataModule arguments (the recipe's, the user's overrides, the cache)
+    model_overrides: dict
+    trainer: dict
+    parallel: int
+
+    def folder(self, spec: RunSpec) -> Path:
+        return run_dir(self.root, spec.setting, self.scale, spec.variant, spec.seed)
+
+    def module(self, spec: RunSpec) -> dict:
+        overrides = self.model_overrides | ({"decouple": list(spec.decouple)} if spec.decouple is not None else {})
+        return self.recipe.module() | ({"model_overrides": overrides} if overrides else {})
+
+    def status(self, spec: RunSpec) -> str | None:
+        summary = read_summary(self.folder(spec))
+        return summary.status if summary else None
+
+    def steps_done(self, spec: RunSpec) -> int:
+        summary = read_summary(self.folder(spec))
+        return summary.steps if summary else 0
+
+    @property
+    def meta_recipe(self) -> dict:
+        """What makes two comparisons' results comparable; a results folder holds one recipe."""
+        data = {k: v for k, v in self.data.items() if k != "cache_dir"}
+        return _plain(
+            {"scale": self.scale, **self.recipe.as_dict(), "data": data, "model_overrides": self.model_overrides}
+        )
+
+    def problems(self) -> list[str]:
+        """Existing results this comparison would mix with: a results folder or run folders of another recipe, or
+        run records that cannot be read."""
+        found = []
+        path = self.out / "comparison.json"
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text())["meta"]["recipe"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                stored = {}
+                found.append(f"{path}: unreadable ({exc})")
+            found += [
+                f"{path}: {k} was {stored.get(k)!r}, now {v!r}"
+                for k, v in self.meta_recipe.items()
+                if stored and stored.get(k) != v
+            ]
+        for spec in self.runs:
+            folder = self.folder(spec)
+            try:
+                read_summary(folder)
+                conflicts = recipe_conflicts(
+                    folder, self.recipe.max_steps, self.recipe.val_every, self.data, self.module(spec)
+                )
+            except RunRecordError as exc:
+                found.append(str(exc))
+                continue
+            found += [f"{folder}: {c}" for c in conflicts]
+        return found
+
+
+def parse_list(text: str, valid, what: str, all_means=None) -> list[str]:
+    """'a,b' -> ['a', 'b'], checked against `valid`; 'all' -> all_means."""
+    if all_means is not None and text.strip() == "all":
+        return list(all_means)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in valid]
+    if unknown or not items:
+        raise ValueError(f"unknown {what} {unknown or text!r}; valid choices are {list(valid)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_overrides(items: list[str], flag: str, valid: set[str]) -> dict:
+    """['d_model=256', 'decouple=["in_proj"]'] -> {'d_model': 256, 'decouple': ['in_proj']} (JSON values, else text)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE; got {item!r}")
+        if key not in valid:
+            raise ValueError(f"{flag}: unknown key {key!r}; valid keys are {sorted(valid)}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'3' -> [0, 1, 2] (a count); '0,4' -> [0, 4] (explicit seeds)."""
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds takes a count (3) or a comma list of seeds (0,4); got {text!r}") from None
+    if "," not in text:
+        if values[0] < 1:
+            raise ValueError(f"--seeds count must be >= 1; got {text!r}")
+        return list(range(values[0]))
+    return list(dict.fromkeys(values))
+
+
+def resolve(args: argparse.Namespace) -> Comparison:
+    """compare.py's arguments -> Comparison; a ValueError names any bad value and the valid choices."""
+    settings = parse_list(args.settings, SETTINGS, "setting", all_means=SETTINGS)
+    arms = parse_list(args.arms, ARMS, "arm")
+    if args.scale not in SCALES:
+        raise ValueError(f"unknown scale {args.scale!r}; valid choices are {list(SCALES)}")
+    if args.ablation:
+        get_setting(args.ablation_setting)
+        ablation_variants(get_arm(args.ablation_arm).name)
+    if args.parallel < 1:
+        raise ValueError(f"--parallel must be >= 1; got {args.parallel}")
+    data_args = set(inspect.signature(MultiModalDataModule).parameters) - {"self", "setting", "seed"}
+    data_overrides = parse_overrides(args.data, "--data", valid=data_args)
+    model_overrides = parse_overrides(args.model, "--model", valid={f.name for f in fields(ModelConfig)} - {"arch"})
+    recipe = RECIPES[args.scale]
+    if args.val_every is not None:
+        if args.val_every < 1:
+            raise ValueError(f"--val-every must be >= 1; got {args.val_every}")
+        recipe = replace(recipe, val_every=args.val_every)
+    data = recipe.data() | data_overrides | {"cache_dir": args.data_cache}
+    # batch_size is per device: a step of a run on N devices x K nodes trains N x K batches.
+    devices = _devices(args.devices)
+    replicas = (devices if isinstance(devices, int) else 1) * (args.num_nodes or 1)
+    tokens_per_step = data["seq_len"] * data["batch_size"] * replicas
+    max_steps = args.max_steps or (math.ceil(args.tokens / tokens_per_step) if args.tokens else recipe.max_steps)
+    if max_steps < 1:
+        raise ValueError(f"the step budget must be >= 1; got {max_steps}")
+    trainer = {
+        k: v
+        for k, v in (
+            ("accelerator", args.accelerator),
+            ("devices", devices),
+            ("num_nodes", args.num_nodes),
+            ("strategy", args.strategy),
+            ("precision", args.precision),
+        )
+        if v is not None
+    }
+    return Comparison(
+        runs=plan(settings, arms, parse_seeds(args.seeds), args.ablation, args.ablation_setting, args.ablation_arm),
+        scale=args.scale,
+        root=Path(args.root),
+        out=Path(args.out or f"results/{args.scale}"),
+        recipe=replace(recipe, max_steps=max_steps),
+        data=data,
+        model_overrides=model_overrides,
+        trainer=trainer,
+        parallel=args.parallel,
+    )
+
+
+def _devices(text: str | None):
+    return int(text) if text is not None and text.isdigit() else text

@@ -1,0 +1,109 @@
+"""The arm registry: every architecture the suite compares, defined once and read by everything else.
+
+An arm is a family (Mamba or transformer) plus how its sparse parts pick an expert:
+
+    mamba, transformer      dense: one copy of everything
+    mom, mot                Mixture-of-Mamba / Mixture-of-Transformers: the decoupled parts have one copy per
+                            modality and each token uses its modality's copy
+    mom_hash, mot_hash      controls: mom / mot's experts, parameters and FLOPs, but each token's expert is a fixed
+                            hash of its position, blind to modality (do extra parameters alone explain the gain?)
+
+The model config, model building, FLOPs, the comparison's plan and the report's labels, colours and column order all
+read `ARMS`. A new arm is one `register_arm(Arm(...))` call (a test registers one and trains it end to end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.family import Family
+from models.mamba import MAMBA
+from models.transformer import TRANSFORMER
+
+# What picks a token's expert in every sparse part: nothing (dense arms), the token's modality, or a fixed hash of its
+# position in the sequence (models/lm.py `position_hash_ids`).
+ROUTINGS = ("none", "modality", "position_hash")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison.
+
+    Attributes:
+        name: the arm's name on the command line and in run folders.
+        family: its Family (block, parts, sizes, parameter count, FLOPs).
+        label: its name in tables and figures.
+        colour: its matplotlib colour in every figure.
+        dense: the dense arm a sparse arm is compared with (same family); None for a dense arm.
+        routing: one of ROUTINGS; "none" exactly for dense arms.
+        decouple: the parts a sparse arm decouples by default; None means all of the family's parts.
+        default: trained by a comparison that does not name its arms.
+    Arms are shown in registration order.
+    """
+
+    name: str
+    family: Family
+    label: str
+    colour: str
+    dense: str | None = None
+    routing: str = "none"
+    decouple: tuple[str, ...] | None = None
+    default: bool = False
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.dense is not None
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts this arm decouples when nothing else is asked for (none for a dense arm)."""
+        if not self.is_sparse:
+            return ()
+        return self.family.parts if self.decouple is None else self.decouple
+
+
+ARMS: dict[str, Arm] = {}
+
+
+def register_arm(arm: Arm) -> Arm:
+    """Add `arm` to the registry after checking it against the arms already there."""
+    problems = []
+    if arm.name in ARMS:
+        problems.append(f"an arm named {arm.name!r} is registered already")
+    if arm.routing not in ROUTINGS:
+        problems.append(f"routing {arm.routing!r} is not one of {list(ROUTINGS)}")
+    if arm.is_sparse:
+        partner = ARMS.get(arm.dense)
+        if partner is None or partner.is_sparse or partner.family is not arm.family:
+            problems.append(f"dense partner {arm.dense!r} is not a registered dense {arm.family.name} arm")
+        if arm.routing == "none":
+            problems.append("a sparse arm needs a routing other than 'none'")
+    elif arm.routing != "none" or arm.decouple:
+        problems.append("a dense arm has routing 'none' and decouples nothing")
+    unknown = sorted(set(arm.decouple or ()) - set(arm.family.parts))
+    if unknown:
+        problems.append(f"unknown {arm.family.name} parts {unknown}; valid are {list(arm.family.parts)}")
+    if problems:
+        raise ValueError(f"cannot register arm {arm.name!r}: {'; '.join(problems)}")
+    ARMS[arm.name] = arm
+    return arm
+
+
+def get_arm(name: str) -> Arm:
+    """The registered arm `name`; ValueError listing the valid names otherwise."""
+    if name not in ARMS:
+        raise ValueError(f"unknown arm {name!r}; valid choices are {list(ARMS)}")
+    return ARMS[name]
+
+
+def sparse_arms(family: Family, routing: str = "modality") -> list[str]:
+    """Names of the registered sparse arms of `family` that route by `routing`."""
+    return [a.name for a in ARMS.values() if a.family is family and a.routing == routing]
+
+
+register_arm(Arm("mamba", MAMBA, "Mamba", "tab:blue", default=True))
+register_arm(Arm("mom", MAMBA, "MoM", "tab:orange", dense="mamba", routing="modality", default=True))
+register_arm(Arm("transformer", TRANSFORMER, "Transformer", "tab:green", default=True))
+register_arm(Arm("mot", TRANSFORMER, "MoT", "tab:red", dense="transformer", routing="modality", default=True))
+register_arm(Arm("mom_hash", MAMBA, "MoM-hash", "tab:purple", dense="mamba", routing="position_hash"))
+register_arm(Arm("mot_hash", TRANSFORMER, "MoT-hash", "tab:brown", dense="transformer", routing="position_hash"))

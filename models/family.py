@@ -1,0 +1,67 @@
+"""`Family`: what one architecture family (Mamba, transformer) owns, side by side (torchtitan style).
+
+A family knows its residual block and that block's initialisation, the parts a sparse arm may decouple per
+modality, its named sizes, its parameter count and its FLOPs formula. Everything above it (the config, the model, the
+FLOPs accounting, the comparison) asks the family instead of branching on its name, so a new family is one new
+subclass in one file plus its arms in `models/arms.py`.
+
+The FLOPs convention every `block_flops` follows is stated once, in `analysis/flops.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from models.config import ModelConfig
+
+# Named sizes every family provides, from the CPU default to the papers' scales.
+SCALES = ("tiny", "small", "163m", "760m", "1.4b")
+# The parts of FlopReport (analysis/flops.py) a block's forward FLOPs are split into.
+FLOP_PARTS = ("matmul", "attention", "scan", "conv")
+
+
+class Family(ABC):
+    """One architecture family. Subclasses set the class attributes and implement the methods.
+
+    Attributes:
+        name: the family's name ("mamba", "transformer").
+        parts: the names a sparse arm may decouple per modality (`ModelConfig.decouple`), in canonical order.
+        blocks_per_layer: residual blocks per transformer-layer equivalent (`ModelConfig.n_layer`).
+        ablation_groups: the multi-part subsets an ablation tries beside each part alone.
+        scales: {scale: ModelConfig fields} for every name in SCALES.
+    """
+
+    name: str
+    parts: tuple[str, ...]
+    blocks_per_layer: int
+    ablation_groups: tuple[tuple[str, ...], ...]
+    scales: dict[str, dict[str, int]]
+
+    def check(self, cfg: ModelConfig) -> None:
+        """Raise ValueError if `cfg` is not a valid model of this family (beyond the generic checks)."""
+        return None
+
+    @abstractmethod
+    def block(self, cfg: ModelConfig) -> nn.Module:
+        """One residual block: `forward(x (B, L, D), routing: ModalityRouting | None) -> (B, L, D)`."""
+
+    @abstractmethod
+    def init_block(self, block: nn.Module, cfg: ModelConfig) -> None:
+        """The family's initialisation of one block, applied after each layer's own (biases are zeroed before)."""
+
+    @abstractmethod
+    def block_params(self, cfg: ModelConfig) -> tuple[dict[str, int], int]:
+        """Parameters of one block: ({part: parameters of one copy}, parameters of everything never decoupled)."""
+
+    @abstractmethod
+    def block_flops(self, cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+        """Forward FLOPs per token of one block, by FLOP_PARTS name (missing names are 0)."""
+
+    def backend(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> str:
+        """The kernel a forward on `device` runs, recorded in every run's summary."""
+        return "torch"

@@ -1,0 +1,56 @@
+"""One source for recipes: the scale recipes are the defaults of every entry point, and the shipped YAMLs equal them
+(litgpt's config-hub test: each YAML goes through the real CLI parser)."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from datamodules.multimodal import MultiModalDataModule
+from experiments import train
+from experiments.lit_module import LitMultiModalLM
+from experiments.recipes import RECIPE_FIELDS, RECIPES
+from models import SCALES
+
+CONFIGS = Path(__file__).parents[1] / "experiments" / "configs"
+SMOKE_TESTS = {"debug.yaml"}  # deliberately not a recipe; trained end to end in tests/test_train_cli.py
+
+
+def resolved(args: list[str]) -> dict:
+    """The recipe fields train.py resolves from `args`."""
+    _, cfg = train.parse(args)
+    merged = {"max_steps": cfg.max_steps, "val_every": cfg.val_every, **cfg.data.as_dict(), **cfg.model.as_dict()}
+    return {name: tuple(v) if isinstance(v := merged[name], list) else v for name in RECIPE_FIELDS}
+
+
+def test_every_scale_has_a_recipe():
+    assert tuple(RECIPES) == SCALES
+
+
+def test_class_defaults_are_the_tiny_recipe():
+    """The datamodule's and the module's own defaults are the tiny recipe's: no third opinion on batch or lr."""
+    tiny = RECIPES["tiny"]
+    for cls, names in ((MultiModalDataModule, tiny.DATA), (LitMultiModalLM, tiny.MODULE)):
+        params = inspect.signature(cls).parameters
+        assert {n: params[n].default for n in names} == {n: getattr(tiny, n) for n in names}, cls.__name__
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_cli_defaults_are_the_scales_recipe(scale):
+    """With no YAML, train.py's budget, data and optimiser defaults are the chosen scale's recipe."""
+    got = resolved(["--setting", "chameleon", "--arm", "mom", "--scale", scale])
+    assert got == {name: getattr(RECIPES[scale], name) for name in RECIPE_FIELDS}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in SMOKE_TESTS), ids=lambda p: p.name
+)
+def test_shipped_config_equals_its_recipe(path):
+    """Every recipe YAML, parsed by the CLI, resolves to exactly its scale's recipe."""
+    _, cfg = train.parse(["--config", str(path)])
+    assert resolved(["--config", str(path)]) == {name: getattr(RECIPES[cfg.scale], name) for name in RECIPE_FIELDS}
+
+
+def test_a_flag_overrides_one_field_of_the_recipe():
+    got = resolved(["--setting", "chameleon", "--arm", "mom", "--scale", "small", "--data.batch_size", "3"])
+    assert got == {name: getattr(RECIPES["small"], name) for name in RECIPE_FIELDS} | {"batch_size": 3}
