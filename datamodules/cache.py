@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-CACHE_VERSION = 2  # bump whenever preparation code changes what a cache holds
+CACHE_VERSION = 3  # bump whenever preparation code changes what a cache holds
 
 
 class CorruptCache(RuntimeError):

@@ -10,13 +10,13 @@ Images are float32 in [0, 1] with layout (N, H, W, C): N images, H×W pixels, C 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common import stable_fraction
 from datamodules.errors import SourceUnavailable
 from datamodules.patches import PatchVQ
 
@@ -51,6 +51,7 @@ DIGIT_TEMPLATES = ("{c}", "the digit {c}", "a handwritten {c}", "the number {c}"
 
 # Pillow renders this CBDT bitmap font only at its native strike size.
 _EMOJI_NATIVE_SIZE = 109
+EMOJI_VAL_FRACTION = 0.1
 _SKIN_TONES = frozenset(chr(cp) for cp in range(0x1F3FB, 0x1F400))
 
 
@@ -160,12 +161,6 @@ def load_fashion_mnist(root: str | Path = FASHION_MNIST_ROOT, limit_train: int |
     return ImageSet(pixels, captions, np.array(split), "fashion_mnist")
 
 
-def _stable_is_val(key: str, val_percent: int = 10) -> bool:
-    """Puts a key in val from a hash that, unlike Python's salted ``hash``, is the same in every process."""
-    digest = hashlib.sha1(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "big") % 100 < val_percent
-
-
 def _render_emoji(font, text: str, size: int) -> np.ndarray | None:
     """Renders one emoji as (size, size, 3) float32 on white, or None when the font draws nothing for it."""
     from PIL import Image, ImageDraw
@@ -229,7 +224,7 @@ def load_emoji(size: int = 32, skin_tones: bool = False, font_path: str | Path =
         captions.append(name)
         # Split by the picture, not the name: some emoji share one glyph (a territory drawn with its country's flag),
         # and both captions must land on the same side of the split.
-        split.append("val" if _stable_is_val(pixels.tobytes().hex()) else "train")
+        split.append("val" if stable_fraction(pixels.tobytes()) < EMOJI_VAL_FRACTION else "train")
     return ImageSet(np.stack(images), captions, np.array(split), "emoji")
 
 

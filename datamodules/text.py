@@ -13,7 +13,6 @@ BPE tokenizer on any iterable of texts.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import warnings
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from common import atomic_write
+from common import atomic_write, stable_fraction
 from datamodules.errors import CorruptSource, SourceUnavailable
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -265,16 +264,11 @@ class TextCorpus:
     warnings: list[str] = field(default_factory=list)
 
 
-def _in_val(text: str, fraction: float) -> bool:
-    """Stable hash split: the same text always lands on the same side, across processes and Python versions."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
 def _split_by_hash(texts: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """Stable hash split: the same text always lands on the same side, across processes and Python versions."""
     train, val = [], []
     for text in texts:
-        (val if _in_val(text, fraction) else train).append(text)
+        (val if stable_fraction(text) < fraction else train).append(text)
     return train, val
 
 

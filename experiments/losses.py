@@ -3,8 +3,9 @@
 Discrete positions: next-token cross-entropy. A position's loss belongs to the modality of its *target* (position t
 predicts token t + 1). Transfusion image positions: DDPM ε-prediction MSE, the mean over patch elements.
 
-Totals: Chameleon / three-modality: cross-entropy averaged over every target position (all modalities together);
-Transfusion: L_text + λ · L_image, with L_text the cross-entropy over text targets and λ = 5 by default.
+Totals: the cross-entropy averaged over every discrete target position (all modalities together); with continuous
+images (Transfusion) plus λ · L_image, λ = 5 by default. In the Transfusion setting every discrete target is text,
+so the first term is its L_text.
 
 Every mean is a sum over positions divided by a number of positions (`loss_positions`), by default this batch's own.
 Under DDP the LightningModule passes the global batch's counts divided by the world size instead: each rank's loss
@@ -69,9 +70,12 @@ def multimodal_losses(
     means = {name: s / torch.where(positions[name] > 0, positions[name], one) for name, s in sums.items()}
     nan = torch.full((), float("nan"), device=logits.device)
     out = {f"loss_{name}": torch.where(positions[name] > 0, mean, nan) for name, mean in means.items()}
+    # Patch positions have no next-token target (their targets are IGNORE), so with continuous images the discrete
+    # targets are every modality's but the image's.
+    discrete = [m for m in range(n_modalities) if not (patch_pred is not None and MODALITY_NAMES[m] == "image")]
+    total = sum(positions[MODALITY_NAMES[m]] for m in discrete)
+    targets_lm = torch.isin(target_modality, torch.tensor(discrete, device=target_modality.device))
+    out["loss"] = ce[targets_lm].sum() / torch.where(total > 0, total, one)
     if patch_pred is not None:
-        out["loss"] = means["text"] + diffusion_weight * means["image"]
-    else:
-        total = sum(positions[MODALITY_NAMES[m]] for m in range(n_modalities))
-        out["loss"] = ce[target_modality >= 0].sum() / torch.where(total > 0, total, one)
+        out["loss"] = out["loss"] + diffusion_weight * means["image"]
     return out

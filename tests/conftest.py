@@ -7,3 +7,10 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def small_cache(tmp_path_factory) -> str:
+    """One prepared-data cache of tests.helpers.SMALL_DATA for every test that only reads it: each corpus is built
+    once per session (tests that corrupt or rebuild a cache keep their own)."""
+    return str(tmp_path_factory.mktemp("small-data-cache"))

@@ -14,8 +14,8 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
+def cache(small_cache):
+    return small_cache
 
 
 def small(tmp, cache, *args):

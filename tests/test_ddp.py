@@ -132,10 +132,10 @@ def _run_isolated(cmd: list[str], log: Path, timeout: float) -> int:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, small_cache):
     """The single-process run (batch 4, in this process) and the DDP run (2 processes x batch 2, the real CLI)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    data = {**SMALL_DATA, "cache_dir": str(tmp / "cache")}
+    data = {**SMALL_DATA, "cache_dir": small_cache}
     start = time.perf_counter()
     single = train_run(SETTING, ARM, seed=SEED, max_steps=STEPS, val_every=VAL_EVERY, root=tmp / "single",
                        data=data, module={"model_overrides": TINY_MODEL})  # fmt: skip

@@ -29,13 +29,18 @@ def test_per_modality_losses_known_answer():
     torch.testing.assert_close(out["loss_image"], (ce[1] + ce[3]) / 2)
     assert out["loss_speech"].isnan()  # absent: NaN, never a fake 0
     torch.testing.assert_close(out["loss"], ce[[0, 1, 3, 4]].mean())
-    # Transfusion: image loss is the noise MSE at patch positions; total = L_text + λ·L_image.
+    # Continuous images: image loss is the noise MSE at patch positions; total = L_LM + λ·L_image, L_LM the mean CE
+    # over the discrete targets (Transfusion: text; with speech: text and speech).
     mask = torch.tensor([[False, True, True, False, False, False]])
     noise = torch.randn(1, 6, 4)
     pred = torch.randn(2, 4)
     tf = multimodal_losses(logits, {**batch, "patch_mask": mask, "noise": noise}, 2, pred, diffusion_weight=5.0)
     torch.testing.assert_close(tf["loss_image"], ((pred - noise[mask]) ** 2).mean())
     torch.testing.assert_close(tf["loss"], tf["loss_text"] + 5.0 * tf["loss_image"])
+    speech = {**batch, "target_modality": torch.tensor([[0, 1, -1, 2, 0, -1]]), "patch_mask": mask, "noise": noise}
+    tfs = multimodal_losses(logits, speech, 3, pred, diffusion_weight=5.0)
+    torch.testing.assert_close(tfs["loss_speech"], ce[3])
+    torch.testing.assert_close(tfs["loss"], ce[[0, 3, 4]].mean() + 5.0 * tfs["loss_image"])
 
 
 def test_warmup_cosine_schedule():
@@ -47,11 +52,10 @@ def test_warmup_cosine_schedule():
 
 
 @pytest.fixture(scope="module")
-def datamodules(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("cache"))
+def datamodules(small_cache):
     out = {}
     for setting in SETTINGS:
-        dm = MultiModalDataModule(setting=setting, cache_dir=cache, **SMALL_DATA)
+        dm = MultiModalDataModule(setting=setting, cache_dir=small_cache, **SMALL_DATA)
         dm.prepare_data()
         dm.setup("fit")
         out[setting] = dm

@@ -15,8 +15,8 @@ MODULE = dict(model_overrides=TINY_MODEL)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return {**SMALL_DATA, "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+def data(small_cache):
+    return {**SMALL_DATA, "cache_dir": small_cache}
 
 
 def run(root, data, arm="mom", **kwargs):
