@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.run_record import (
+    CONFIG,
     METRICS,
     STEP,
     TOKENS,
@@ -125,9 +126,13 @@ def load_run(entry: dict, out: Path, val_every: int | None = None) -> tuple[dict
         return run | {"reason": f"no summary.json in {folder}"}, empty
     run |= {k: v for k, v in summary.to_dict().items() if k not in run}
     run |= {"status": summary.status, "reason": summary.reason, "val_every": config.get("val_every", val_every)}
-    run["decouple"] = tuple(config["model"]["decouple"]) if "model" in config else None
+    decouple = (config.get("model") or {}).get("decouple")
+    run["decouple"] = tuple(decouple) if isinstance(decouple, list) else None  # None: the arm's default parts
     if not summary.finished:
         return run, empty
+    if not isinstance(run["val_every"], int) or run["val_every"] < 1:
+        reason = f"{folder / CONFIG}: val_every must be a positive int, got {run['val_every']!r}"
+        return run | {"status": "unreadable", "reason": reason}, empty
     try:
         curves = read_metrics(folder / METRICS, summary.train_flops_per_step)
     except (OSError, KeyError, TypeError, ValueError) as exc:
@@ -188,10 +193,8 @@ def evaluation_grid(results: Results) -> pd.DataFrame:
     parts = [curves[curves["kind"] == "val"]]
     runs = results.runs.set_index(RUN_KEY)
     for run_key, run in curves.groupby(RUN_KEY, sort=False):
-        val_every, flops_per_step = runs.loc[run_key, "val_every"], runs.loc[run_key, "train_flops_per_step"]
-        if pd.isna(val_every) or val_every < 1 or int(val_every) != val_every:
-            raise ValueError(f"run {run_key}: val_every must be a positive int, got {val_every!r}")
-        val_every = int(val_every)
+        val_every = int(runs.loc[run_key, "val_every"])  # a positive int for every finished run (load_run)
+        flops_per_step = runs.loc[run_key, "train_flops_per_step"]
         at = run[run["kind"] == "val"].drop_duplicates("step").set_index("step").sort_index()  # the evaluations
         for modality, train in run[run["kind"] == "train"].groupby("modality", sort=False):
             points = dict(zip(train["step"].tolist(), train["loss"].tolist(), strict=True))

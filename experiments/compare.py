@@ -10,7 +10,8 @@ before anything trains, skips finished runs, resumes unfinished ones and trains 
 `--parallel K` at a time, one GPU each), then writes the report (analysis/report.py) into `--out`. Interrupt it and
 run the same command again: it continues where it stopped. Every arm of one comparison gets the same data, seed,
 token budget and optimiser: the recipe of its scale (experiments/recipes.py), which `--max-steps` / `--tokens` may
-override. The plan and its checks live in experiments/plan.py.
+override. The plan and its checks live in experiments/plan.py; what every number of the report means is in
+docs/design.md.
 """
 
 from __future__ import annotations

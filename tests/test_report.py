@@ -393,3 +393,24 @@ def test_missing_or_corrupt_comparison_fails_naming_the_path(tmp_path, capsys):
     with pytest.raises(ReportError, match="runs\\[0\\]"):
         (tmp_path / "comparison.json").write_text(json.dumps({"runs": [{"arm": "mom"}]}))
         load_results(tmp_path)
+
+
+def test_a_run_record_that_does_not_fit_is_reported_by_name(tmp_path):
+    """A summary of an unknown schema version, a summary that is not JSON and a config without a usable val_every
+    each make their run 'unreadable' with the file named; the report is still written from the rest."""
+    runs = [write_run(tmp_path, "chameleon", arm, 0, steps=50) for arm in ("mamba", "mom", "mot", "transformer")]
+    folders = {r["arm"]: Path(r["folder"]) for r in runs}
+    summary = json.loads((folders["mom"] / "summary.json").read_text())
+    (folders["mom"] / "summary.json").write_text(json.dumps({**summary, "schema_version": 99}))
+    (folders["mot"] / "summary.json").write_text('{"arm": "mot", "status": "fini')
+    config = json.loads((folders["transformer"] / "config.json").read_text())
+    (folders["transformer"] / "config.json").write_text(json.dumps({**config, "val_every": "often"}))
+    out = write_comparison(tmp_path / "results", runs, ["chameleon"], None, [0])
+    assert main([str(out)]) == 0
+    reasons = load_results(out).runs.set_index("arm")
+    assert reasons.loc["mamba", "status"] == "finished"
+    assert "schema version 99" in reasons.loc["mom", "reason"] and "mom" in reasons.loc["mom", "reason"]
+    assert "not valid JSON" in reasons.loc["mot", "reason"] and str(folders["mot"]) in reasons.loc["mot", "reason"]
+    assert "val_every must be a positive int" in reasons.loc["transformer", "reason"]
+    assert set(reasons["status"]) == {"finished", "unreadable"}
+    assert "3 of 4 runs are not finished" in (out / "report.md").read_text()
