@@ -18,6 +18,8 @@ validation rows hold `<valset>/loss_<modality>` for every validation set (`val`,
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -115,10 +117,10 @@ class Summary:
                 f"{path}: run record schema version {version!r}, but this suite reads version {SCHEMA_VERSION}; "
                 "train it again with this version (delete the run folder) or use the version that wrote it"
             )
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         missing = [name for name in ("setting", "arm", "variant", "scale", "seed") if name not in data]
-        wrong = [name for name, value in data.items() if name in known and not _fits(value, _TYPES[name])]
+        wrong = [name for name, value in data.items() if name in hints and not _fits(value, hints[name])]
         if unknown or missing or wrong or data.get("status") not in STATUSES:
             problems = [f"unknown fields {unknown}"] if unknown else []
             problems += [f"missing fields {missing}"] if missing else []
@@ -129,25 +131,13 @@ class Summary:
         return cls(**data)
 
 
-# JSON types each Summary field may hold (None only where the field allows it).
-_TYPES = {
-    **dict.fromkeys(("setting", "arm", "variant", "scale", "status", "backend", "device"), str),
-    **dict.fromkeys(("seed", "params_total", "params_active", "tokens_per_step", "world_size", "steps"), int),
-    **dict.fromkeys(("flops_per_token", "flops_per_token_analytic", "train_flops_per_step", "wall_clock_s"), float),
-    "reason": (str, type(None)),
-    "data_sources": list,
-    "versions": dict,
-    "final_val_loss": dict,
-    "schema_version": int,
-}
-
-
-def _fits(value: object, types: type | tuple[type, ...]) -> bool:
-    if isinstance(value, bool):
-        return False
-    if types is float:
-        return isinstance(value, int | float)
-    return isinstance(value, types)
+def _fits(value: object, hint: object) -> bool:
+    """Whether a decoded JSON value fits a Summary field's annotation (float fields take ints too)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    if isinstance(value, bool) or hint is type(None):
+        return value is None if hint is type(None) else False
+    return isinstance(value, int | float if hint is float else typing.get_origin(hint) or hint)
 
 
 def _upgrade(data: dict) -> dict:

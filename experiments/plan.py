@@ -18,7 +18,7 @@ from analysis.run_record import RunRecordError, read_summary, run_dir
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS, get_setting
 from experiments.recipes import RECIPES, Recipe
-from experiments.run import recipe_conflicts
+from experiments.run import plain, recipe_conflicts
 from models import ARMS, SCALES, ModelConfig, get_arm
 
 
@@ -69,10 +69,6 @@ def plan(
     return list(dict.fromkeys(runs))
 
 
-def _plain(value):
-    return json.loads(json.dumps(value, default=str))
-
-
 @dataclass
 class Comparison:
     """A resolved comparison: the runs and the one recipe they share."""
@@ -106,7 +102,7 @@ class Comparison:
     def meta_recipe(self) -> dict:
         """What makes two comparisons' results comparable; a results folder holds one recipe."""
         data = {k: v for k, v in self.data.items() if k != "cache_dir"}
-        return _plain(
+        return plain(
             {"scale": self.scale, **self.recipe.as_dict(), "data": data, "model_overrides": self.model_overrides}
         )
 

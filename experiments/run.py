@@ -110,12 +110,12 @@ def recipe_conflicts(
     for key, value in wanted.items():
         section, _, name = key.rpartition(".")
         have = (stored.get(section, {}) if section else stored).get(name)
-        if _plain(have) != _plain(value):
+        if plain(have) != plain(value):
             conflicts.append(f"{key}: recorded {have!r}, requested {value!r}")
     return conflicts
 
 
-def _plain(value):
+def plain(value):
     """JSON round trip: tuples and lists, ints and floats compare as they are stored."""
     return json.loads(json.dumps(value, default=str))
 
