@@ -182,9 +182,8 @@ def resolve(args: argparse.Namespace) -> Comparison:
     arms = parse_list(args.arms, ARMS, "arm")
     if args.scale not in SCALES:
         raise ValueError(f"unknown scale {args.scale!r}; valid choices are {list(SCALES)}")
-    if args.ablation:
-        get_setting(args.ablation_setting)
-        ablation_variants(get_arm(args.ablation_arm).name)
+    get_setting(args.ablation_setting)  # checked even without --ablation: a typo never passes silently
+    ablation_variants(args.ablation_arm)
     if args.parallel < 1:
         raise ValueError(f"--parallel must be >= 1; got {args.parallel}")
     data_args = set(inspect.signature(MultiModalDataModule).parameters) - {"self", "setting", "seed"}

@@ -103,6 +103,7 @@ def test_interrupted_comparison_continues_where_it_stopped(tmp_path, cache, monk
         ("--data", "colour=1", "seq_len"),
         ("--model", "width=3", "d_model"),
         ("--ablation-setting", "speech", "chameleon"),
+        ("--ablation-arm", "mamba", "mot"),
     ],
 )
 def test_bad_names_are_refused_before_anything_runs(tmp_path, capsys, flag, value, valid):
