@@ -35,10 +35,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from analysis.run_record import read_summary, run_dir
 from datamodules.multimodal import EpochSampler, GlobalBatchShard, MultiModalDataModule
 from datamodules.vocab import PATCH
 from experiments.losses import multimodal_losses
-from experiments.run import run_dir, train_run
+from experiments.run import train_run
 from models import ModelConfig, build_model
 from models.layers import ModalityLinear
 from tests.helpers import SMALL_DATA, TINY_MODEL
@@ -169,8 +170,8 @@ def test_ddp_rank_without_image_tokens_neither_hangs_nor_errors(runs):
     log = runs["log"].read_text()
     assert runs["rc"] is not None, f"DDP run hung (no exit in {DDP_TIMEOUT_S} s)\n{log[-3000:]}"
     assert runs["rc"] == 0, f"DDP run failed (rc {runs['rc']}); image-free (step, rank): {no_image}\n{log[-3000:]}"
-    summary = json.loads((runs["folders"]["ddp"] / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["steps"] == STEPS and summary["world_size"] == WORLD
+    summary = read_summary(runs["folders"]["ddp"])
+    assert summary.status == "finished" and summary.steps == STEPS and summary.world_size == WORLD
 
 
 def test_ddp_matches_single_process(runs):
@@ -178,16 +179,15 @@ def test_ddp_matches_single_process(runs):
     single-process run's within float tolerance (see the module docstring for the construction)."""
     assert runs["rc"] == 0, runs["log"].read_text()[-3000:]
     single_dir, ddp_dir = runs["folders"]["single"], runs["folders"]["ddp"]
-    ddp = json.loads((ddp_dir / "summary.json").read_text())
-    single = runs["single"]
+    ddp, single = read_summary(ddp_dir), runs["single"]
     for key in ("tokens_per_step", "params_total", "params_active"):
-        assert ddp[key] == single[key], key
+        assert getattr(ddp, key) == getattr(single, key), key
     # FLOPs per token are estimated from the share of patch positions in the run's first batch, which is a device's
     # batch (half the global one) under DDP: equal within the spread of that share, and the step count is exact.
-    assert ddp["train_flops_per_step"] == pytest.approx(single["train_flops_per_step"], rel=0.05)
-    assert set(ddp["final_val_loss"]) == set(single["final_val_loss"]) == {"val/loss_text", "val/loss_image"}
-    for key, value in single["final_val_loss"].items():
-        assert ddp["final_val_loss"][key] == pytest.approx(value, rel=2e-5), key
+    assert ddp.train_flops_per_step == pytest.approx(single.train_flops_per_step, rel=0.05)
+    assert set(ddp.final_val_loss) == set(single.final_val_loss) == {"val/loss_text", "val/loss_image"}
+    for key, value in single.final_val_loss.items():
+        assert ddp.final_val_loss[key] == pytest.approx(value, rel=2e-5), key
 
     def by_step(folder: Path, columns: tuple[str, ...]) -> dict[int, dict[str, float]]:
         out: dict[int, dict[str, float]] = {}
@@ -201,7 +201,7 @@ def test_ddp_matches_single_process(runs):
                "val/loss_text", "val/loss_image")  # fmt: skip
     a, b = by_step(single_dir, columns), by_step(ddp_dir, columns)
     flops = by_step(ddp_dir, ("flops",))
-    assert all(row["flops"] == (step + 1) * ddp["train_flops_per_step"] for step, row in flops.items())
+    assert all(row["flops"] == (step + 1) * ddp.train_flops_per_step for step, row in flops.items())
     assert a.keys() == b.keys() and len([s for s in a if "train/loss" in a[s]]) == STEPS
     for step in a:
         assert a[step].keys() == b[step].keys(), step
