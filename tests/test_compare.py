@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from analysis.run_record import read_summary
 from experiments.compare import MatrixProgress, main
 from experiments.plan import ablation_variants, plan
 from tests.helpers import SMALL_DATA, TINY_MODEL
@@ -37,8 +38,8 @@ def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path,
     first = summaries(runs)
     assert len(first) == 12  # 3 settings x 4 arms
     for folder in first:
-        summary = json.loads((runs / folder / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["steps"] == STEPS, folder
+        summary = read_summary(runs / folder)
+        assert summary.status == "finished" and summary.steps == STEPS, folder
     results = tmp_path / "results"
     comparison = json.loads((results / "comparison.json").read_text())
     assert len(comparison["runs"]) == 12 and comparison["meta"]["max_steps"] == STEPS
@@ -81,13 +82,13 @@ def test_interrupted_comparison_continues_where_it_stopped(tmp_path, cache, monk
     monkeypatch.setattr(MatrixProgress, "on_train_batch_end", ctrl_c_in_mom)
     assert main(args) == 130
     runs = tmp_path / "runs" / "chameleon" / "tiny"
-    assert json.loads((runs / "mom/seed0/summary.json").read_text())["status"] == "interrupted"
+    assert read_summary(runs / "mom/seed0").status == "interrupted"
     mamba_done = (runs / "mamba/seed0/summary.json").stat().st_mtime_ns
     monkeypatch.setattr(MatrixProgress, "on_train_batch_end", original)
 
     assert main(args) == 0
     assert (runs / "mamba/seed0/summary.json").stat().st_mtime_ns == mamba_done
-    assert json.loads((runs / "mom/seed0/summary.json").read_text())["status"] == "finished"
+    assert read_summary(runs / "mom/seed0").status == "finished"
     with open(runs / "mom/seed0/metrics.csv", newline="") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
     assert steps == list(range(6))  # resumed from the step-4 checkpoint: every step logged exactly once
@@ -142,5 +143,5 @@ def test_parallel_runs_in_separate_processes(tmp_path, cache):
     assert main([*args, "--parallel", "2"]) == 0
     for arm in ("mamba", "transformer"):
         folder = tmp_path / "runs" / "chameleon" / "tiny" / arm / "seed0"
-        assert json.loads((folder / "summary.json").read_text())["status"] == "finished"
+        assert read_summary(folder).status == "finished"
         assert (folder / "train.log").exists()
