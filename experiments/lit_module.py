@@ -1,7 +1,7 @@
 """`LitMultiModalLM`: one LightningModule body for every arm (mamba, mom, transformer, mot and the hash controls).
 
 One `_shared_step` computes the per-modality losses (experiments/losses.py) for training and validation. The
-optimiser (AdamW, linear warmup then cosine decay, no weight decay on biases, norms, A_log and D) and the schedule
+optimiser (AdamW, linear warmup then cosine decay, weight decay by role: `decay_groups`) and the schedule
 depend only on hyperparameters shared by every arm of a comparison.
 """
 
@@ -19,7 +19,7 @@ from analysis.run_record import GRAD_NORM, LR, TOKENS, TRAIN_LOSS, LossKey, loss
 from datamodules.vocab import MODALITY_NAMES
 from experiments.losses import loss_positions, multimodal_losses
 from models import ModelConfig, build_model
-from models.layers import ModalityRMSNorm
+from models.layers import ModalityLinear
 
 
 class NonFiniteLoss(RuntimeError):
@@ -142,11 +142,7 @@ class LitMultiModalLM(L.LightningModule):
         self.log(GRAD_NORM, grad_norm(self, norm_type=2)["grad_2.0_norm_total"], on_step=True)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        norm_params = {id(p) for m in self.modules() if isinstance(m, ModalityRMSNorm) for p in m.parameters()}
-        for p in self.parameters():
-            skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False) or id(p) in norm_params
-            (no_decay if skip else decay).append(p)
+        decay, no_decay = decay_groups(self)
         hp = self.hparams
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -158,6 +154,19 @@ class LitMultiModalLM(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+# Modules whose `weight` is a projection: the parameters weight decay applies to.
+DECAYED_WEIGHTS = (nn.Linear, nn.Embedding, nn.Conv1d, ModalityLinear)
+
+
+def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, exempt) parameters by role, in `module.parameters()` order: the weights of projections, embeddings
+    and convolutions decay; biases, norm scales, A_log and D never do, whatever their shape. (Deciding by rank would
+    decay a decoupled bias, [M, E], and not the dense one, [E]: two arms under two regularisations.)"""
+    weights = {id(m.weight) for m in module.modules() if isinstance(m, DECAYED_WEIGHTS)}
+    params = list(module.parameters())
+    return [p for p in params if id(p) in weights], [p for p in params if id(p) not in weights]
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.vocab import IGNORE, MODALITY_NAMES
+from models.layers import upcast
 
 
 def loss_positions(batch: dict[str, Tensor], n_modalities: int) -> dict[str, Tensor]:
@@ -56,13 +57,13 @@ def multimodal_losses(
     """
     targets, target_modality = batch["targets"], batch["target_modality"]
     positions = loss_positions(batch, n_modalities) if positions is None else positions
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="none")
+    ce = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten(), ignore_index=IGNORE, reduction="none")
     ce = ce.view_as(targets)
     sums = {MODALITY_NAMES[m]: ce[target_modality == m].sum() for m in range(n_modalities)}
     if patch_pred is not None:
         noise = batch["noise"][batch["patch_mask"]]  # (n, P)
         # Per patch position: the mean over its P elements, so that dividing by the positions gives the MSE.
-        sums["image"] = (patch_pred.float() - noise.float()).square().sum() / noise.shape[-1]
+        sums["image"] = (upcast(patch_pred) - noise.to(upcast(patch_pred).dtype)).square().sum() / noise.shape[-1]
     # A modality without positions keeps its term: a sum over no positions, an exact 0 that is still in the autograd
     # graph, so the layers only it reaches (the LM head, the patch head) still get a (zero) gradient. DDP needs
     # every parameter in every rank's backward, also when one rank's batch lacks a modality.

@@ -129,6 +129,11 @@ def as_routing(modality_ids: Tensor | ModalityRouting | None, n_modalities: int)
     return ModalityRouting(modality_ids, n_modalities)
 
 
+def upcast(t: Tensor) -> Tensor:
+    """t in at least float32: bf16 and fp16 are raised to float32, float32 and float64 are kept as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class ModalityLinear(nn.Module):
     """A linear layer with one weight copy per modality; token t uses the copy of modality_ids[t].
 
@@ -198,8 +203,8 @@ class ModalityRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(*((n_modalities,) if n_modalities > 1 else ()), d))
 
     def forward(self, x: Tensor, routing: ModalityRouting | None = None) -> Tensor:
-        # Normalise in float32: the mean of squares loses precision in bf16. The result keeps x's dtype.
-        normed = F.rms_norm(x.float(), (self.d,), eps=self.eps)
+        # Normalise in at least float32: the mean of squares loses precision in bf16. The result keeps x's dtype.
+        normed = F.rms_norm(upcast(x), (self.d,), eps=self.eps)
         if self.n_modalities == 1:
             scale = self.weight
         elif routing is None:

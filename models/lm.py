@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ModelConfig, ParamCount
-from models.layers import SPARSE_LAYERS, ModalityLinear, ModalityRMSNorm, ModalityRouting, validate_modality_ids
+from models.layers import (
+    SPARSE_LAYERS,
+    ModalityLinear,
+    ModalityRMSNorm,
+    ModalityRouting,
+    upcast,
+    validate_modality_ids,
+)
 
 # Knuth's multiplicative hash (TAOCP vol. 3, §6.4): the prime nearest 2^32 / φ (golden ratio).
 KNUTH_MULTIPLIER = 2654435761
@@ -41,11 +48,11 @@ def position_hash_ids(batch: int, seq_len: int, n_experts: int, device: torch.de
     return ((h * n_experts) >> 32).expand(batch, seq_len)  # (B, L) in [0, M)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of diffusion timesteps: (n,) -> (n, dim), float32."""
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sinusoidal embedding of diffusion timesteps: (n,) -> (n, dim), in `dtype` (float32, or float64)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    args = t.to(dtype)[:, None] * freqs[None]
     emb = torch.cat([args.cos(), args.sin()], dim=-1)
     return F.pad(emb, (0, dim % 2))
 
@@ -171,7 +178,8 @@ class MultiModalLM(nn.Module):
             if t is None or t.shape != tokens.shape or not dtype_ok(t):
                 got = None if t is None else f"{tuple(t.shape)} {t.dtype}"
                 raise ValueError(f"{name} must be a (B, L) tensor like tokens ({tuple(tokens.shape)}), got {got}")
-        temb = self.time_mlp(timestep_embedding(timesteps[patch_mask], self.cfg.d_model))
+        dtype = upcast(self.patch_in.weight).dtype  # float32, or float64 in a float64 model
+        temb = self.time_mlp(timestep_embedding(timesteps[patch_mask], self.cfg.d_model, dtype=dtype))
         return self.patch_in(patches[patch_mask]) + temb
 
     @property

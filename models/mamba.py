@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.family import Family
-from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, as_routing, validate_parts
+from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, as_routing, upcast, validate_parts
 from models.scan import BACKENDS, resolve_backend, scan_flops, selective_scan
 
 if TYPE_CHECKING:
@@ -116,8 +116,6 @@ class MambaMixer(nn.Module):
         A = torch.arange(1, N + 1, dtype=torch.float32).repeat(E, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(E))
-        self.A_log._no_weight_decay = True  # read by the optimiser's parameter grouping
-        self.D._no_weight_decay = True
         self._init_dt(dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
 
     @torch.no_grad()
@@ -152,23 +150,23 @@ class MambaMixer(nn.Module):
         R, N = self.dt_rank, self.d_state
         rows = routing.sort(xs.transpose(1, 2)) if routing is not None else xs.transpose(1, 2)
         x_dbl = self.x_proj.forward_sorted(rows, routing)  # (.., R + 2N)
-        # dt_proj in float32 with its bias: it is tiny (R = D/16), and softplus(W·r + b) with b ≈ -4 is sensitive
-        # to bf16 rounding; mamba-ssm likewise adds the dt bias in float32 inside its kernel.
+        # dt_proj in at least float32 with its bias: it is tiny (R = D/16), and softplus(W·r + b) with b ≈ -4 is
+        # sensitive to bf16 rounding; mamba-ssm likewise adds the dt bias in float32 inside its kernel.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            dt = self.dt_proj.forward_sorted(x_dbl[..., :R].float(), routing)  # (.., E)
+            dt = self.dt_proj.forward_sorted(upcast(x_dbl[..., :R]), routing)  # (.., E)
         BC = x_dbl[..., R:]
         if routing is not None:
             dt, BC = routing.unsort(dt), routing.unsort(BC)
         Bm, Cm = BC.split([N, N], dim=-1)  # (B, L, N) each
 
-        A = -torch.exp(self.A_log.float())  # (E, N)
+        A = -torch.exp(upcast(self.A_log))  # (E, N)
         y = selective_scan(
             xs,
             dt.transpose(1, 2),
             A,
             Bm.transpose(1, 2),
             Cm.transpose(1, 2),
-            D=self.D.float(),
+            D=upcast(self.D),
             z=z,
             delta_bias=None,  # already inside dt (see above)
             delta_softplus=True,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.family import Family
-from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, validate_parts
+from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, upcast, validate_parts
 
 if TYPE_CHECKING:
     from models.config import ModelConfig
@@ -33,17 +33,19 @@ def mlp_hidden(d_model: int, multiple_of: int) -> int:
     return multiple_of * -(-(8 * d_model // 3) // multiple_of)
 
 
-def rotary_cos_sin(seqlen: int, head_dim: int, theta: float, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos and sin tables (L, K) for rotary embeddings, in float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(seqlen, device=device, dtype=torch.float32), inv_freq)  # (L, K/2)
+def rotary_cos_sin(
+    seqlen: int, head_dim: int, theta: float, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """cos and sin tables (L, K) for rotary embeddings, in `dtype` (float32, or float64 for a float64 model)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
+    angles = torch.outer(torch.arange(seqlen, device=device, dtype=dtype), inv_freq)  # (L, K/2)
     angles = torch.cat([angles, angles], dim=-1)  # (L, K): the rotate-half layout
     return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, L, K) queries or keys by position; computed in float32, returned in x's dtype."""
-    xf = x.float()
+    """Rotate (B, H, L, K) queries or keys by position; computed in at least float32, returned in x's dtype."""
+    xf = upcast(x)
     x1, x2 = xf.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (xf * cos + rotated * sin).to(x.dtype)
@@ -75,7 +77,7 @@ class CausalSelfAttention(nn.Module):
         else:
             qkv = torch.cat([p(x) for p in projections], dim=-1)
         q, k, v = (t.view(batch, seqlen, self.n_head, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-        cos, sin = rotary_cos_sin(seqlen, self.head_dim, self.rope_theta, x.device)
+        cos, sin = rotary_cos_sin(seqlen, self.head_dim, self.rope_theta, x.device, upcast(q).dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, K)
         return self.wo(y.transpose(1, 2).reshape(batch, seqlen, self.d_model), routing)

@@ -11,7 +11,7 @@ from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import next_token_targets
 from datamodules.settings import SETTINGS
 from datamodules.vocab import IGNORE, PAD
-from experiments.lit_module import LitMultiModalLM, NonFiniteLoss, warmup_cosine
+from experiments.lit_module import LitMultiModalLM, NonFiniteLoss, decay_groups, warmup_cosine
 from experiments.losses import multimodal_losses
 from models import ARMS
 from tests.helpers import SMALL_DATA, TINY_MODEL
@@ -130,3 +130,22 @@ def test_non_finite_loss_names_the_step_and_modality(datamodules):
     lit.log = lambda *a, **k: None  # outside a Trainer
     with pytest.raises(NonFiniteLoss, match=r"step 0: loss_(text|image) = nan"):
         lit.training_step(next(iter(dm.train_dataloader())), 0)
+
+
+@pytest.mark.parametrize("sparse", [name for name, arm in ARMS.items() if arm.is_sparse])
+def test_weight_decay_by_role_is_the_same_for_every_sparse_arm_and_its_dense_partner(sparse):
+    """A parameter decays by its role (the weight of a projection, the embedding or the conv), never by its rank: a
+    decoupled bias ([M, E]) is as exempt as the dense one ([E]), so both arms train under one regularisation."""
+
+    def decayed(arch: str) -> tuple[set[str], set[str]]:
+        lit = LitMultiModalLM(arch=arch, vocab_size=64, n_modalities=3, patch_dim=12, model_overrides=TINY_MODEL)
+        names = {id(p): n for n, p in lit.named_parameters()}
+        decay, exempt = decay_groups(lit)
+        return {names[id(p)] for p in decay}, {names[id(p)] for p in exempt}
+
+    sparse_decay, sparse_exempt = decayed(sparse)
+    dense_decay, dense_exempt = decayed(ARMS[sparse].dense)
+    assert sparse_decay == dense_decay and sparse_exempt == dense_exempt
+    assert any(n.endswith("dt_proj.bias") for n in dense_exempt) or ARMS[sparse].family.name != "mamba"
+    assert all(n.endswith(("weight",)) for n in dense_decay)
+    assert not any(n.endswith(("A_log", ".D", "bias")) or "norm" in n for n in dense_decay)
