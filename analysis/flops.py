@@ -73,6 +73,11 @@ IGNORED_OPS: dict[str, str] = {
     "aten::zero_": "initialisation of a buffer",
     "aten::arange": "index construction",
     "aten::__rshift__": "position-hash routing key (hash arms): integer arithmetic on the position indices",
+    # the attention mask of continuous images (Transfusion): boolean index arithmetic, no FLOPs
+    "aten::cumsum": "numbering the images of a sequence for the attention mask",
+    "aten::where": "image numbers at patch positions only",
+    "aten::tril": "the causal part of the attention mask",
+    "aten::__or__": "causal or same-image",
     # elementwise work outside the scan, not counted (norms, activations, residuals, rotary, timestep embedding)
     "aten::rms_norm": "norms are not counted",
     "aten::silu": "activation outside the scan (conv output, SwiGLU gate, timestep MLP)",

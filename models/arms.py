@@ -14,7 +14,7 @@ read `ARMS`. A new arm is one `register_arm(Arm(...))` call (a test registers on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models.family import Family
 from models.mamba import MAMBA
@@ -38,6 +38,8 @@ class Arm:
         routing: one of ROUTINGS; "none" exactly for dense arms.
         decouple: the parts a sparse arm decouples by default; None means all of the family's parts.
         default: trained by a comparison that does not name its arms.
+        config: ModelConfig fields this arm sets unless the config sets them itself (a named variant of a block,
+            e.g. the pre-norm transformer).
     Arms are shown in registration order.
     """
 
@@ -49,6 +51,7 @@ class Arm:
     routing: str = "none"
     decouple: tuple[str, ...] | None = None
     default: bool = False
+    config: dict = field(default_factory=dict)
 
     @property
     def is_sparse(self) -> bool:
@@ -107,3 +110,11 @@ register_arm(Arm("transformer", TRANSFORMER, "Transformer", "tab:green", default
 register_arm(Arm("mot", TRANSFORMER, "MoT", "tab:red", dense="transformer", routing="modality", default=True))
 register_arm(Arm("mom_hash", MAMBA, "MoM-hash", "tab:purple", dense="mamba", routing="position_hash"))
 register_arm(Arm("mot_hash", TRANSFORMER, "MoT-hash", "tab:brown", dense="transformer", routing="position_hash"))
+# The Llama block (pre-norm, no QK-norm) the suite used before it adopted the MoT / Chameleon block: kept so that the
+# block's effect is measured.
+PRENORM = {"norm_placement": "pre", "qk_norm": False}
+register_arm(Arm("transformer_prenorm", TRANSFORMER, "Transformer (pre-norm)", "tab:olive", config=PRENORM))
+register_arm(
+    Arm("mot_prenorm", TRANSFORMER, "MoT (pre-norm)", "tab:pink", dense="transformer_prenorm", routing="modality",
+        config=PRENORM)
+)  # fmt: skip

@@ -16,6 +16,9 @@ from models.layers import validate_parts
 from models.scan import BACKENDS
 from models.transformer import NORM_PLACEMENTS, mlp_hidden
 
+# Fields whose default depends on the arm (Arm.config); these are the defaults of every other arm.
+BLOCK_DEFAULTS = {"norm_placement": "post", "qk_norm": True}
+
 
 @dataclass
 class ModelConfig:
@@ -32,7 +35,9 @@ class ModelConfig:
         routing: what picks a token's expert, the arm's routing: "none" (dense), "modality" (mom, mot) or
             "position_hash" (mom_hash, mot_hash). Recorded in to_dict(); None derives it, any other value must
             equal it.
-        n_head, mlp_multiple_of, norm_placement, rope_theta: transformer family.
+        n_head, mlp_multiple_of, rope_theta: transformer family.
+        norm_placement, qk_norm: the transformer block's norms: None takes the arm's (`Arm.config`), else the MoT /
+            Chameleon block's ("post": x + norm(f(x)), and QK-norm on).
         d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, bias,
             scan_backend: Mamba family, mamba-ssm's names and defaults.
         patch_dim: width of continuous image patches (Transfusion); 0 disables the patch input/output layers.
@@ -50,7 +55,8 @@ class ModelConfig:
     # transformer family
     n_head: int = 4
     mlp_multiple_of: int = 256
-    norm_placement: str = "pre"
+    norm_placement: str | None = None
+    qk_norm: bool | None = None
     rope_theta: float = 10000.0
     # mamba family
     d_state: int = 16
@@ -72,6 +78,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         arm = get_arm(self.arch)
+        for name, value in {**BLOCK_DEFAULTS, **arm.config}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for name in ("vocab_size", "n_modalities", "d_model", "n_layer", "n_head", "d_state", "d_conv", "expand"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -34,6 +34,8 @@ class Family(ABC):
         blocks_per_layer: residual blocks per transformer-layer equivalent (`ModelConfig.n_layer`).
         ablation_groups: the multi-part subsets an ablation tries beside each part alone.
         scales: {scale: ModelConfig fields} for every name in SCALES.
+        image_attention: the blocks attend bidirectionally within a continuous image when given its mask
+            (transformers, as Transfusion); False for causal-by-construction mixers (Mamba).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Family(ABC):
     blocks_per_layer: int
     ablation_groups: tuple[tuple[str, ...], ...]
     scales: dict[str, dict[str, int]]
+    image_attention: bool = False  # its blocks take an attention mask (bidirectional within an image)
 
     def check(self, cfg: ModelConfig) -> None:
         """Raise ValueError if `cfg` is not a valid model of this family (beyond the generic checks)."""
@@ -48,7 +51,8 @@ class Family(ABC):
 
     @abstractmethod
     def block(self, cfg: ModelConfig) -> nn.Module:
-        """One residual block: `forward(x (B, L, D), routing: ModalityRouting | None) -> (B, L, D)`."""
+        """One residual block: `forward(x (B, L, D), routing: ModalityRouting | None, attn_mask=None) -> (B, L, D)`;
+        a block of a family without image_attention never receives a mask."""
 
     @abstractmethod
     def init_block(self, block: nn.Module, cfg: ModelConfig) -> None:

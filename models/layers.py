@@ -134,6 +134,17 @@ def upcast(t: Tensor) -> Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def image_attention_mask(patch_mask: Tensor) -> Tensor:
+    """(B, L) bool patch positions -> (B, 1, L, L) bool, True where query i may attend to key j: causal (j <= i) or
+    both in the same image (Transfusion: bidirectional within each image). An image is a run of patch positions."""
+    starts = patch_mask & ~F.pad(patch_mask[:, :-1], (1, 0))  # first patch of each image
+    image = torch.where(patch_mask, torch.cumsum(starts, dim=1), 0)  # (B, L): image number, 0 off images
+    seqlen = patch_mask.shape[1]
+    causal = torch.ones(seqlen, seqlen, dtype=torch.bool, device=patch_mask.device).tril()
+    same_image = (image[:, :, None] == image[:, None, :]) & (image[:, :, None] > 0)
+    return (causal | same_image)[:, None]
+
+
 class ModalityLinear(nn.Module):
     """A linear layer with one weight copy per modality; token t uses the copy of modality_ids[t].
 
@@ -203,6 +214,7 @@ class ModalityRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(*((n_modalities,) if n_modalities > 1 else ()), d))
 
     def forward(self, x: Tensor, routing: ModalityRouting | None = None) -> Tensor:
+        """x (B, L, ..., d) -> the same shape, each token scaled by its modality's weights."""
         # Normalise in at least float32: the mean of squares loses precision in bf16. The result keeps x's dtype.
         normed = F.rms_norm(upcast(x), (self.d,), eps=self.eps)
         if self.n_modalities == 1:
@@ -210,7 +222,8 @@ class ModalityRMSNorm(nn.Module):
         elif routing is None:
             raise ValueError(f"this norm has {self.n_modalities} modality copies: pass the batch's routing")
         else:
-            scale = routing.per_token(self.weight)
+            scale = routing.per_token(self.weight)  # (B, L, d)
+            scale = scale.view(*scale.shape[:2], *[1] * (x.dim() - 3), self.d)  # broadcast over heads (B, L, H, d)
         return (normed * scale).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -27,6 +27,7 @@ from models.layers import (
     ModalityLinear,
     ModalityRMSNorm,
     ModalityRouting,
+    image_attention_mask,
     upcast,
     validate_modality_ids,
 )
@@ -144,8 +145,11 @@ class MultiModalLM(nn.Module):
         if patches is not None:
             patch_h = self._embed_patches(tokens, patches, patch_mask, timesteps)  # (n, D)
             h = h.masked_scatter(patch_mask[..., None], patch_h.to(h.dtype))
+        # Transfusion: attention is bidirectional within each image, in the families that attend (transformers).
+        image_mask = patches is not None and cfg.family.image_attention
+        attn_mask = image_attention_mask(patch_mask) if image_mask else None
         for layer in self.layers:
-            h = layer(h, routing)
+            h = layer(h, routing) if attn_mask is None else layer(h, routing, attn_mask)
         h = self.norm_f(h)
         logits = self.lm_head(h)
         patch_pred = self.patch_head(h[patch_mask]) if patches is not None else None

@@ -1,15 +1,22 @@
 """The transformer block, dense (`transformer`) and Mixture-of-Transformers (`mot`) in one class.
 
-Llama-style decoder block: RMSNorm, causal self-attention through `scaled_dot_product_attention` with rotary
-position embeddings (the rotate-half convention of Llama / Hugging Face), and a SwiGLU MLP. Mixture-of-Transformers
-(Liang et al., arXiv 2411.04996) unties Wq, Wk, Wv, Wo, the MLP and the norms per modality while attention itself
-runs over the whole sequence; which parts are untied is the `decouple` field (any subset of TRANSFORMER_PARTS).
+The block of the released MoT code (Liang et al., arXiv 2411.04996), which is Chameleon's: each sublayer's RMSNorm is
+applied to its output, x + norm(f(x)) (Chameleon's norm reordering), queries and keys are RMS-normalised per head
+(QK-norm) before rotary position embeddings (Llama / Hugging Face's rotate-half convention), attention runs through
+`scaled_dot_product_attention`, and the MLP is a SwiGLU. Mixture-of-Transformers unties Wq, Wk, Wv, Wo, the MLP and
+every norm (QK-norms included) per modality while attention itself runs over the whole sequence; which parts are
+untied is the `decouple` field (any subset of TRANSFORMER_PARTS). The dense transformer is the same block with one
+modality. `norm_placement="pre"` without QK-norm is the Llama block (the `*_prenorm` arms).
+
+Attention is causal; with an `attn_mask` it is whatever the mask allows (Transfusion: bidirectional within an image,
+`models.layers.image_attention_mask`).
 
 Shapes: B batch, L sequence, D d_model, H heads, K head_dim (= D / H), F mlp hidden, M n_modalities.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -52,10 +59,18 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention; Wq/Wk/Wv/Wo per modality when decoupled, attention always global."""
+    """Multi-head self-attention, causal unless a mask says otherwise; Wq/Wk/Wv/Wo (and the QK-norms) per modality
+    when decoupled, attention always global."""
 
     def __init__(
-        self, d_model: int, n_head: int, n_modalities: int = 1, decouple: Iterable[str] = (), rope_theta: float = 1e4
+        self,
+        d_model: int,
+        n_head: int,
+        n_modalities: int = 1,
+        decouple: Iterable[str] = (),
+        rope_theta: float = 1e4,
+        qk_norm: bool = True,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if d_model % n_head:
@@ -65,9 +80,12 @@ class CausalSelfAttention(nn.Module):
         for name in ("wq", "wk", "wv", "wo"):
             m = n_modalities if name in decouple else 1
             setattr(self, name, ModalityLinear(d_model, d_model, m, bias=False))
+        n_norm = n_modalities if "norm" in decouple else 1
+        self.q_norm = ModalityRMSNorm(self.head_dim, n_norm, eps=norm_eps) if qk_norm else None
+        self.k_norm = ModalityRMSNorm(self.head_dim, n_norm, eps=norm_eps) if qk_norm else None
 
-    def forward(self, x: Tensor, routing: ModalityRouting | None) -> Tensor:
-        """x (B, L, D) -> (B, L, D)."""
+    def forward(self, x: Tensor, routing: ModalityRouting | None, attn_mask: Tensor | None = None) -> Tensor:
+        """x (B, L, D), attn_mask (B, 1, L, L) bool or None (causal) -> (B, L, D)."""
         batch, seqlen, _ = x.shape
         projections = (self.wq, self.wk, self.wv)
         if routing is not None and any(p.n_modalities > 1 for p in projections):
@@ -76,10 +94,16 @@ class CausalSelfAttention(nn.Module):
             qkv = routing.unsort(torch.cat([p.forward_sorted(rows, routing) for p in projections], dim=-1))
         else:
             qkv = torch.cat([p(x) for p in projections], dim=-1)
-        q, k, v = (t.view(batch, seqlen, self.n_head, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+        q, k, v = (t.view(batch, seqlen, self.n_head, self.head_dim) for t in qkv.chunk(3, dim=-1))  # (B, L, H, K)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q, routing), self.k_norm(k, routing)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, K)
         cos, sin = rotary_cos_sin(seqlen, self.head_dim, self.rope_theta, x.device, upcast(q).dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, K)
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, K)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.wo(y.transpose(1, 2).reshape(batch, seqlen, self.d_model), routing)
 
 
@@ -109,7 +133,8 @@ class TransformerBlock(nn.Module):
         mlp_hidden: SwiGLU hidden width.
         n_modalities: M (1 = dense).
         decouple: parts with per-modality copies, a subset of TRANSFORMER_PARTS; ignored when M == 1.
-        norm_placement: "pre" (x + f(norm(x)), the default) or "post" (x + norm(f(x)), MoT's choice).
+        norm_placement: "post" (x + norm(f(x)), MoT's and Chameleon's, the default) or "pre" (x + f(norm(x))).
+        qk_norm: RMS-normalise queries and keys per head before the rotary embedding (MoT, Chameleon).
         norm_eps, rope_theta: RMSNorm epsilon and rotary base.
     """
 
@@ -120,7 +145,8 @@ class TransformerBlock(nn.Module):
         mlp_hidden: int,
         n_modalities: int = 1,
         decouple: Iterable[str] = TRANSFORMER_PARTS,
-        norm_placement: str = "pre",
+        norm_placement: str = "post",
+        qk_norm: bool = True,
         norm_eps: float = 1e-5,
         rope_theta: float = 10000.0,
     ) -> None:
@@ -132,13 +158,14 @@ class TransformerBlock(nn.Module):
         self.norm_placement, self.decouple = norm_placement, decouple
         n_norm = n_modalities if "norm" in decouple else 1
         self.attn_norm = ModalityRMSNorm(d_model, n_norm, eps=norm_eps)
-        self.attn = CausalSelfAttention(d_model, n_head, n_modalities, decouple, rope_theta)
+        self.attn = CausalSelfAttention(d_model, n_head, n_modalities, decouple, rope_theta, qk_norm, norm_eps)
         self.mlp_norm = ModalityRMSNorm(d_model, n_norm, eps=norm_eps)
         self.mlp = SwiGLU(d_model, mlp_hidden, n_modalities if "mlp" in decouple else 1)
 
-    def forward(self, x: Tensor, routing: ModalityRouting | None) -> Tensor:
-        """x (B, L, D) -> (B, L, D)."""
-        for norm, sublayer in ((self.attn_norm, self.attn), (self.mlp_norm, self.mlp)):
+    def forward(self, x: Tensor, routing: ModalityRouting | None, attn_mask: Tensor | None = None) -> Tensor:
+        """x (B, L, D), attn_mask (B, 1, L, L) bool or None (causal) -> (B, L, D)."""
+        attn = functools.partial(self.attn, attn_mask=attn_mask)
+        for norm, sublayer in ((self.attn_norm, attn), (self.mlp_norm, self.mlp)):
             if self.norm_placement == "pre":
                 x = x + sublayer(norm(x, routing), routing)
             else:
@@ -153,6 +180,7 @@ class TransformerFamily(Family):
     parts = TRANSFORMER_PARTS
     blocks_per_layer = 1
     ablation_groups = (("wq", "wk", "wv", "wo"), ("mlp", "norm"))
+    image_attention = True  # attends bidirectionally within a continuous image (Transfusion)
     # The paper scales reproduce their names with the Transfusion setting's 32k vocabulary and untied embeddings
     # (docs/papers.md). Head counts are not published: head_dim 64 at 163m and 128 above are our choice.
     scales = {
@@ -175,6 +203,7 @@ class TransformerFamily(Family):
             n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
             decouple=cfg.decouple,
             norm_placement=cfg.norm_placement,
+            qk_norm=cfg.qk_norm,
             norm_eps=cfg.norm_eps,
             rope_theta=cfg.rope_theta,
         )
@@ -190,7 +219,8 @@ class TransformerFamily(Family):
 
     def block_params(self, cfg: ModelConfig) -> tuple[dict[str, int], int]:
         d = cfg.d_model
-        parts = {"wq": d * d, "wk": d * d, "wv": d * d, "wo": d * d, "mlp": 3 * d * cfg.mlp_hidden, "norm": 2 * d}
+        norms = 2 * d + (2 * (d // cfg.n_head) if cfg.qk_norm else 0)  # sublayer norms, QK-norms
+        parts = {"wq": d * d, "wk": d * d, "wv": d * d, "wo": d * d, "mlp": 3 * d * cfg.mlp_hidden, "norm": norms}
         return parts, 0
 
     def block_flops(self, cfg: ModelConfig, seq_len: int) -> dict[str, int]:

@@ -228,3 +228,21 @@ def test_bf16_autocast_close_to_float32(arch):
     for a, b in ((low.logits, ref.logits), (low.patch_pred, ref.patch_pred)):
         error = (a.float() - b).abs().max() / b.abs().max()
         assert error < 0.02, f"{arch}: bf16 deviates by {error:.3f} of the output scale"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attention_is_bidirectional_within_an_image_for_the_attending_families_only(arch):
+    """Transfusion: a later patch of the same image reaches an earlier patch's output in the transformer arms (their
+    mask is causal across the sequence, bidirectional within each image) and never in the Mamba arms (causal by
+    construction); nothing after position t reaches a position before the image."""
+    model = build_model(small_cfg(arch, patch_dim=P, n_modalities=2)).eval()
+    batch = transfusion_batch(1, 20, seed=2)
+    batch["patch_mask"][0] = torch.arange(20).ge(5) & torch.arange(20).lt(11)  # one image: positions 5..10
+    batch["modality_ids"][0] = batch["patch_mask"][0].long()
+    out = model(**batch)
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["patches"][0, 9] += 1.0
+    out2 = model(**changed)
+    torch.testing.assert_close(out2.logits[:, :5], out.logits[:, :5], rtol=0, atol=0)
+    earlier_patches_moved = not torch.allclose(out2.patch_pred[:4], out.patch_pred[:4])  # positions 5..8
+    assert earlier_patches_moved == ModelConfig(arch=arch).family.image_attention

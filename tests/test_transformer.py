@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models.layers import ModalityRouting, expert_state_dict, upcycle_state_dict
+from models.layers import ModalityRouting, expert_state_dict, image_attention_mask, upcycle_state_dict
 from models.transformer import TRANSFORMER_PARTS, TransformerBlock, apply_rotary, mlp_hidden, rotary_cos_sin
 from tests.helpers import interleaved_ids
 
@@ -21,7 +21,7 @@ def test_mlp_hidden_follows_lingua_rounding():
 
 
 def test_dense_stack_equals_hugging_face_llama():
-    """Two dense pre-norm blocks + final norm equal transformers' LlamaModel with the same weights."""
+    """Two dense pre-norm blocks without QK-norm (the *_prenorm arms) + final norm equal transformers' LlamaModel."""
     transformers = pytest.importorskip("transformers")
     from models.layers import ModalityRMSNorm
 
@@ -30,7 +30,7 @@ def test_dense_stack_equals_hugging_face_llama():
         num_hidden_layers=2, vocab_size=8, rms_norm_eps=1e-5, max_position_embeddings=64,
     )  # fmt: skip
     ref = transformers.LlamaModel(config).eval()
-    ours = torch.nn.ModuleList(block() for _ in range(2))
+    ours = torch.nn.ModuleList(block(norm_placement="pre", qk_norm=False) for _ in range(2))
     norm_f = ModalityRMSNorm(D_MODEL)
     names = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "attn.wq": "self_attn.q_proj",
              "attn.wk": "self_attn.k_proj", "attn.wv": "self_attn.v_proj", "attn.wo": "self_attn.o_proj",
@@ -131,18 +131,23 @@ def test_bad_arguments(kwargs, match):
         TransformerBlock(30, 4, 64)
 
 
-def test_mot_block_with_mixed_modalities_equals_a_per_token_reference():
+@pytest.mark.parametrize(("norm_placement", "qk_norm"), [("post", True), ("pre", False)])
+@pytest.mark.parametrize("images", [False, True])
+def test_mot_block_with_mixed_modalities_equals_a_per_token_reference(norm_placement, qk_norm, images):
     """Distinct experts, interleaved modalities: the block equals a plain re-derivation, token by token.
 
-    The reference applies each token's own modality weights one token at a time, then explicit rotary embeddings,
-    an explicit causal softmax over all earlier tokens of any modality, and the SwiGLU, with the pre-norm residuals.
+    The reference applies each token's own modality weights (projections, QK-norms, norms) one token at a time, then
+    explicit rotary embeddings, an explicit softmax over the keys each query may see (every earlier token of any
+    modality; with images, also every patch of its own image), and the SwiGLU, with the residuals as placed: the
+    MoT / Chameleon block (norm on each sublayer's output, QK-norm) and the Llama block (pre-norm).
     """
     torch.manual_seed(0)
-    b = block(2)
+    b = block(2, norm_placement=norm_placement, qk_norm=qk_norm)
     with torch.no_grad():
         for p in b.parameters():
             p.add_(0.1 * torch.randn_like(p))  # norms away from 1 and experts clearly distinct
     x, ids = torch.randn(2, 13, D_MODEL), interleaved_ids(2, 13, 2)
+    patch_mask = ids == 1 if images else None  # modality 1 as continuous image patches: runs are images
 
     def per_token(weight, h, ids_b):  # weight [M, out, in]; h (L, in) -> (L, out)
         return torch.stack([weight[m] @ row for row, m in zip(h, ids_b, strict=True)])
@@ -153,17 +158,35 @@ def test_mot_block_with_mixed_modalities_equals_a_per_token_reference():
 
     k_dim = D_MODEL // N_HEAD
     cos, sin = rotary_cos_sin(13, k_dim, 1e4, x.device)
-    ref = []
-    for xb, ids_b in zip(x, ids, strict=True):
-        h = norm(xb, b.attn_norm.weight, ids_b)
-        q, k, v = (per_token(getattr(b.attn, n).weight, h, ids_b).view(13, N_HEAD, k_dim).transpose(0, 1)
-                   for n in ("wq", "wk", "wv"))  # fmt: skip
+
+    def visible(mask_b, i, j):  # may query i see key j: earlier, or a patch of the same image (a run of patches)
+        if j <= i:
+            return True
+        return bool(mask_b is not None and mask_b[i] and mask_b[j] and mask_b[min(i, j) : max(i, j) + 1].all())
+
+    def residual(h, f, norm_weight, ids_b):
+        return h + f(norm(h, norm_weight, ids_b)) if norm_placement == "pre" else h + norm(f(h), norm_weight, ids_b)
+
+    def attention(h, ids_b, mask_b):
+        q, k, v = (per_token(getattr(b.attn, n).weight, h, ids_b).view(13, N_HEAD, k_dim) for n in ("wq", "wk", "wv"))
+        if qk_norm:  # per head, each token with its modality's scale
+            q = torch.stack([norm(q[t], b.attn.q_norm.weight, [ids_b[t]] * N_HEAD) for t in range(13)])
+            k = torch.stack([norm(k[t], b.attn.k_norm.weight, [ids_b[t]] * N_HEAD) for t in range(13)])
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))
         q, k = apply_rotary(q[None], cos, sin)[0], apply_rotary(k[None], cos, sin)[0]
         scores = q @ k.transpose(-1, -2) / k_dim**0.5
-        scores = scores.masked_fill(torch.ones(13, 13, dtype=torch.bool).triu(1), float("-inf"))
-        att = (scores.softmax(-1) @ v).transpose(0, 1).reshape(13, D_MODEL)
-        xb = xb + per_token(b.attn.wo.weight, att, ids_b)
-        h = norm(xb, b.mlp_norm.weight, ids_b)
+        allowed = torch.tensor([[visible(mask_b, i, j) for j in range(13)] for i in range(13)])
+        att = (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v).transpose(0, 1).reshape(13, D_MODEL)
+        return per_token(b.attn.wo.weight, att, ids_b)
+
+    def mlp(h, ids_b):
         gate = torch.nn.functional.silu(per_token(b.mlp.w1.weight, h, ids_b)) * per_token(b.mlp.w3.weight, h, ids_b)
-        ref.append(xb + per_token(b.mlp.w2.weight, gate, ids_b))
-    torch.testing.assert_close(b(x, ModalityRouting(ids, 2)), torch.stack(ref), rtol=1e-4, atol=1e-5)
+        return per_token(b.mlp.w2.weight, gate, ids_b)
+
+    ref = []
+    for batch_index, (xb, ids_b) in enumerate(zip(x, ids, strict=True)):
+        mask_b = patch_mask[batch_index] if images else None
+        xb = residual(xb, lambda h, i=ids_b, m=mask_b: attention(h, i, m), b.attn_norm.weight, ids_b)
+        ref.append(residual(xb, lambda h, i=ids_b: mlp(h, i), b.mlp_norm.weight, ids_b))
+    attn_mask = image_attention_mask(patch_mask) if images else None
+    torch.testing.assert_close(b(x, ModalityRouting(ids, 2), attn_mask), torch.stack(ref), rtol=1e-4, atol=1e-5)
