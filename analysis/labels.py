@@ -16,7 +16,7 @@ VALSET_LABELS = {"val": "", "val_real_speech": "real recordings"}
 
 
 def arm_label(arm: str) -> str:
-    """'mom' -> 'MoM', 'mom_hash' -> 'MoM-hash'; an arm the registry does not know keeps its name."""
+    """'mom' -> 'MoM', 'mom_hash' -> 'MoM-pos-hash'; an arm the registry does not know keeps its name."""
     return ARMS[arm].label if arm in ARMS else arm
 
 

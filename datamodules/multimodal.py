@@ -350,6 +350,11 @@ class MultiModalDataModule(L.LightningDataModule):
                 docs.append(paired_document(speech.transcripts[i], self.vocab.speech_ids(units), BOA, EOA, text_first))
         return docs
 
+    def token_counts(self) -> torch.Tensor:
+        """(vocab_size,) how often each id is an input position of the training set (the token-hash arms' loads)."""
+        inputs = torch.from_numpy(self.train_set.packed.ids[:, :-1].ravel())
+        return torch.bincount(inputs, minlength=self.vocab_size)
+
     def stats(self) -> dict:
         """Tokens per modality (by target) in the packed train and validation sets."""
         out = {}

@@ -183,6 +183,8 @@ def train_run(
         val_names=tuple(dm.val_sets),
         **module,
     )
+    if lit.cfg.routing == "token_hash":  # a fixed expert per token id, balanced on this training set
+        lit.model.balance_token_experts(dm.token_counts())
     summary = _summary_start(lit, dm, Summary(setting, arm, variant, scale, seed), previous)
     write_summary(folder, summary)
     recorder = RunRecorder(folder, summary)

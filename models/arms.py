@@ -7,6 +7,8 @@ An arm is a family (Mamba or transformer) plus how its sparse parts pick an expe
                             modality and each token uses its modality's copy
     mom_hash, mot_hash      controls: mom / mot's experts, parameters and FLOPs, but each token's expert is a fixed
                             hash of its position, blind to modality (do extra parameters alone explain the gain?)
+    mom_idhash, mot_idhash  stronger controls: a fixed expert per token id (Hash Layers, Roller et al. 2021), balanced
+                            on the training data; every expert sees every modality, routed by content
 
 The model config, model building, FLOPs, the comparison's plan and the report's labels, colours and column order all
 read `ARMS`. A new arm is one `register_arm(Arm(...))` call (a test registers one and trains it end to end).
@@ -20,9 +22,9 @@ from models.family import Family
 from models.mamba import MAMBA
 from models.transformer import TRANSFORMER
 
-# What picks a token's expert in every sparse part: nothing (dense arms), the token's modality, or a fixed hash of its
-# position in the sequence (models/lm.py `position_hash_ids`).
-ROUTINGS = ("none", "modality", "position_hash")
+# What picks a token's expert in every sparse part: nothing (dense arms), the token's modality, a fixed hash of its
+# position in the sequence, or a fixed expert per token id balanced on the training data (models/lm.py).
+ROUTINGS = ("none", "modality", "position_hash", "token_hash")
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,10 @@ register_arm(Arm("mamba", MAMBA, "Mamba", "tab:blue", default=True))
 register_arm(Arm("mom", MAMBA, "MoM", "tab:orange", dense="mamba", routing="modality", default=True))
 register_arm(Arm("transformer", TRANSFORMER, "Transformer", "tab:green", default=True))
 register_arm(Arm("mot", TRANSFORMER, "MoT", "tab:red", dense="transformer", routing="modality", default=True))
-register_arm(Arm("mom_hash", MAMBA, "MoM-hash", "tab:purple", dense="mamba", routing="position_hash"))
-register_arm(Arm("mot_hash", TRANSFORMER, "MoT-hash", "tab:brown", dense="transformer", routing="position_hash"))
+register_arm(Arm("mom_hash", MAMBA, "MoM-pos-hash", "tab:purple", dense="mamba", routing="position_hash"))
+register_arm(Arm("mot_hash", TRANSFORMER, "MoT-pos-hash", "tab:brown", dense="transformer", routing="position_hash"))
+register_arm(Arm("mom_idhash", MAMBA, "MoM-id-hash", "tab:cyan", dense="mamba", routing="token_hash"))
+register_arm(Arm("mot_idhash", TRANSFORMER, "MoT-id-hash", "tab:gray", dense="transformer", routing="token_hash"))
 # The Llama block (pre-norm, no QK-norm) the suite used before it adopted the MoT / Chameleon block: kept so that the
 # block's effect is measured.
 PRENORM = {"norm_placement": "pre", "qk_norm": False}

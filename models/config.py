@@ -32,9 +32,9 @@ class ModelConfig:
         n_layer: transformer-layer equivalents (Mamba models have 2 * n_layer mixer blocks).
         decouple: parts with one copy per modality (M experts). None means the arm's default (every part of the
             family for mom and mot); it must be empty for a dense arch. Valid names: the family's `parts`.
-        routing: what picks a token's expert, the arm's routing: "none" (dense), "modality" (mom, mot) or
-            "position_hash" (mom_hash, mot_hash). Recorded in to_dict(); None derives it, any other value must
-            equal it.
+        routing: what picks a token's expert, the arm's routing: "none" (dense), "modality" (mom, mot),
+            "position_hash" (mom_hash, mot_hash) or "token_hash" (mom_idhash, mot_idhash). Recorded in to_dict();
+            None derives it, any other value must equal it.
         n_head, mlp_multiple_of, rope_theta: transformer family.
         norm_placement, qk_norm: the transformer block's norms: None takes the arm's (`Arm.config`), else the MoT /
             Chameleon block's ("post": x + norm(f(x)), and QK-norm on).
@@ -108,7 +108,7 @@ class ModelConfig:
         if self.routing != arm.routing:
             raise ValueError(
                 f"arch {self.arch!r} routes by {arm.routing!r}, not {self.routing!r}: routing follows the arch, "
-                "leave it None (position-hash routing: arch 'mom_hash' or 'mot_hash')"
+                "leave it None (hash routing: the arms 'mom_hash', 'mot_hash', 'mom_idhash', 'mot_idhash')"
             )
 
     @classmethod

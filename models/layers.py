@@ -266,10 +266,12 @@ def upcycle_state_dict(sparse: nn.Module, dense_state: dict[str, Tensor]) -> dic
         A state dict for `sparse.load_state_dict(..., strict=True)`.
     """
     target, sparse_keys = sparse.state_dict(), _sparse_keys(sparse)
-    missing, unexpected = sorted(set(target) - set(dense_state)), sorted(set(dense_state) - set(target))
+    own = {name for name, _ in sparse.named_buffers()}  # routing state a dense model has not (the token-hash table)
+    missing = sorted(set(target) - set(dense_state) - own)
+    unexpected = sorted(set(dense_state) - set(target))
     if missing or unexpected:
         raise KeyError(f"dense state dict does not match the sparse module: missing {missing}, unexpected {unexpected}")
-    out = {}
+    out = {key: target[key] for key in own - set(dense_state) if key in target}
     for key, value in dense_state.items():
         want = target[key].shape
         if key in sparse_keys and value.shape == want[1:]:

@@ -49,6 +49,25 @@ def position_hash_ids(batch: int, seq_len: int, n_experts: int, device: torch.de
     return ((h * n_experts) >> 32).expand(batch, seq_len)  # (B, L) in [0, M)
 
 
+def token_hash_table(vocab_size: int, n_experts: int) -> Tensor:
+    """(V,) the expert of each token id before balancing: Knuth's multiplicative hash of the id (as for positions)."""
+    h = (torch.arange(vocab_size, dtype=torch.int64) * KNUTH_MULTIPLIER) & 0xFFFFFFFF
+    return (h * n_experts) >> 32
+
+
+def balanced_token_table(counts: Tensor, n_experts: int) -> Tensor:
+    """(V,) a fixed expert per token id with balanced loads (Hash Layers' balanced assignment, Roller et al. 2021):
+    ids in decreasing order of their training frequency `counts` (V,) each go to the expert with the least load so far
+    (ties: the lowest expert), so the experts' shares of the training tokens differ by at most the largest count."""
+    table = torch.zeros(len(counts), dtype=torch.int64)
+    loads = [0] * n_experts
+    for token in torch.argsort(counts.to(torch.int64), descending=True, stable=True).tolist():
+        expert = min(range(n_experts), key=loads.__getitem__)
+        table[token] = expert
+        loads[expert] += int(counts[token])
+    return table
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, dtype: torch.dtype = torch.float32) -> Tensor:
     """Sinusoidal embedding of diffusion timesteps: (n,) -> (n, dim), in `dtype` (float32, or float64)."""
     half = dim // 2
@@ -80,6 +99,8 @@ class MultiModalLM(nn.Module):
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
             self.patch_head = nn.Linear(d, cfg.patch_dim)
         self.layers = nn.ModuleList(cfg.family.block(cfg) for _ in range(cfg.n_block))
+        if cfg.routing == "token_hash":  # part of the state dict: a checkpoint keeps its balanced table
+            self.register_buffer("token_experts", token_hash_table(cfg.vocab_size, cfg.n_modalities))
         self.norm_f = ModalityRMSNorm(d, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.reset_parameters()
@@ -159,11 +180,15 @@ class MultiModalLM(nn.Module):
         """(B, L) the expert every sparse part uses for each token, or None (dense arms: nothing to route).
 
         cfg.routing "modality" (mom, mot): the token's modality. "position_hash" (mom_hash, mot_hash): a fixed hash
-        of its position, `position_hash_ids`, whatever the tokens and modalities. Only expert choice reads this;
-        everything else (validation, patch layers, the losses outside the model) keeps the real modalities.
+        of its position, `position_hash_ids`, whatever the tokens and modalities. "token_hash" (mom_idhash,
+        mot_idhash): a fixed expert per token id, `token_experts` (balanced on the training data by
+        `balance_token_experts`). Only expert choice reads this; everything else (validation, patch layers, the losses
+        outside the model) keeps the real modalities.
         """
         if self.cfg.routing == "position_hash":
             return position_hash_ids(*tokens.shape, self.cfg.n_modalities, device=tokens.device)
+        if self.cfg.routing == "token_hash":
+            return self.token_experts.index_select(0, tokens.reshape(-1)).view(tokens.shape)
         if self.cfg.routing == "modality":
             return modality_ids
         return None
@@ -191,6 +216,16 @@ class MultiModalLM(nn.Module):
         """The kernel a forward on this model's device runs: the selective-scan backend, or "sdpa" (transformers)."""
         weight = self.embedding.weight
         return self.cfg.family.backend(self.cfg, weight.device, weight.dtype)
+
+    @torch.no_grad()
+    def balance_token_experts(self, counts: Tensor) -> None:
+        """Reassign the token-hash arms' experts so that each gets an equal share of `counts` (V,), the training
+        frequency of every token id (`balanced_token_table`)."""
+        if self.cfg.routing != "token_hash":
+            raise ValueError(f"arch {self.cfg.arch!r} routes by {self.cfg.routing!r}, not by token id")
+        if counts.shape != (self.cfg.vocab_size,):
+            raise ValueError(f"counts must be ({self.cfg.vocab_size},), one per token id; got {tuple(counts.shape)}")
+        self.token_experts.copy_(balanced_token_table(counts, self.cfg.n_modalities))
 
     def param_count(self) -> ParamCount:
         """(total, active per token) from the modules themselves: a sparse layer's token uses one of its M copies."""

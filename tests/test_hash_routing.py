@@ -130,3 +130,58 @@ def test_hash_arm_still_validates_modality_ids():
         model(tokens, torch.full_like(tokens, 2))
     with pytest.raises(ValueError, match=r"modality_ids shape \(2, 4\)"):
         model(tokens, torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_token_hash_table_is_a_balanced_fixed_function_of_the_token_id():
+    """Before balancing, the expert is Knuth's hash of the id; balanced on counts, the loads differ by at most the
+    largest count (greedy over decreasing frequency), and every id keeps one expert."""
+    from models.lm import balanced_token_table, token_hash_table
+
+    assert token_hash_table(10, 3).tolist() == [knuth_expert(t, 3) for t in range(10)]
+    counts = torch.tensor([1000, 10, 500, 0, 480, 30, 20, 3, 2, 1])
+    table = balanced_token_table(counts, 2)
+    loads = torch.bincount(table, weights=counts.double(), minlength=2)
+    assert table.tolist()[:3] == [0, 1, 1] and abs(loads[0] - loads[1]) <= counts.max()
+    assert loads.tolist() == [1023.0, 1023.0]
+
+
+@pytest.mark.parametrize("arch", ["mom_idhash", "mot_idhash"])
+def test_token_hash_arm_routes_by_token_id_not_position_or_modality(arch):
+    """The same token id goes to the same expert wherever it is and whatever its modality; the balanced table is a
+    buffer saved with the model; the arm costs exactly its sparse arm's parameters and FLOPs."""
+    from analysis.flops import flops_per_token
+    from models import param_count
+
+    model = build_model(small_cfg(arch))
+    counts = torch.arange(V).flip(0) ** 2
+    model.balance_token_experts(counts)
+    tokens = torch.randint(0, V, (3, 40))
+    experts = model.expert_ids(tokens, interleaved_ids(3, 40, 2))
+    assert torch.equal(experts, model.token_experts[tokens])
+    assert torch.equal(model.expert_ids(tokens.flip(1), None), experts.flip(1))  # position and modality play no part
+    assert "token_experts" in model.state_dict()
+    sparse = arch.replace("_idhash", "")
+    assert param_count(small_cfg(arch)) == param_count(small_cfg(sparse))
+    assert flops_per_token(small_cfg(arch), 32) == flops_per_token(small_cfg(sparse), 32)
+    with pytest.raises(ValueError, match="one per token id"):
+        model.balance_token_experts(counts[:10])
+
+
+def test_a_token_hash_run_balances_its_experts_on_its_training_data(tmp_path, small_cache):
+    """train_run gives mom_idhash the table balanced on the run's own training tokens, and the checkpoint keeps it."""
+    from datamodules.multimodal import MultiModalDataModule
+    from experiments.run import train_run
+    from models.lm import balanced_token_table
+    from tests.helpers import SMALL_DATA, TINY_MODEL
+
+    data = {**SMALL_DATA, "cache_dir": small_cache}
+    train_run("chameleon", "mom_idhash", max_steps=2, val_every=2, root=tmp_path, data=data,
+              module={"model_overrides": TINY_MODEL})  # fmt: skip
+    state = torch.load(tmp_path / "chameleon/tiny/mom_idhash/seed0/checkpoints/last.ckpt", weights_only=False)
+    dm = MultiModalDataModule(setting="chameleon", **data)
+    dm.setup("fit")
+    counts = dm.token_counts()
+    table = state["state_dict"]["model.token_experts"]
+    assert torch.equal(table, balanced_token_table(counts, 2))
+    loads = torch.bincount(table, weights=counts.double(), minlength=2)
+    assert abs(loads[0] - loads[1]) / loads.sum() < 0.05  # the padding id alone is a few percent of the inputs

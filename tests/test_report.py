@@ -246,7 +246,7 @@ def test_report_table_shows_the_numbers_and_the_papers(out):
     main_table = table(section((out / "report.md").read_text(), "FLOPs-to-match on validation loss"))
     row = main_table[("chameleon", "text")]
     assert percent(row["MoM vs Mamba"]) == pytest.approx(0.8, rel=0.01)
-    assert percent(row["MoM-hash vs Mamba"]) == pytest.approx(1 / 1.1, rel=0.01)
+    assert percent(row["MoM-pos-hash vs Mamba"]) == pytest.approx(1 / 1.1, rel=0.01)
     assert "65.40% at 1.4B" in row["MoM (paper)"] and "55.8% at 7B" in row["MoT (paper)"]
     assert "34.76% at 1.4B" in main_table[("transfusion", "image")]["MoM (paper)"]
     assert percent(main_table[("three_modality", "speech (real recordings)")]["MoM vs Mamba"]) == pytest.approx(
