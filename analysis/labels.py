@@ -47,13 +47,13 @@ def modality_rank(modality: str) -> tuple[int, str]:
 
 def loss_rank(key: LossKey) -> tuple:
     """Sort key: validation before training, the primary set 'val' first, then text, image, speech."""
-    return (key.kind != "val", key.valset != "val", key.valset, modality_rank(key.modality))
+    return (key.kind != "val", key.valset != "val", key.valset, modality_rank(key.modality), key.source)
 
 
 def loss_label(key: LossKey) -> str:
-    """'image', or 'speech (real recordings)' for a loss on an extra validation set."""
-    extra = VALSET_LABELS.get(key.valset, key.valset)
-    return f"{key.modality} ({extra})" if extra else key.modality
+    """'image', 'image (emoji)' for one image source, 'speech (real recordings)' for an extra validation set."""
+    extra = [part for part in (key.source, VALSET_LABELS.get(key.valset, key.valset)) if part]
+    return f"{key.modality} ({', '.join(extra)})" if extra else key.modality
 
 
 def loss_unit(setting: str, modality: str) -> str:

@@ -18,7 +18,7 @@ from analysis.results import Curve, Results, run_curves
 from analysis.run_record import LossKey
 from models.arms import ARMS
 
-IDENTITY = ["setting", "kind", "valset", "modality", "variant", "arm", "dense_arm"]
+IDENTITY = ["setting", *LossKey._fields, "variant", "arm", "dense_arm"]
 Interval = tuple[float, float, float]
 # The per-pair numbers summarised over seeds (mean and 95% interval) in flops_to_match_summary.csv.
 SUMMARISED = ["fraction", "sparse_final_loss", "dense_final_loss", "loss_gap", "wall_clock_fraction"]
@@ -70,7 +70,7 @@ def match_runs(results: Results, grid: pd.DataFrame, window: int = DEFAULT_WINDO
     settings = results.settings
 
     def order(row: dict) -> tuple:
-        key = LossKey(row["kind"], row["valset"], row["modality"])
+        key = loss_key(row)
         return settings.index(row["setting"]), loss_rank(key), arm_rank(row["arm"]), row["variant"], row["seed"]
 
     if not rows:  # the columns all the same, from a one-point pair
@@ -104,14 +104,14 @@ def final_losses(results: Results, grid: pd.DataFrame, window: int = DEFAULT_WIN
         for run in results.finished.itertuples()
         for key, curve in curves.get((run.setting, run.variant, run.seed), {}).items()
     ]
-    return pd.DataFrame(rows, columns=["setting", "variant", "seed", "kind", "valset", "modality", "final_loss"])
+    return pd.DataFrame(rows, columns=["setting", "variant", "seed", *LossKey._fields, "final_loss"])
 
 
 # Accessors of one `summarise` row (a dict).
 
 
 def loss_key(row: dict) -> LossKey:
-    return LossKey(row["kind"], row["valset"], row["modality"])
+    return LossKey(*(row[field] for field in LossKey._fields))
 
 
 def n_seeds(agg: dict) -> int:

@@ -82,7 +82,7 @@ def curve_figure(
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
     mine = matches[(matches["setting"] == setting) & (matches["variant"] == matches["arm"])]
     for ax, key in zip(axes, keys, strict=False):
-        shown = mine[(mine["kind"] == key.kind) & (mine["valset"] == key.valset) & (mine["modality"] == key.modality)]
+        shown = mine[(mine[list(LossKey._fields)] == pd.Series(key._asdict())).all(axis=1)]
         _curve_panel(ax, [(arm, seed, c[key]) for arm, seed, c in runs if key in c], shown, setting, key, x)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
@@ -152,7 +152,7 @@ def ablation_figure(results: Results, summary: pd.DataFrame) -> Figure | None:
     found = {
         (a["variant"], a["modality"]): a
         for a in summary.to_dict("records")
-        if (a["setting"], a["kind"], a["valset"]) == (setting, "val", "val") and a["variant"] in names
+        if (a["setting"], a["kind"], a["valset"], a["source"]) == (setting, "val", "val", "") and a["variant"] in names
     }
     if not found:
         return None

@@ -186,6 +186,15 @@ def setup_lines(results: Results) -> list[str]:
         mine = runs.loc[runs["setting"] == setting, "data_sources"] if "data_sources" in runs else []
         sources = sorted({s for value in mine if isinstance(value, list) for s in value})
         lines.append(f"- Data, {setting}: {'; '.join(sources) or 'not recorded (no summary.json)'}")
+        mixes = runs.loc[runs["setting"] == setting, "image_mix"] if "image_mix" in runs else []
+        mix = next((m for m in mixes if isinstance(m, dict) and m), None)
+        if mix:
+            shares = "; ".join(
+                f"{split} " + ", ".join(f"{source} {share:.0%}" for source, share in by_source.items())
+                for split, by_source in mix.items()
+                if by_source
+            )
+            lines.append(f"- Image tokens by source, {setting}: {shares}")
     recipe = meta.get("recipe") or {}
     lines.append(f"- Recipe (every run): {', '.join(f'{k} {v}' for k, v in recipe.items()) or 'not recorded'}")
     versions = meta.get("versions") or {}

@@ -36,8 +36,7 @@ from analysis.run_record import (
 )
 
 RUN_COLUMNS = ["setting", "arm", "variant", "seed", "folder", "status", "reason", "decouple", "val_every"]
-CURVE_COLUMNS = ["setting", "arm", "variant", "seed", "step", "tokens", "flops", "wall_s", "kind", "valset"]
-CURVE_COLUMNS += ["modality", "loss"]
+CURVE_COLUMNS = ["setting", "arm", "variant", "seed", "step", "tokens", "flops", "wall_s", *LossKey._fields, "loss"]
 RUN_KEY = ["setting", "variant", "seed"]  # one run of a comparison
 
 
@@ -175,9 +174,7 @@ def read_metrics(path: Path, flops_per_step: float) -> pd.DataFrame:
                     "tokens": tokens.reindex(steps).to_numpy(),
                     "flops": (steps + 1) * flops_per_step,
                     "wall_s": wall.reindex(steps).to_numpy(),
-                    "kind": key.kind,
-                    "valset": key.valset,
-                    "modality": key.modality,
+                    **key._asdict(),
                     "loss": values.to_numpy(),
                 }
             )
@@ -212,9 +209,7 @@ def evaluation_grid(results: Results) -> pd.DataFrame:
                     "tokens": at.loc[steps, "tokens"].to_numpy(),
                     "flops": steps * flops_per_step,
                     "wall_s": at.loc[steps, "wall_s"].to_numpy(),
-                    "kind": "train",
-                    "valset": "",
-                    "modality": modality,
+                    **LossKey("train", "", modality)._asdict(),
                     "loss": list(blocks.values()),
                 }
             )
@@ -235,9 +230,7 @@ class Curve:
 def run_curves(grid: pd.DataFrame) -> dict[tuple, dict[LossKey, Curve]]:
     """{(setting, variant, seed): {LossKey: Curve}} from an evaluation grid."""
     out: dict[tuple, dict[LossKey, Curve]] = {}
-    for (setting, variant, seed, kind, valset, modality), c in grid.groupby(
-        [*RUN_KEY, "kind", "valset", "modality"], sort=False
-    ):
+    for (setting, variant, seed, *key), c in grid.groupby([*RUN_KEY, *LossKey._fields], sort=False):
         c = c.sort_values("step")
         curve = Curve(
             steps=c["step"].to_numpy(np.int64),
@@ -245,5 +238,5 @@ def run_curves(grid: pd.DataFrame) -> dict[tuple, dict[LossKey, Curve]]:
             wall=c["wall_s"].to_numpy(np.float64),
             loss=c["loss"].to_numpy(np.float64),
         )
-        out.setdefault((setting, variant, seed), {})[LossKey(kind, valset, modality)] = curve
+        out.setdefault((setting, variant, seed), {})[LossKey(*key)] = curve
     return out

@@ -11,7 +11,8 @@
 metrics.csv: a row with `step = s` was logged after s + 1 optimizer steps. Training rows hold the per-step
 training losses (`train/loss` is the total, `train/loss_<modality>` each modality's), `flops` (cumulative training
 FLOPs), `tokens` and `tokens/<modality>`, `time/wall_s`, `optim/lr`, `optim/grad_norm` and `speed/tokens_per_s`;
-validation rows hold `<valset>/loss_<modality>` for every validation set (`val`, `val_real_speech`).
+validation rows hold `<valset>/loss_<modality>` for every validation set (`val`, `val_real_speech`), and the image
+loss of each image source as `<valset>/loss_image/<source>`.
 `loss_name` and `parse_loss_name` are the one mapping between a loss and its column.
 """
 
@@ -51,24 +52,29 @@ def tokens_name(modality: str) -> str:
 
 
 class LossKey(NamedTuple):
-    """Which loss a curve holds: kind 'val' or 'train', the validation set ('' for training), the modality."""
+    """Which loss a curve holds: kind 'val' or 'train', the validation set ('' for training), the modality, and the
+    image source ('' for all of the modality's positions)."""
 
     kind: str
     valset: str
     modality: str
+    source: str = ""
 
 
 def loss_name(key: LossKey) -> str:
-    """The metrics.csv column of a loss: 'train/loss_text', 'val/loss_image', 'val_real_speech/loss_speech'."""
-    return f"train/loss_{key.modality}" if key.kind == "train" else f"{key.valset}/loss_{key.modality}"
+    """The metrics.csv column of a loss: 'train/loss_text', 'val/loss_image', 'val_real_speech/loss_speech',
+    'val/loss_image/emoji'."""
+    name = f"train/loss_{key.modality}" if key.kind == "train" else f"{key.valset}/loss_{key.modality}"
+    return f"{name}/{key.source}" if key.source else name
 
 
 def parse_loss_name(column: str) -> LossKey | None:
     """The inverse of `loss_name`; None for a column that is not a per-modality loss."""
-    prefix, sep, modality = column.partition("/loss_")
+    prefix, sep, rest = column.partition("/loss_")
+    modality, _, source = rest.partition("/")
     if not sep or not prefix or not modality:
         return None
-    return LossKey("train", "", modality) if prefix == "train" else LossKey("val", prefix, modality)
+    return LossKey("train", "", modality, source) if prefix == "train" else LossKey("val", prefix, modality, source)
 
 
 @dataclass
@@ -96,6 +102,8 @@ class Summary:
     steps: int = 0  # optimizer steps done
     wall_clock_s: float = 0.0
     final_val_loss: dict[str, float] = field(default_factory=dict)  # metrics.csv column -> last value
+    # share of the image tokens from each image source, per split: {"train": {"emoji": 0.18, ...}, "val": {...}}
+    image_mix: dict[str, dict[str, float]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -76,7 +76,7 @@ def match_table(results: Results, summary: pd.DataFrame, kind: str = "val") -> s
     header = ["setting", "loss", *map(pair_label, variants), *[f"{arm_label(a)} (paper)" for a in paper_arms]]
     rows = []
     for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
-        primary = key.valset in ("val", "")
+        primary = key.valset in ("val", "") and not key.source
         papers = [PAPER_NUMBERS.get((a, setting, key.modality)) if primary else None for a in paper_arms]
         rows.append(
             [
@@ -153,12 +153,12 @@ def ablation_table(results: Results, summary: pd.DataFrame, finals: pd.DataFrame
     found = {
         (r["variant"], r["modality"]): r
         for r in rows
-        if (r["setting"], r["kind"], r["valset"]) == (setting, "val", "val")
+        if (r["setting"], r["kind"], r["valset"], r["source"]) == (setting, "val", "val", "")
     }
     final_values = _finals(finals)
     dense = dense_partner(results.meta.get("ablation_arm") or "mom")
     modalities = sorted(
-        {k.modality for (s, k, _) in final_values if s == setting and (k.kind, k.valset) == ("val", "val")},
+        {k.modality for (s, k, _) in final_values if s == setting and k[:2] == ("val", "val") and not k.source},
         key=modality_rank,
     )
 

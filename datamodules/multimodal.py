@@ -9,6 +9,9 @@ A batch is a dict of tensors (B batch, L seq_len, P patch width):
     modality_ids (B, L) int64      modality of each input position (0 text, 1 image, 2 speech)
     targets (B, L) int64           next-token id, or -100 where there is no next-token loss
     target_modality (B, L) int64   modality of the target, -1 where the target is -100
+    image_source (B, L) int64      image source of each image position (codes or patches; an index into the
+                                   datamodule's `image_sources`), -1 elsewhere
+    target_image_source (B, L)     the same for each target (the image source of position t + 1)
   Transfusion only:
     patches (B, L, P) float32      noised patch x_t at patch positions (zeros elsewhere)
     noise (B, L, P) float32        the noise ε to predict at patch positions (zeros elsewhere)
@@ -125,6 +128,9 @@ class SequenceDataset(Dataset):
             "modality_ids": torch.from_numpy(self.vocab.modality_of(tokens)),
             "targets": torch.from_numpy(targets),
             "target_modality": torch.from_numpy(target_modalities(targets, self.vocab)),
+            # the image source (index into the datamodule's image_sources) of each input and target position
+            "image_source": torch.from_numpy(self.packed.sources[i][:-1].astype(np.int64)),
+            "target_image_source": torch.from_numpy(self.packed.sources[i][1:].astype(np.int64)),
         }
         if self.packed.patches is not None:
             p = self.packed
@@ -267,6 +273,11 @@ class MultiModalDataModule(L.LightningDataModule):
         return self.spec.continuous
 
     @property
+    def image_sources(self) -> tuple[str, ...]:
+        """The image sources' names; a batch's `image_source` ids index into it."""
+        return tuple(src.name for src in self.corpus.images)
+
+    @property
     def vocab_size(self) -> int:
         return self.vocab.size
 
@@ -320,7 +331,7 @@ class MultiModalDataModule(L.LightningDataModule):
         c, docs = self.corpus, []
         if split != "real_speech":
             offset = self.vocab.image_offset
-            for src in c.images:
+            for k, src in enumerate(c.images):
                 keep = np.flatnonzero(src.is_val == (split != "train"))
                 if split != "train":  # a fixed, small image share, so speech and text keep a real share of val
                     keep = keep[np.random.default_rng(self.seed).permutation(len(keep))[:VAL_IMAGES_PER_SOURCE]]
@@ -334,10 +345,10 @@ class MultiModalDataModule(L.LightningDataModule):
                 for j, i in enumerate(keep):
                     text_first = bool(rng.random() < self.caption_first)
                     if self.continuous:
-                        block = np.full(src.codes.shape[1], PATCH)
-                        docs.append(paired_document(src.captions[i], block, BOI, EOI, text_first, patches[j]))
+                        block, image = np.full(src.codes.shape[1], PATCH), patches[j]
                     else:
-                        docs.append(paired_document(src.captions[i], src.codes[i] + offset, BOI, EOI, text_first))
+                        block, image = src.codes[i] + offset, None
+                    docs.append(paired_document(src.captions[i], block, BOI, EOI, text_first, image, source=k))
                 if not self.continuous:
                     offset += src.vq.codebook_size
         if self.spec.speech:
@@ -356,19 +367,22 @@ class MultiModalDataModule(L.LightningDataModule):
         return torch.bincount(inputs, minlength=self.vocab_size)
 
     def stats(self) -> dict:
-        """Tokens per modality (by target) in the packed train and validation sets."""
+        """Tokens per modality in the packed train and validation sets, and image tokens per image source."""
         out = {}
         for name, ds in {"train": self.train_set, **self.val_sets}.items():
             ids = ds.packed.ids
             real = ids[ids != 0]
             counts = np.bincount(self.vocab.modality_of(real), minlength=3)
             out[name] = {"sequences": len(ids), **{m: int(n) for m, n in zip(MODALITY_NAMES, counts, strict=True)}}
+            sources = np.bincount(ds.packed.sources[ds.packed.sources >= 0], minlength=len(self.image_sources))
+            out[name]["image_sources"] = dict(zip(self.image_sources, map(int, sources), strict=True))
         return out
 
 
 def _first(packed: PackedSequences, n: int) -> PackedSequences:
     """The first n sequences (validation uses a fixed, small set)."""
     if packed.patches is None:
-        return PackedSequences(packed.ids[:n])
+        return PackedSequences(packed.ids[:n], sources=packed.sources[:n])
     end = packed.patch_offsets[min(n, len(packed))]
-    return PackedSequences(packed.ids[:n], packed.patches[:end], packed.patch_offsets[: n + 1], packed.image_index[:n])
+    patches, offsets, index = packed.patches[:end], packed.patch_offsets[: n + 1], packed.image_index[:n]
+    return PackedSequences(packed.ids[:n], patches, offsets, index, packed.sources[:n])

@@ -23,11 +23,13 @@ from datamodules.vocab import BOI, BOS, EOS, IGNORE, PAD, PATCH, JointVocab
 
 @dataclass
 class Document:
-    """One document: ids (n,) int64, patches (number of <patch> ids, P) float32 or None, atomic spans [(start, end))."""
+    """One document: ids (n,) int64, patches (number of <patch> ids, P) float32 or None, atomic spans [(start, end)),
+    and the image source of each position (n,) int (-1 off images; None: no image)."""
 
     ids: np.ndarray
     patches: np.ndarray | None = None
     spans: list[tuple[int, int]] = field(default_factory=list)
+    sources: np.ndarray | None = None
 
 
 def text_document(text_ids: np.ndarray) -> Document:
@@ -36,7 +38,13 @@ def text_document(text_ids: np.ndarray) -> Document:
 
 
 def paired_document(
-    text_ids: np.ndarray, block: np.ndarray, open_id: int, close_id: int, text_first: bool, patches=None
+    text_ids: np.ndarray,
+    block: np.ndarray,
+    open_id: int,
+    close_id: int,
+    text_first: bool,
+    patches=None,
+    source: int = -1,
 ) -> Document:
     """<bos> text <open> block <close> <eos> (or the block first): caption + image, or transcript + speech.
 
@@ -46,13 +54,18 @@ def paired_document(
         open_id, close_id: <boi>/<eoi> or <boa>/<eoa>.
         text_first: caption (transcript) before the image (utterance).
         patches: (n, P) continuous patches when `block` holds <patch> placeholders.
+        source: the image source of an image block (its index in the corpus), -1 for speech.
     """
     text = np.asarray(text_ids, dtype=np.int64)
     wrapped = np.concatenate([[open_id], np.asarray(block, dtype=np.int64), [close_id]])
     parts = [text, wrapped] if text_first else [wrapped, text]
     ids = np.concatenate([[BOS], *parts, [EOS]])
     start = 1 + (len(text) if text_first else 0)
-    return Document(ids, patches, [(start, start + len(wrapped))])
+    sources = None
+    if source >= 0:
+        sources = np.full(len(ids), -1, dtype=np.int8)
+        sources[start + 1 : start + 1 + len(block)] = source
+    return Document(ids, patches, [(start, start + len(wrapped))], sources)
 
 
 @dataclass
@@ -65,12 +78,14 @@ class PackedSequences:
         patch_offsets: (n + 1,) int64; sequence i's patches are patches[patch_offsets[i]:patch_offsets[i + 1]].
         image_index: (n, seq_len + 1) int16, the index of the image (within its sequence) each <patch> belongs to,
             -1 elsewhere; one diffusion timestep is drawn per image.
+        sources: (n, seq_len + 1) int8, the image source of each image position (codes or patches), -1 elsewhere.
     """
 
     ids: np.ndarray
     patches: np.ndarray | None = None
     patch_offsets: np.ndarray | None = None
     image_index: np.ndarray | None = None
+    sources: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -85,17 +100,20 @@ def pack_documents(documents: list[Document], seq_len: int) -> PackedSequences:
     width = seq_len + 1
     continuous = any(d.patches is not None for d in documents)
     rows: list[np.ndarray] = []
+    row_sources: list[np.ndarray] = []
     row_patches: list[list[np.ndarray]] = []
     cur: list[np.ndarray] = []
+    cur_sources: list[np.ndarray] = []
     cur_patches: list[np.ndarray] = []
     used = 0
 
     def flush() -> None:
-        nonlocal cur, cur_patches, used
+        nonlocal cur, cur_sources, cur_patches, used
         if used:
             rows.append(np.concatenate([*cur, np.full(width - used, PAD, dtype=np.int64)]))
+            row_sources.append(np.concatenate([*cur_sources, np.full(width - used, -1, dtype=np.int8)]))
             row_patches.append(cur_patches)
-        cur, cur_patches, used = [], [], 0
+        cur, cur_sources, cur_patches, used = [], [], [], 0
 
     for doc in documents:
         for s, e in doc.spans:
@@ -117,6 +135,7 @@ def pack_documents(documents: list[Document], seq_len: int) -> PackedSequences:
                 flush()
                 continue
             cur.append(doc.ids[pos:end])
+            cur_sources.append(doc.sources[pos:end] if doc.sources is not None else np.full(end - pos, -1, np.int8))
             if doc.patches is not None:
                 first = int(patch_pos[pos - 1]) if pos else 0
                 cur_patches.append(doc.patches[first : int(patch_pos[end - 1])])
@@ -126,13 +145,14 @@ def pack_documents(documents: list[Document], seq_len: int) -> PackedSequences:
                 flush()
     flush()
     ids = np.stack(rows) if rows else np.zeros((0, width), dtype=np.int64)
+    sources = np.stack(row_sources) if rows else np.zeros((0, width), dtype=np.int8)
     if not continuous:
-        return PackedSequences(ids)
+        return PackedSequences(ids, sources=sources)
     counts = [sum(len(p) for p in ps) for ps in row_patches]
     dim = next(d.patches.shape[1] for d in documents if d.patches is not None)
     flat = [p for ps in row_patches for p in ps if len(p)]
     patches = np.concatenate(flat).astype(np.float32) if flat else np.zeros((0, dim), np.float32)
-    return PackedSequences(ids, patches, np.concatenate([[0], np.cumsum(counts)]), _image_index(ids))
+    return PackedSequences(ids, patches, np.concatenate([[0], np.cumsum(counts)]), _image_index(ids), sources)
 
 
 def _image_index(ids: np.ndarray) -> np.ndarray:

@@ -39,6 +39,8 @@ class LitMultiModalLM(L.LightningModule):
         diffusion_weight: λ in the Transfusion total L_text + λ·L_image.
         model_overrides: any ModelConfig field to override (e.g. {"d_model": 64}).
         val_names: names of the validation dataloaders, in order (the datamodule's `val_sets`).
+        image_sources: names of the image sources, in the order of the batches' `image_source` ids (the
+            datamodule's `image_sources`); validation reports the image loss of each.
     The optimiser defaults are the tiny recipe's (experiments/recipes.py).
     """
 
@@ -57,6 +59,7 @@ class LitMultiModalLM(L.LightningModule):
         diffusion_weight: float = 5.0,
         model_overrides: dict | None = None,
         val_names: tuple[str, ...] = ("val",),
+        image_sources: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -70,8 +73,14 @@ class LitMultiModalLM(L.LightningModule):
         )
         self.model = build_model(self.cfg)
         self.modalities = MODALITY_NAMES[:n_modalities]
-        # One running mean per validation set and modality, logged under its run-record name.
-        self.val_keys = {f"{v}_{m}": LossKey("val", v, m) for v in val_names for m in self.modalities}
+        # One running mean per validation set and modality (and image source), logged under its run-record name:
+        # {metric key: (the loss, its name in multimodal_losses)}.
+        self.val_keys = {f"{v}_{m}": (LossKey("val", v, m), m) for v in val_names for m in self.modalities}
+        self.val_keys |= {
+            f"{v}_image_source{k}": (LossKey("val", v, "image", source), f"image/{k}")
+            for v in val_names
+            for k, source in enumerate(image_sources)
+        }
         self.val_metrics = nn.ModuleDict({key: MeanMetric(nan_strategy="ignore") for key in self.val_keys})
         self.register_buffer("tokens_seen", torch.zeros(n_modalities, dtype=torch.long), persistent=True)
 
@@ -84,10 +93,13 @@ class LitMultiModalLM(L.LightningModule):
             batch.get("timesteps"),
         )
 
-    def _shared_step(self, batch: dict[str, Tensor], positions: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def _shared_step(
+        self, batch: dict[str, Tensor], positions: dict[str, Tensor] | None = None, image_sources: int = 0
+    ) -> dict[str, Tensor]:
         out = self(batch)
+        weight = self.hparams.diffusion_weight
         return multimodal_losses(
-            out.logits, batch, self.cfg.n_modalities, out.patch_pred, self.hparams.diffusion_weight, positions
+            out.logits, batch, self.cfg.n_modalities, out.patch_pred, weight, positions, image_sources
         )
 
     def _positions(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -126,16 +138,23 @@ class LitMultiModalLM(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        losses = self._shared_step(batch)
+        n_sources = len(self.hparams.image_sources)
+        losses = self._shared_step(batch, image_sources=n_sources)
+        positions = loss_positions(batch, self.cfg.n_modalities, n_sources)
         val_name = self.hparams.val_names[dataloader_idx]
-        for name, weight in self._positions(batch).items():
-            if weight > 0:
-                self.val_metrics[f"{val_name}_{name}"].update(losses[f"loss_{name}"], weight)
+        for key, (loss, name) in self.val_keys.items():
+            if loss.valset == val_name and positions[name] > 0:
+                self.val_metrics[key].update(losses[f"loss_{name}"], positions[name])
 
     def on_validation_epoch_end(self) -> None:
-        for key, metric in self.val_metrics.items():
-            if metric.update_count:
-                self.log(loss_name(self.val_keys[key]), metric.compute())
+        # A loss is logged when any rank saw its positions. compute() synchronises its metric across DDP ranks, so
+        # every rank must call it for the same metrics: decide on the global update counts (one small all-reduce).
+        counts = torch.tensor([m.update_count for m in self.val_metrics.values()], device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        for (key, metric), count in zip(self.val_metrics.items(), counts.tolist(), strict=True):
+            if count:
+                self.log(loss_name(self.val_keys[key][0]), metric.compute())
             metric.reset()
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -20,16 +20,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datamodules.vocab import IGNORE, MODALITY_NAMES
+from datamodules.vocab import IGNORE, IMAGE, MODALITY_NAMES
 from models.layers import upcast
 
 
-def loss_positions(batch: dict[str, Tensor], n_modalities: int) -> dict[str, Tensor]:
-    """Positions each modality's loss averages over in this batch: its targets; Transfusion images: patches."""
+def loss_positions(batch: dict[str, Tensor], n_modalities: int, image_sources: int = 0) -> dict[str, Tensor]:
+    """Positions each modality's loss averages over in this batch: its targets; Transfusion images: patches. With
+    `image_sources`, also "image/<k>": the image positions of source k."""
     counts = {MODALITY_NAMES[m]: (batch["target_modality"] == m).sum() for m in range(n_modalities)}
     if "patch_mask" in batch:
         counts["image"] = batch["patch_mask"].sum()
+    for k in range(image_sources):
+        counts[f"image/{k}"] = _source_positions(batch, k).sum()
     return counts
+
+
+def _source_positions(batch: dict[str, Tensor], k: int) -> Tensor:
+    """(B, L) bool: the positions whose image loss belongs to image source k (patches, or image-code targets)."""
+    if "patch_mask" in batch:
+        return batch["patch_mask"] & (batch["image_source"] == k)
+    return (batch["target_modality"] == IMAGE) & (batch["target_image_source"] == k)
 
 
 def multimodal_losses(
@@ -39,6 +49,7 @@ def multimodal_losses(
     patch_pred: Tensor | None = None,
     diffusion_weight: float = 5.0,
     positions: dict[str, Tensor] | None = None,
+    image_sources: int = 0,
 ) -> dict[str, Tensor]:
     """Losses of one batch.
 
@@ -49,21 +60,29 @@ def multimodal_losses(
         patch_pred: (n, P) predicted noise at the patch positions (Transfusion), else None.
         diffusion_weight: λ of the Transfusion total.
         positions: what each modality's sum is divided by (see the module docstring); default
-            `loss_positions(batch, n_modalities)`, which makes every loss a mean over this batch.
+            `loss_positions(batch, n_modalities, image_sources)`, which makes every loss a mean over this batch.
+        image_sources: also return "loss_image/<k>", the image loss of each of this many image sources.
 
     Returns:
         "loss" (the total to optimise) and "loss_<modality>" for every modality of the setting; a modality with no
         position (positions 0) gets NaN, so that averages over batches can skip it (never a fake 0).
     """
     targets, target_modality = batch["targets"], batch["target_modality"]
-    positions = loss_positions(batch, n_modalities) if positions is None else positions
+    positions = loss_positions(batch, n_modalities, image_sources) if positions is None else positions
     ce = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten(), ignore_index=IGNORE, reduction="none")
     ce = ce.view_as(targets)
     sums = {MODALITY_NAMES[m]: ce[target_modality == m].sum() for m in range(n_modalities)}
     if patch_pred is not None:
         noise = batch["noise"][batch["patch_mask"]]  # (n, P)
         # Per patch position: the mean over its P elements, so that dividing by the positions gives the MSE.
-        sums["image"] = (upcast(patch_pred) - noise.to(upcast(patch_pred).dtype)).square().sum() / noise.shape[-1]
+        squared = (upcast(patch_pred) - noise.to(upcast(patch_pred).dtype)).square()  # (n, P)
+        sums["image"] = squared.sum() / noise.shape[-1]
+    for k in range(image_sources):
+        mine = _source_positions(batch, k)
+        if patch_pred is not None:
+            sums[f"image/{k}"] = squared[mine[batch["patch_mask"]]].sum() / noise.shape[-1]
+        else:
+            sums[f"image/{k}"] = ce[mine].sum()
     # A modality without positions keeps its term: a sum over no positions, an exact 0 that is still in the autograd
     # graph, so the layers only it reaches (the LM head, the patch head) still get a (zero) gradient. DDP needs
     # every parameter in every rank's backward, also when one rank's batch lacks a modality.

@@ -181,6 +181,7 @@ def train_run(
         n_modalities=dm.n_modalities,
         patch_dim=dm.patch_dim,
         val_names=tuple(dm.val_sets),
+        image_sources=dm.image_sources,
         **module,
     )
     if lit.cfg.routing == "token_hash":  # a fixed expert per token id, balanced on this training set
@@ -296,6 +297,15 @@ def _merge_metrics(folder: Path, earlier: list[dict]) -> None:
     atomic_write(path, write)
 
 
+def image_mix(dm: MultiModalDataModule) -> dict[str, dict[str, float]]:
+    """Each image source's share of the image tokens, in training and in every validation set."""
+    mix = {}
+    for split, stats in dm.stats().items():
+        total = sum(stats["image_sources"].values())
+        mix[split] = {source: n / total for source, n in stats["image_sources"].items()} if total else {}
+    return mix
+
+
 def _summary_start(lit: LitMultiModalLM, dm: MultiModalDataModule, summary: Summary, previous: Summary | None):
     """The summary fields known before training: sizes, FLOPs (analytic and counted), backend, versions."""
     batch = next(iter(dm.train_dataloader()))
@@ -309,6 +319,7 @@ def _summary_start(lit: LitMultiModalLM, dm: MultiModalDataModule, summary: Summ
     summary.train_flops_per_step = analytic.train_per_token * summary.tokens_per_step
     summary.backend = lit.model.backend
     summary.data_sources = list(dm.sources)
+    summary.image_mix = image_mix(dm)
     summary.versions = {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()}
     summary.device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     if previous is not None:  # a resumed run keeps its clock, steps and last losses

@@ -37,7 +37,7 @@ RUN_OWNED = {
     "check_val_every_n_epoch",
 }
 # Set per run from the datamodule (stated once): not options of the model.
-LINKED = {"arch", "scale", "vocab_size", "n_modalities", "patch_dim", "val_names"}
+LINKED = {"arch", "scale", "vocab_size", "n_modalities", "patch_dim", "val_names", "image_sources"}
 
 
 def build_parser() -> ArgumentParser:

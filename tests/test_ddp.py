@@ -185,7 +185,7 @@ def test_ddp_matches_single_process(runs):
     # FLOPs per token are estimated from the share of patch positions in the run's first batch, which is a device's
     # batch (half the global one) under DDP: equal within the spread of that share, and the step count is exact.
     assert ddp.train_flops_per_step == pytest.approx(single.train_flops_per_step, rel=0.05)
-    assert set(ddp.final_val_loss) == set(single.final_val_loss) == {"val/loss_text", "val/loss_image"}
+    assert set(ddp.final_val_loss) == set(single.final_val_loss) >= {"val/loss_text", "val/loss_image"}
     for key, value in single.final_val_loss.items():
         assert ddp.final_val_loss[key] == pytest.approx(value, rel=2e-5), key
 

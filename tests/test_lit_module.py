@@ -149,3 +149,27 @@ def test_weight_decay_by_role_is_the_same_for_every_sparse_arm_and_its_dense_par
     assert any(n.endswith("dt_proj.bias") for n in dense_exempt) or ARMS[sparse].family.name != "mamba"
     assert all(n.endswith(("weight",)) for n in dense_decay)
     assert not any(n.endswith(("A_log", ".D", "bias")) or "norm" in n for n in dense_decay)
+
+
+def test_image_loss_per_source_known_answer():
+    """The image loss of each source averages its own positions only, and the sources' weighted means recombine into
+    the whole image loss (discrete codes: the targets' sources; continuous patches: the patches' sources)."""
+    logits = torch.randn(1, 6, 10)
+    targets = torch.tensor([[3, 7, 8, 9, 1, IGNORE]])
+    batch = {
+        "targets": targets,
+        "target_modality": torch.tensor([[0, 1, 1, 1, 0, -1]]),
+        "target_image_source": torch.tensor([[-1, 0, 1, 1, -1, -1]]),
+    }
+    ce = F.cross_entropy(logits[0], targets[0].clamp(min=0), reduction="none")
+    out = multimodal_losses(logits, batch, n_modalities=2, image_sources=2)
+    torch.testing.assert_close(out["loss_image/0"], ce[1])
+    torch.testing.assert_close(out["loss_image/1"], (ce[2] + ce[3]) / 2)
+    torch.testing.assert_close(out["loss_image"], (out["loss_image/0"] + 2 * out["loss_image/1"]) / 3)
+    mask = torch.tensor([[False, True, True, True, False, False]])
+    noise, pred = torch.randn(1, 6, 4), torch.randn(3, 4)
+    patches = {**batch, "patch_mask": mask, "noise": noise, "image_source": torch.tensor([[-1, 1, 0, 1, -1, -1]])}
+    tf = multimodal_losses(logits, patches, 2, pred, image_sources=2)
+    error = ((pred - noise[mask]) ** 2).mean(-1)
+    torch.testing.assert_close(tf["loss_image/0"], error[1])
+    torch.testing.assert_close(tf["loss_image/1"], (error[0] + error[2]) / 2)

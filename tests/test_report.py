@@ -39,6 +39,7 @@ MODALITIES = {
     "three_modality": ("text", "image", "speech"),
 }
 REAL_SPEECH = ("text", "speech")  # val_real_speech holds transcripts and real speech only
+SOURCES = {"chameleon": {"digits": -0.5, "emoji": 0.5}}  # per-source image losses: the image curve plus an offset
 
 
 def loss_curve(flops: np.ndarray, speedup: float) -> np.ndarray:
@@ -98,6 +99,9 @@ def write_run(
                 for m in modalities:
                     loss = float(loss_curve(np.array(flops), speedups.get(prefix + m, 1.0)))
                     val[loss_name(LossKey("val", valset, m))] = loss
+            for source, offset in SOURCES.get(setting, {}).items():  # per image source: the image curve, offset
+                image = loss_curve(np.array(flops), speedups.get("image", 1.0)) + offset
+                val[loss_name(LossKey("val", "val", "image", source))] = float(image)
             rows.append(val)
     columns = sorted({k for row in rows for k in row})
     with open(folder / "metrics.csv", "w", newline="") as f:
@@ -125,6 +129,7 @@ def write_run(
         device="cpu",
         wall_clock_s=steps * wall_per_step,
         steps=steps,
+        image_mix={"train": {"digits": 0.8, "emoji": 0.2}, "val": {"digits": 0.4, "emoji": 0.6}},
     )
     write_summary(folder, summary)
     model = {"arch": arm, "decouple": (decouple or list(ARMS[arm].parts)) if sparse else []}
@@ -193,6 +198,8 @@ def csv_rows(path: Path) -> list[dict]:
 
 
 def find(rows: list[dict], **where) -> dict:
+    """The one row matching `where` (the whole-modality loss unless `source` is given)."""
+    where = {"source": "", **where} if rows and "source" in rows[0] else where
     hits = [r for r in rows if all(r[k] == str(v) for k, v in where.items())]
     assert len(hits) == 1, (where, hits)
     return hits[0]
@@ -414,3 +421,16 @@ def test_a_run_record_that_does_not_fit_is_reported_by_name(tmp_path):
     assert "val_every must be a positive int" in reasons.loc["transformer", "reason"]
     assert set(reasons["status"]) == {"finished", "unreadable"}
     assert "3 of 4 runs are not finished" in (out / "report.md").read_text()
+
+
+def test_image_loss_per_source_and_the_mix_are_reported(out):
+    """Each image source gets its own rows (final loss, FLOPs-to-match on its curve) and the report states the mix."""
+    text = (out / "report.md").read_text()
+    finals = table(section(text, "Final validation loss per arm"))
+    digits, emoji = (float(finals[("chameleon", f"image ({s})")]["Mamba"].split()[0]) for s in ("digits", "emoji"))
+    assert emoji - digits == pytest.approx(1.0, abs=1e-6)
+    rows = csv_rows(out / "flops_to_match.csv")
+    row = find(rows, kind="val", valset="val", source="emoji", setting="chameleon", modality="image", variant="mom",
+               seed=0)  # fmt: skip
+    assert float(row["fraction"]) == pytest.approx(0.5, rel=0.01)  # the shift of the image curve, per source too
+    assert "Image tokens by source, chameleon: train digits 80%, emoji 20%; val digits 40%, emoji 60%" in text

@@ -59,7 +59,10 @@ def test_run_folder_records_everything_and_is_never_redone(tmp_path, data):
     assert summary.status == "finished" and summary.backend == "torch" and summary.steps == 8
     assert summary.params_total > summary.params_active > 0 and summary.wall_clock_s > 0 and summary.data_sources
     assert abs(summary.flops_per_token / summary.flops_per_token_analytic - 1) < 0.02
-    assert set(summary.final_val_loss) == {"val/loss_text", "val/loss_image"}
+    assert set(summary.final_val_loss) == {
+        "val/loss_text", "val/loss_image", "val/loss_image/fashion_mnist", "val/loss_image/emoji"
+    }  # fmt: skip
+    assert set(summary.image_mix) == {"train", "val"} and sum(summary.image_mix["val"].values()) == pytest.approx(1)
     trained = [r for r in rows(folder) if r["train/loss"]]
     assert [int(r["step"]) for r in trained] == list(range(8))
     assert [float(r["tokens"]) for r in trained] == [(i + 1) * 4 * 128 for i in range(8)]
