@@ -2,8 +2,11 @@
 
 The rule, stated once (docs/design.md, "FLOPs-to-match"):
 
-* Smoothing: both loss curves are smoothed by a trailing mean over the last `window` evaluations (the first points
-  average what exists so far). The same rule smooths both arms.
+* Smoothing: each evaluation's loss is replaced by the value, at its own FLOPs, of a quadratic in log-FLOPs fitted
+  by weighted least squares (tricube weights) to the `points` evaluations around it (9 by default; at the ends of
+  a curve the window is one-sided, not shorter). A loss curve is close to a quadratic in log-FLOPs over such a
+  window, so the smoothing has no lag, at the ends included: on noise-free shifted power laws the rule returns the
+  true answer within 1.5% (a trailing mean lags by about one evaluation and returned 0.56 for a true 0.5).
 * Target: the dense arm's smoothed loss at its last evaluation.
 * Matching point: the first evaluation at which the sparse arm's smoothed loss is at or below the target,
   interpolated linearly in log-FLOPs between that evaluation and the one before it. If the very first evaluation
@@ -12,6 +15,9 @@ The rule, stated once (docs/design.md, "FLOPs-to-match"):
   result, never a number.
 * Loss gap at equal FLOPs (`loss_gap`): the sparse arm's smoothed loss at the dense arm's total FLOPs, interpolated
   in log-FLOPs like the matching point, minus the target. Negative means the sparse arm ends lower.
+
+On noisy curves (noise sd 0.01 on every evaluation) the mean answer stays within 0.5% of the truth at 10 and 20
+evaluations (tests/test_matching.py measures it).
 """
 
 from __future__ import annotations
@@ -22,16 +28,26 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-DEFAULT_WINDOW = 3
+SMOOTHING_POINTS = 9
 
 
-def smooth(loss: Sequence[float], window: int = DEFAULT_WINDOW) -> np.ndarray:
-    """Trailing mean over the last `window` values (fewer at the start)."""
-    values = np.asarray(loss, dtype=np.float64)
-    csum = np.concatenate([[0.0], np.cumsum(values)])
-    idx = np.arange(1, len(values) + 1)
-    start = np.maximum(idx - window, 0)
-    return (csum[idx] - csum[start]) / (idx - start)
+def smooth(flops: Sequence[float], loss: Sequence[float], points: int = SMOOTHING_POINTS) -> np.ndarray:
+    """Each loss replaced by a local quadratic fit in log-FLOPs over `points` evaluations (see the module docstring).
+
+    A curve of fewer evaluations is fitted whole, with a degree below the number of points; `points=1` returns the
+    curve unchanged.
+    """
+    x, v = np.log(np.asarray(flops, dtype=np.float64)), np.asarray(loss, dtype=np.float64)
+    n, width = len(v), min(points, len(v))
+    out = np.empty(n)
+    for i in range(n):
+        lo = min(max(0, i - width // 2), n - width)  # `width` evaluations around i, shifted inwards at the ends
+        xs, ys = x[lo : lo + width] - x[i], v[lo : lo + width]
+        reach = np.abs(xs).max() * 1.0001
+        weights = (1 - (np.abs(xs) / reach) ** 3) ** 3 if reach > 0 else np.ones(width)
+        degree = min(2, width - 1)
+        out[i] = np.polynomial.polynomial.polyfit(xs, ys, degree, w=np.sqrt(weights))[0] if degree else ys[0]
+    return out
 
 
 def _check(flops: Sequence[float], loss: Sequence[float], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -45,13 +61,13 @@ def _check(flops: Sequence[float], loss: Sequence[float], name: str) -> tuple[np
     return f, v
 
 
-def _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, window: int):
+def _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, points: int):
     """The one rule, in one place: checked arrays, the dense arm's target and the sparse arm's smoothed curve."""
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+    if points < 1:
+        raise ValueError(f"points must be >= 1, got {points}")
     df, dl = _check(dense_flops, dense_loss, "dense")
     sf, sl = _check(sparse_flops, sparse_loss, "sparse")
-    return df, smooth(dl, window)[-1], sf, smooth(sl, window)
+    return df, smooth(df, dl, points)[-1], sf, smooth(sf, sl, points)
 
 
 def flops_to_match(
@@ -59,19 +75,19 @@ def flops_to_match(
     dense_loss: Sequence[float],
     sparse_flops: Sequence[float],
     sparse_loss: Sequence[float],
-    window: int = DEFAULT_WINDOW,
+    points: int = SMOOTHING_POINTS,
 ) -> float | None:
     """The sparse arm's FLOPs to reach the dense arm's final (smoothed) loss, as a fraction of the dense total.
 
     Args:
         dense_flops, dense_loss: the dense arm's evaluations (cumulative training FLOPs, loss), one run.
         sparse_flops, sparse_loss: the sparse arm's, same loss and same FLOPs convention.
-        window: evaluations in the trailing mean (1 = no smoothing).
+        points: evaluations in each local fit of the smoothing (1 = no smoothing).
 
     Returns:
         The fraction (e.g. 0.35 for 35%), or None when the sparse arm never reaches the target.
     """
-    df, target, sf, s = _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, window)
+    df, target, sf, s = _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, points)
     hits = np.flatnonzero(s <= target)
     if len(hits) == 0:
         return None
@@ -113,13 +129,13 @@ def loss_gap(
     dense_loss: Sequence[float],
     sparse_flops: Sequence[float],
     sparse_loss: Sequence[float],
-    window: int = DEFAULT_WINDOW,
+    points: int = SMOOTHING_POINTS,
 ) -> float | None:
     """Loss gap at equal FLOPs: the sparse arm's smoothed loss at the dense arm's total FLOPs minus the target.
 
     Same smoothing and target as `flops_to_match`; negative means the sparse arm is better. None when the sparse
     run did not train as far as the dense one (its loss there would be an extrapolation).
     """
-    df, target, sf, s = _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, window)
+    df, target, sf, s = _smoothed(dense_flops, dense_loss, sparse_flops, sparse_loss, points)
     sparse_at = at_flops(sf, s, df[-1])
     return None if sparse_at is None else sparse_at - float(target)

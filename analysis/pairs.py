@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.labels import arm_rank, dense_partner, loss_rank
-from analysis.matching import DEFAULT_WINDOW, at_flops, flops_to_match, loss_gap, mean_interval, smooth
+from analysis.matching import SMOOTHING_POINTS, at_flops, flops_to_match, loss_gap, mean_interval, smooth
 from analysis.results import Curve, Results, run_curves
 from analysis.run_record import LossKey
 from models.arms import ARMS
@@ -24,7 +24,7 @@ Interval = tuple[float, float, float]
 SUMMARISED = ["fraction", "sparse_final_loss", "dense_final_loss", "loss_gap", "wall_clock_fraction"]
 
 
-def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, window: int = DEFAULT_WINDOW) -> dict:
+def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, points: int = SMOOTHING_POINTS) -> dict:
     """FLOPs-to-match, final losses, loss gap and wall-clock-to-match of one sparse curve against its dense curve.
 
     Returns the numbers of one flops_to_match.csv row: `fraction` (of the dense total; None = not reached), the
@@ -32,7 +32,7 @@ def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, window
     is the target), the loss gap at equal FLOPs and the sparse wall-clock at the matching point over the dense
     wall-clock at its last evaluation.
     """
-    fraction = flops_to_match(dense.flops, dense.loss, sparse.flops, sparse.loss, window)
+    fraction = flops_to_match(dense.flops, dense.loss, sparse.flops, sparse.loss, points)
     match_flops = None if fraction is None else fraction * float(dense.flops[-1])
     wall_fraction = None
     timed = np.isfinite(sparse.wall)
@@ -45,14 +45,14 @@ def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, window
         "match_flops": match_flops,
         "match_step": None if match_flops is None else match_flops / sparse_flops_per_step,
         "dense_total_flops": float(dense.flops[-1]),
-        "sparse_final_loss": float(smooth(sparse.loss, window)[-1]),
-        "dense_final_loss": float(smooth(dense.loss, window)[-1]),
-        "loss_gap": loss_gap(dense.flops, dense.loss, sparse.flops, sparse.loss, window),
+        "sparse_final_loss": float(smooth(sparse.flops, sparse.loss, points)[-1]),
+        "dense_final_loss": float(smooth(dense.flops, dense.loss, points)[-1]),
+        "loss_gap": loss_gap(dense.flops, dense.loss, sparse.flops, sparse.loss, points),
         "wall_clock_fraction": wall_fraction,
     }
 
 
-def match_runs(results: Results, grid: pd.DataFrame, window: int = DEFAULT_WINDOW) -> pd.DataFrame:
+def match_runs(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POINTS) -> pd.DataFrame:
     """One row per finished sparse run and loss (IDENTITY, seed, `match_pair`'s numbers), sorted for tables: by
     setting, loss, arm, variant and seed."""
     curves = run_curves(grid)
@@ -66,7 +66,9 @@ def match_runs(results: Results, grid: pd.DataFrame, window: int = DEFAULT_WINDO
         mine, theirs = curves.get((run.setting, run.variant, run.seed), {}), curves[(run.setting, dense, run.seed)]
         for key in mine.keys() & theirs.keys():
             identity = dict(zip(IDENTITY, (run.setting, *key, run.variant, run.arm, dense), strict=True))
-            rows.append(identity | {"seed": run.seed} | match_pair(mine[key], theirs[key], run.train_flops_per_step))
+            rows.append(
+                identity | {"seed": run.seed} | match_pair(mine[key], theirs[key], run.train_flops_per_step, points)
+            )
     settings = results.settings
 
     def order(row: dict) -> tuple:
@@ -94,13 +96,13 @@ def summarise(matches: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def final_losses(results: Results, grid: pd.DataFrame, window: int = DEFAULT_WINDOW) -> pd.DataFrame:
+def final_losses(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POINTS) -> pd.DataFrame:
     """The smoothed final loss of every finished run on every loss: setting, variant, seed, kind, valset, modality,
     final_loss (runs in comparison.json's order)."""
     curves = run_curves(grid)
     rows = [
         {"setting": run.setting, "variant": run.variant, "seed": run.seed, **key._asdict()}
-        | {"final_loss": float(smooth(curve.loss, window)[-1])}
+        | {"final_loss": float(smooth(curve.flops, curve.loss, points)[-1])}
         for run in results.finished.itertuples()
         for key, curve in curves.get((run.setting, run.variant, run.seed), {}).items()
     ]

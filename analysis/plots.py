@@ -104,7 +104,7 @@ def _curve_panel(
         colour = arm_colour(arm)
         ax.plot(xs, curve.loss, color=colour, alpha=0.25, lw=0.8)
         label = None if arm in labelled else arm_label(arm)
-        ax.plot(xs, smooth(curve.loss), color=colour, lw=1.0 if several_seeds else 1.8, label=label)
+        ax.plot(xs, smooth(curve.flops, curve.loss), color=colour, lw=1.0 if several_seeds else 1.8, label=label)
         labelled.add(arm)
         # The first tenth of training falls steeply from ~ln(vocab); leaving it out shows the region that decides
         # the match at a readable scale.

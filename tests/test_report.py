@@ -354,7 +354,8 @@ def test_report_states_units_rules_and_setup(out):
     assert finals[("transfusion", "image")]["unit"] == "diffusion MSE"
     assert finals[("chameleon", "image")]["unit"] == "nats"
     how = section(text, "How to read this report")
-    assert "trailing mean over the last 3 evaluations" in how and "FLOPs = 2 × multiply-accumulates" in how
+    assert "quadratic in log-FLOPs fitted (tricube weights) to the 9 evaluations" in how
+    assert "FLOPs = 2 × multiply-accumulates" in how
     assert "analytic / fvcore is 1.0000-1.0000" in how
     setup = section(text, "Setup")
     assert "synthetic chameleon corpus" in setup and "812 s for the comparison" in setup and "torch 0.0-test" in setup
