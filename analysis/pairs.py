@@ -92,8 +92,26 @@ def summarise(matches: pd.DataFrame) -> pd.DataFrame:
             values = group[name].to_numpy(dtype=np.float64)
             mean, low, high = mean_interval(values) if np.isfinite(values).all() else (None, None, None)
             row |= {f"{name}_mean": mean, f"{name}_low": low, f"{name}_high": high}
-        rows.append(row)
+        rows.append(row | {"verdict": verdict(row)})
     return pd.DataFrame(rows)
+
+
+MIN_SEEDS = 3  # seeds a verdict needs before it is stated with an interval
+
+
+def verdict(agg: dict) -> str:
+    """The verdict on one summary row. With MIN_SEEDS or more seeds, from the 95% interval of the loss gap at equal
+    FLOPs (defined for every seed, reached or not): "saves" (entirely below 0), "worse" (entirely above) or
+    "no significant difference". With fewer seeds there is no interval: "reached", "partly reached" (some seeds) or
+    "not reached"."""
+    if n_seeds(agg) < MIN_SEEDS:
+        if interval(agg, "fraction") is not None:
+            return "reached"
+        return "partly reached" if agg["n_reached"] else "not reached"
+    gap = interval(agg, "loss_gap")
+    if gap is None:
+        return "no interval"  # a sparse run shorter than its dense run: nothing at equal FLOPs
+    return "saves" if gap[2] < 0 else "worse" if gap[1] > 0 else "no significant difference"
 
 
 def final_losses(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POINTS) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from analysis.labels import (
     percent,
 )
 from analysis.matching import mean_interval
-from analysis.pairs import Interval, ablation_variants, interval, loss_key, n_seeds, not_reached_text
+from analysis.pairs import MIN_SEEDS, Interval, ablation_variants, interval, loss_key, n_seeds, not_reached_text
 from analysis.papers import PAPER_NUMBERS, PAPER_SOURCES
 from analysis.results import Results
 from analysis.run_record import LossKey
@@ -65,14 +65,14 @@ def _rows(results: Results, keys: Iterable[tuple[str, LossKey]]) -> list[tuple[s
     return sorted(set(keys), key=lambda sk: (settings.index(sk[0]), loss_rank(sk[1])))
 
 
-def match_table(results: Results, summary: pd.DataFrame, kind: str = "val") -> str:
-    """The headline table: FLOPs-to-match (% of the dense arm's training FLOPs) per setting and loss, one column per
-    sparse arm, then the papers' numbers for the same setting and modality with their source keys."""
+def match_table(results: Results, summary: pd.DataFrame, kind: str = "train", papers: bool = True) -> str:
+    """FLOPs-to-match (% of the dense arm's training FLOPs) per setting and loss, one column per sparse arm, then
+    (with `papers`) the papers' numbers for the same setting and modality with their source keys."""
     found = main_pairs(summary, kind)
     if not found:
         return f"No finished sparse/dense pair has a {kind} loss."
     variants = sorted({v for _, _, v in found}, key=arm_rank)
-    paper_arms = [v for v in variants if any(arm == v for arm, _, _ in PAPER_NUMBERS)]
+    paper_arms = [v for v in variants if papers and any(arm == v for arm, _, _ in PAPER_NUMBERS)]
     header = ["setting", "loss", *map(pair_label, variants), *[f"{arm_label(a)} (paper)" for a in paper_arms]]
     rows = []
     for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
@@ -233,15 +233,18 @@ def versions_text(results: Results) -> list[str]:
     return sorted({json.dumps(v, sort_keys=True) for v in column if isinstance(v, dict)})
 
 
-def verdicts(results: Results, summary: pd.DataFrame) -> list[str]:
-    """One line per setting from the primary validation numbers, e.g. '**chameleon**: MoM reached Mamba's final
-    loss on text at 80.1% and on image at 45.1% of Mamba's FLOPs, but did not reach ... on speech (+0.050 nats).'"""
-    found = main_pairs(summary, "val")
+def verdicts(results: Results, summary: pd.DataFrame, kind: str = "train") -> list[str]:
+    """One line per setting on one loss kind (training loss: the papers' measure), e.g. '**chameleon**: MoM saves
+    18% [9%, 27%] of Mamba's FLOPs on text, no significant difference on image (-0.004 [-0.02, +0.01] nats at equal
+    FLOPs).' With fewer than 3 seeds it says where each arm reached its dense arm's final loss, and that one seed
+    gives no interval."""
+    found = main_pairs(summary, kind)
     lines = []
     for setting in results.settings:
         sentences = []
         for variant in sorted({v for s, _, v in found if s == setting}, key=arm_rank):
-            aggs = [a for (s, k, v), a in found.items() if (s, k.valset, v) == (setting, "val", variant)]
+            aggs = [a for (s, k, v), a in found.items() if (s, v) == (setting, variant) and k.valset in ("val", "")]
+            aggs = [a for a in aggs if not a["source"]]
             sentences.append(_verdict(setting, sorted(aggs, key=lambda a: loss_rank(loss_key(a)))))
         body = "; ".join(sentences) + "." if sentences else "no finished sparse/dense pair, so no verdict."
         lines.append(f"- **{setting}**: {body}")
@@ -252,21 +255,42 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
+def _gap(agg: dict, setting: str) -> str:
+    gap, unit = interval(agg, "loss_gap"), loss_unit(setting, agg["modality"])
+    if gap is None:
+        return ""
+    if n_seeds(agg) == 1:
+        return f" ({gap[0]:+.3f} {unit} at equal FLOPs)"
+    return f" ({gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}] {unit} at equal FLOPs)"
+
+
 def _verdict(setting: str, aggs: list[dict]) -> str:
-    """One sparse arm's clause of a verdict: where it reached its dense arm's final loss, where only in some seeds,
-    where not (with the loss gap at equal FLOPs)."""
+    """One sparse arm's clause: with intervals, what it saves, where it makes no significant difference and where it
+    is worse; without, where it reached its dense arm's final loss and where not (with the loss gap)."""
     sparse, dense = arm_label(aggs[0]["arm"]), arm_label(aggs[0]["dense_arm"])
+    n = n_seeds(aggs[0])
+    if n >= MIN_SEEDS:
+        parts = []
+        for a in aggs:
+            fraction, on = interval(a, "fraction"), f"on {a['modality']}"
+            if a["verdict"] == "saves" and fraction is not None:
+                saved = f"{1 - fraction[0]:.0%} [{1 - fraction[2]:.0%}, {1 - fraction[1]:.0%}]"
+                parts.append(f"saves {saved} of {dense}'s FLOPs {on}")
+            elif a["verdict"] == "saves":
+                parts.append(f"ends lower {on}{_gap(a, setting)}, {not_reached_text(a)}")
+            else:
+                parts.append(f"{a['verdict']} {on}{_gap(a, setting)}")
+        return f"{sparse} " + ", ".join(parts) + f" ({n} seeds, 95% intervals)"
     reached, partial, missed = [], [], []
     for a in aggs:
         fraction = interval(a, "fraction")
         if fraction is not None:
             reached.append(f"on {a['modality']} at {percent(fraction[0])}")
         elif a["n_reached"]:
-            partial.append(f"on {a['modality']} in only {a['n_reached']}/{n_seeds(a)} seeds")
+            partial.append(f"on {a['modality']} in only {a['n_reached']}/{n} seeds")
         else:
-            gap, unit = interval(a, "loss_gap"), loss_unit(setting, a["modality"])
-            missed.append(f"on {a['modality']}" + ("" if gap is None else f" ({gap[0]:+.3f} {unit} at equal FLOPs)"))
-    seeds = f" (means over {n_seeds(aggs[0])} seeds)" if n_seeds(aggs[0]) > 1 else ""
+            missed.append(f"on {a['modality']}{_gap(a, setting)}")
+    seeds = f" (means over {n} seeds, too few for an interval)" if n > 1 else ""
     clauses = [f"reached {dense}'s final loss {_and(reached)} of {dense}'s FLOPs{seeds}"] if reached else []
     clauses += [f"reached {dense}'s final loss {_and(partial)}"] if partial else []
     clauses += [f"did not reach {dense}'s final loss {_and(missed)}"] if missed else []

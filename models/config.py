@@ -43,6 +43,8 @@ class ModelConfig:
         patch_dim: width of continuous image patches (Transfusion); 0 disables the patch input/output layers.
         norm_eps: RMSNorm epsilon.
         init_std: standard deviation of the embedding / transformer linear initialisation.
+        init_from_dense: a sparse arm starts with every expert equal to its dense arm's initial weights (the same
+            random draws as the dense run of the same seed); no effect on a dense arm.
     """
 
     arch: str = "mamba"
@@ -75,6 +77,7 @@ class ModelConfig:
     patch_dim: int = 0
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    init_from_dense: bool = False
 
     def __post_init__(self) -> None:
         arm = get_arm(self.arch)

@@ -29,6 +29,7 @@ from models.layers import (
     ModalityRouting,
     image_attention_mask,
     upcast,
+    upcycle_state_dict,
     validate_modality_ids,
 )
 
@@ -240,6 +241,15 @@ class MultiModalLM(nn.Module):
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> MultiModalLM:
-    """MultiModalLM(cfg), built directly on `device` ("meta" counts parameters without allocating)."""
+    """MultiModalLM(cfg), built directly on `device` ("meta" counts parameters without allocating).
+
+    With `cfg.init_from_dense` a sparse model starts as its dense arm would (upcycling at step 0): the dense model is
+    built first, from the same random state a dense run builds from, and every expert gets its weights.
+    """
     with torch.device(device) if device is not None else nullcontext():
-        return MultiModalLM(cfg)
+        if not (cfg.init_from_dense and cfg.is_sparse):
+            return MultiModalLM(cfg)
+        dense = MultiModalLM(cfg.dense())
+        model = MultiModalLM(cfg)
+        model.load_state_dict(upcycle_state_dict(model, dense.state_dict()))
+        return model

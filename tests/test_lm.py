@@ -246,3 +246,19 @@ def test_attention_is_bidirectional_within_an_image_for_the_attending_families_o
     torch.testing.assert_close(out2.logits[:, :5], out.logits[:, :5], rtol=0, atol=0)
     earlier_patches_moved = not torch.allclose(out2.patch_pred[:4], out.patch_pred[:4])  # positions 5..8
     assert earlier_patches_moved == ModelConfig(arch=arch).family.image_attention
+
+
+@pytest.mark.parametrize("arch", BY_MODALITY)
+def test_init_from_dense_starts_where_the_dense_arm_starts(arch):
+    """With init_from_dense a sparse model built from the same random state as its dense arm holds the dense arm's
+    initial weights in every expert, so the two are equal at step 0; a dense arm is unaffected."""
+    cfg = small_cfg(arch, init_from_dense=True)
+    torch.manual_seed(7)
+    dense = build_model(cfg.dense())
+    torch.manual_seed(7)
+    sparse = build_model(cfg)
+    tokens, ids = torch.randint(0, V, (2, 16)), interleaved_ids(2, 16, 3)
+    torch.testing.assert_close(sparse(tokens, ids).logits, dense(tokens, ids).logits)
+    torch.manual_seed(7)
+    again = build_model(cfg.dense()).parameters()
+    assert all(torch.equal(a, b) for a, b in zip(again, dense.parameters(), strict=True))
