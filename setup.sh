@@ -8,9 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 DEBIAN_DATA="dataset-fashion-mnist fortunes fortunes-min fonts-noto-color-emoji asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+BUILD_TOOLS="g++"  # the compiled CPU selective scan (models/csrc); ninja comes from PyPI (requirements.txt)
 AUSTEN_DIR=.cache/debian/janeaustenr
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    missing=$(for p in $DEBIAN_DATA; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+    missing=$(for p in $DEBIAN_DATA $BUILD_TOOLS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
     if [ -n "$missing" ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
@@ -31,3 +32,6 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # torch==2.13.0 (requirements.txt) resolves to the CPU build on this kind of machine; see README "GPU install".
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# Build the compiled CPU selective scan now (about a minute, once per machine; torch caches it), so that runs do not
+# pay for it. If it cannot build, runs fall back to the pure-PyTorch scan and say so.
+.venv/bin/python -c "from models import scan_cpu; print('compiled CPU selective scan:', 'ready' if scan_cpu.available() else 'unavailable (' + scan_cpu.load_error() + '); runs use the torch scan')"

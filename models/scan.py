@@ -8,8 +8,10 @@ Backends:
     "ref"   `selective_scan_ref`, a sequential loop under autograd with mamba-ssm's reference semantics. It is the
             executable specification and the slow baseline of benchmarks/bench_scan.py.
     "torch" a time-chunked `torch.autograd.Function` with a hand-written backward; plain PyTorch, any device.
+    "cpu"   the recurrence as a compiled C++ kernel, states vectorised (models/scan_cpu.py); CPU tensors.
     "cuda"  mamba-ssm's fused `selective_scan_fn` kernel (CUDA tensors only, needs requirements-gpu.txt).
-    "auto"  "cuda" when the tensors are on CUDA and mamba-ssm imports, else "torch".
+    "auto"  "cuda" when the tensors are on CUDA and mamba-ssm imports; on the CPU "cpu" when the kernel builds and
+            loads, else "torch" (with a warning, once).
 """
 
 # Shapes: B batch, E d_inner (channels), N d_state, L sequence length
@@ -23,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-BACKENDS = ("auto", "torch", "ref", "cuda")
+from models import scan_cpu
+
+BACKENDS = ("auto", "torch", "ref", "cpu", "cuda")
+CPU_CHUNK = 64  # steps between the boundary states the "cpu" kernel keeps for its backward
 
 # dtypes mamba-ssm's kernel accepts for u, delta, B, C and z (A, D and delta_bias must be float32 there).
 _CUDA_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -379,28 +384,40 @@ def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 
 def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
-    """The concrete backend ("torch", "ref" or "cuda") `selective_scan` uses for tensors on ``device``.
+    """The concrete backend ("torch", "ref", "cpu" or "cuda") `selective_scan` uses for tensors on ``device``.
 
     Args:
         backend: One of `BACKENDS`. "auto" picks "cuda" when ``device`` is a CUDA device and mamba-ssm imports
-            (and ``dtype``, if given, is one its kernel supports), else "torch".
+            (and ``dtype``, if given, is one its kernel supports), "cpu" on a CPU device when the compiled kernel
+            loads, else "torch".
         device: Device of the scan's tensors.
         dtype: Optional dtype of ``u``; mamba-ssm's kernel has no float64, so "auto" falls back to "torch" for it.
 
     Returns:
-        "torch", "ref" or "cuda".
+        "torch", "ref", "cpu" or "cuda".
 
     Raises:
         ValueError: ``backend`` is not one of `BACKENDS`.
         RuntimeError: "cuda" was requested but mamba-ssm does not import, the device is not CUDA, or ``dtype`` is
-            not supported by the kernel.
+            not supported by the kernel; or "cpu" was requested but the compiled kernel does not load or the device
+            is not the CPU.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; valid choices are {', '.join(BACKENDS)}")
     device = torch.device(device)
     dtype_ok = dtype is None or dtype in _CUDA_INPUT_DTYPES
     if backend == "auto":
-        return "cuda" if device.type == "cuda" and dtype_ok and mamba_ssm_available() else "torch"
+        if device.type == "cuda":
+            return "cuda" if dtype_ok and mamba_ssm_available() else "torch"
+        return "cpu" if device.type == "cpu" and scan_cpu.available() else "torch"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise RuntimeError(f"selective-scan backend 'cpu' needs CPU tensors, but the tensors are on {device}")
+        if not scan_cpu.available():
+            raise RuntimeError(
+                f"selective-scan backend 'cpu' is unavailable ({scan_cpu.load_error()}); run `bash setup.sh` to "
+                "install the compiler and build it, or use backend='torch'"
+            )
     if backend == "cuda":
         if not mamba_ssm_available():
             raise RuntimeError(
@@ -448,8 +465,8 @@ def selective_scan(
         backend: One of `BACKENDS`; see `resolve_backend`.
 
     Returns:
-        The output, [B, E, L], in ``u``'s dtype. The "torch" and "ref" backends compute in float32 (float64 if any
-        input is float64); gradients come back in each input's own dtype.
+        The output, [B, E, L], in ``u``'s dtype. The "torch", "cpu" and "ref" backends compute in float32 (float64
+        if any input is float64); gradients come back in each input's own dtype.
 
     Raises:
         ValueError: A tensor has the wrong shape, or ``backend`` is unknown.
@@ -474,6 +491,8 @@ def selective_scan(
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    if backend == "cpu":
+        return scan_cpu.selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct, CPU_CHUNK)
     # int(): under torch.jit tracing (fvcore's FLOP count) sizes are traced values, which apply() cannot take.
     chunk = int(_chunk_len(int(L), int(batch * A.numel() * ct.itemsize)))
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct)

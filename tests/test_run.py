@@ -56,7 +56,7 @@ def test_run_folder_records_everything_and_is_never_redone(tmp_path, data):
         "tiny",
         0,
     )
-    assert summary.status == "finished" and summary.backend == "torch" and summary.steps == 8
+    assert summary.status == "finished" and summary.backend == "cpu" and summary.steps == 8
     assert summary.params_total > summary.params_active > 0 and summary.wall_clock_s > 0 and summary.data_sources
     assert abs(summary.flops_per_token / summary.flops_per_token_analytic - 1) < 0.02
     assert set(summary.final_val_loss) == {

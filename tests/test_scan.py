@@ -1,11 +1,13 @@
-"""Tests for models/scan.py: the fast "torch" backend against the reference loop, numerics, dtypes and dispatch."""
+"""Tests for models/scan.py: the fast backends ("torch" and the compiled "cpu" kernel) against the reference loop and
+a float64 evaluation, numerics, dtypes, memory layout and dispatch."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
-from models import scan
+from models import scan, scan_cpu
 from models.scan import BACKENDS, resolve_backend, selective_scan, selective_scan_ref
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -41,9 +43,13 @@ def run_with_grads(fn, inputs, use, delta_softplus, seed=1):
     return out.detach(), {k: t.grad for k, t in leaves.items()}
 
 
-def fast(**kwargs):
-    """The "torch" backend, by keyword."""
-    return selective_scan(**kwargs, backend="torch")
+FAST = ("torch", "cpu")
+
+
+@pytest.fixture(params=FAST)
+def fast(request):
+    """Each fast backend, called by keyword."""
+    return lambda **kwargs: selective_scan(**kwargs, backend=request.param)
 
 
 OPTIONALS = [
@@ -56,7 +62,7 @@ OPTIONALS = [
 
 @pytest.mark.parametrize("L", [1, 7, 64, 257])
 @pytest.mark.parametrize(("optional", "softplus"), OPTIONALS)
-def test_fast_matches_reference(L, optional, softplus):
+def test_fast_matches_reference(fast, L, optional, softplus):
     """The torch backend gives the reference's output and the gradient of every input, for odd and long L."""
     inputs = make_inputs(2, 6, 8, L)
     if not softplus:
@@ -70,7 +76,7 @@ def test_fast_matches_reference(L, optional, softplus):
         torch.testing.assert_close(grads[k], grads_ref[k], rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f"d{k}: {m}")
 
 
-def test_strided_inputs_and_no_grad():
+def test_strided_inputs_and_no_grad(fast):
     """Non-contiguous inputs (transposed views, as a mixer passes them) give the reference's output and grads."""
 
     def stored_as(t, *order):
@@ -93,12 +99,13 @@ def test_strided_inputs_and_no_grad():
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 16])
-def test_chunk_boundaries(monkeypatch, chunk):
+def test_chunk_boundaries(monkeypatch, fast, chunk):
     """Results do not depend on the chunk length, including chunks that do not divide L."""
     inputs = make_inputs(2, 4, 4, 23, dtype=torch.float64)
     use = ARG_NAMES
     out_ref, grads_ref = run_with_grads(selective_scan_ref, inputs, use, True)
     monkeypatch.setattr(scan, "_chunk_len", lambda L, state_bytes: min(L, chunk))
+    monkeypatch.setattr(scan, "CPU_CHUNK", chunk)
     out, grads = run_with_grads(fast, inputs, use, True)
     torch.testing.assert_close(out, out_ref)
     for k in grads:
@@ -106,7 +113,7 @@ def test_chunk_boundaries(monkeypatch, chunk):
 
 
 @pytest.mark.parametrize("softplus", [True, False], ids=["softplus", "raw-delta"])
-def test_large_decay_is_finite_and_accurate(softplus):
+def test_large_decay_is_finite_and_accurate(fast, softplus):
     """With |delta * A| up to ~16 (A down to -16, delta ~1) both backends stay finite and match float64."""
     inputs = make_inputs(2, 8, 16, 64, a_min=-16.0)
     # delta up to ~1 (after the softplus, or given directly), so delta * A reaches about -16.
@@ -127,7 +134,7 @@ def test_large_decay_is_finite_and_accurate(softplus):
         torch.testing.assert_close(grads[k], grads_ref[k], rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f"d{k}: {m}")
 
 
-def test_bfloat16_inputs():
+def test_bfloat16_inputs(fast):
     """bf16 inputs give a bf16 output close to the float32 result (<= 2e-2 relative) and grads in the input dtypes."""
     inputs = make_inputs(2, 8, 8, 33)
     dtypes = {
@@ -150,14 +157,80 @@ def test_bfloat16_inputs():
         assert grad.dtype == dtypes[k], k
 
 
-def test_gradcheck_float64():
-    """Float64 gradcheck of the torch backend (custom backward) with every input requiring grad."""
+@pytest.mark.parametrize("backend", FAST)
+def test_gradcheck_float64(backend):
+    """Float64 gradcheck of each fast backend (custom backward) with every input requiring grad."""
     inputs = [t.requires_grad_() for t in make_inputs(2, 3, 2, 5, dtype=torch.float64)]
 
     def fn(*args):
-        return selective_scan(*args, delta_softplus=True, backend="torch")
+        return selective_scan(*args, delta_softplus=True, backend=backend)
 
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+def normwise(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative normwise error ||a - b|| / ||b||, in float64."""
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize(("shape", "truth"), [((2, 6, 16, 1), "ref"), ((2, 6, 16, 7), "ref"),
+                                             ((2, 16, 16, 257), "ref"), ((1, 4, 16, 8192), "torch")])  # fmt: skip
+def test_cpu_kernel_within_1e5_of_float64(shape, truth):
+    """The compiled kernel on float32 inputs: the output and all eight gradients within 1e-5 (relative, normwise) of
+    a float64 evaluation of the same inputs (the reference loop; at L = 8192 the float64 torch scan, itself tested
+    against it), odd lengths and L = 1 to 8192 included."""
+    inputs = make_inputs(*shape, seed=5)
+    truth_fn = selective_scan_ref if truth == "ref" else lambda **kw: selective_scan(**kw, backend="torch")
+    out64, grads64 = run_with_grads(truth_fn, [t.double() for t in inputs], ARG_NAMES, True)
+    out, grads = run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, ARG_NAMES, True)
+    assert normwise(out, out64) < 1e-5
+    for k in ARG_NAMES:
+        if shape[-1] == 1 and k == "A":  # one step from a zero state: dL/dA is exactly 0
+            assert not grads[k].any()
+            continue
+        assert normwise(grads[k], grads64[k]) < 1e-5, k
+
+
+def test_cpu_kernel_on_bf16_inputs_computes_in_float32():
+    """bf16 inputs are computed in float32: the result is the float32 kernel's on the same (rounded) values, rounded
+    once at the end, and each gradient (for one bf16 cotangent) is the float32 gradient rounded to its input's dtype."""
+    inputs = [t.to(torch.bfloat16) for t in make_inputs(2, 8, 16, 45)]
+    cotangent = torch.randn(2, 8, 45, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    results = []
+    for dtype in (torch.bfloat16, torch.float32):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in inputs]
+        out = selective_scan(*leaves, delta_softplus=True, backend="cpu")
+        out.backward(cotangent.to(dtype))
+        results.append((out, [t.grad for t in leaves]))
+    (out16, grads16), (out32, grads32) = results
+    assert torch.equal(out16, out32.to(torch.bfloat16))
+    for name, g16, g32 in zip(ARG_NAMES, grads16, grads32, strict=True):
+        assert g16.dtype == torch.bfloat16 and torch.equal(g16, g32.to(torch.bfloat16)), name
+
+
+def test_cpu_kernel_gives_the_same_bits_on_one_and_two_threads():
+    """The kernel splits its work so that every sum has one order: 1 and 2 threads give identical results (a run
+    trained alone and one of two single-threaded runs side by side are the same run)."""
+    inputs = make_inputs(4, 32, 16, 130)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(run_with_grads(lambda **kw: selective_scan(**kw, backend="cpu"), inputs, ARG_NAMES, True))
+    finally:
+        torch.set_num_threads(threads)
+    (out1, g1), (out2, g2) = results
+    assert torch.equal(out1, out2) and all(torch.equal(g1[k], g2[k]) for k in ARG_NAMES)
+
+
+def test_cpu_kernel_keeps_no_full_state_tensor():
+    """Memory: the kernel saves only the chunk-boundary states, ceil(L / CPU_CHUNK) of them, never [B, E, N, L]."""
+    inputs = [t.requires_grad_() for t in make_inputs(2, 8, 16, 1000)]
+    out = selective_scan(*inputs, delta_softplus=True, backend="cpu")
+    saved = [t for t in out.grad_fn.next_functions[0][0].next_functions[0][0].saved_tensors]  # noqa: C416
+    sizes = sorted(t.numel() for t in saved if t.dim() == 4)
+    assert sizes == [math.ceil(1000 / scan.CPU_CHUNK) * 2 * 8 * 16]
 
 
 def test_ref_backend_is_the_reference():
@@ -167,12 +240,22 @@ def test_ref_backend_is_the_reference():
 
 
 def test_resolve_backend_on_cpu():
-    """Backend "auto" and "torch" resolve to "torch" on CPU and "ref" to "ref"."""
+    """On a CPU "auto" resolves to the compiled kernel, "cpu" (it builds here: setup.sh installs the compiler), and
+    "torch" and "ref" to themselves."""
     cpu = torch.device("cpu")
-    assert resolve_backend("auto", cpu) == "torch"
+    assert scan_cpu.available(), scan_cpu.load_error()
+    assert resolve_backend("auto", cpu) == "cpu"
     assert resolve_backend("torch", cpu) == "torch"
     assert resolve_backend("ref", cpu) == "ref"
-    assert set(BACKENDS) == {"auto", "torch", "ref", "cuda"}
+    assert set(BACKENDS) == {"auto", "torch", "ref", "cpu", "cuda"}
+
+
+def test_a_kernel_that_does_not_load_falls_back_to_torch(monkeypatch):
+    """If the build or the load fails, "auto" uses "torch" and asking for "cpu" says why."""
+    monkeypatch.setattr(scan_cpu, "_load", lambda: (None, "RuntimeError: no compiler"))
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(RuntimeError, match="'cpu' is unavailable .RuntimeError: no compiler.*setup.sh"):
+        resolve_backend("cpu", torch.device("cpu"))
 
 
 def test_unknown_backend_message():
