@@ -1,9 +1,9 @@
 """The "cpu" selective-scan backend: the recurrence as a compiled C++ kernel (models/csrc/selective_scan_cpu.cpp).
 
-The kernel runs, per batch row and channel, the state recursion h_t = exp(d_t A) h_{t-1} + d_t u_t B_t and the
-readout y_t = C_t . h_t with the N states vectorised, forward and backward, keeping only the states at chunk
-boundaries (as the "torch" backend). Everything elementwise around it (delta's bias and softplus, the D skip, the
-silu gate) stays in PyTorch, whose kernels are already vectorised and threaded, and autograd composes the two.
+The kernel runs the whole scan per batch row and channel, forward and backward: delta's bias and softplus, the
+state recursion h_t = exp(d_t A) h_{t-1} + d_t u_t B_t with the N states vectorised, the readout C_t . h_t, the D
+skip and the silu gate, keeping only the states at chunk boundaries (as the "torch" backend) and the pre-gate output.
+It reads its inputs through their strides, so a Mamba mixer's time-major views go in without copies.
 
 The extension is built once per machine with torch's cpp_extension (g++ and ninja; `bash setup.sh` builds it) and
 cached by torch. If the build or the load fails, `available()` is False, "auto" falls back to the "torch" backend,
@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
@@ -61,36 +60,39 @@ def load_error() -> str | None:
     return _load()[1]
 
 
-class _Recurrence(torch.autograd.Function):
-    """y = readout of the state recursion, from u, d (delta after bias and softplus), A, B_t and C_t [B, L, N]."""
+class _Scan(torch.autograd.Function):
+    """The whole selective scan in the compiled kernel; inputs in the compute dtype, in whatever strides they come."""
 
     @staticmethod
-    def forward(ctx, u, d, A, Bt, Ct, chunk):
-        y, states = _load()[0].forward(u, d, A, Bt, Ct, chunk)
-        ctx.save_for_backward(u, d, A, Bt, Ct, states)
-        ctx.chunk = chunk
-        return y
+    def forward(ctx, u, delta, A, Bt, Ct, D, z, delta_bias, delta_softplus, chunk):
+        out, ypre, states = _load()[0].forward(u, delta, A, Bt, Ct, D, z, delta_bias, delta_softplus, chunk)
+        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias, ypre, states)
+        ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
+        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gy):
-        u, d, A, Bt, Ct, states = ctx.saved_tensors
-        gu, gd, gA, gBt, gCt = _load()[0].backward(gy.contiguous(), u, d, A, Bt, Ct, states, ctx.chunk)
-        return gu, gd, gA, gBt, gCt, None
+    def backward(ctx, gout):
+        u, delta, A, Bt, Ct, D, z, delta_bias, ypre, states = ctx.saved_tensors
+        grads = _load()[0].backward(
+            gout, u, delta, A, Bt, Ct, D, z, delta_bias, ctx.delta_softplus, ypre, states, ctx.chunk
+        )
+        gu, gdelta, gz, gA, gBt, gCt, gD, gbias = grads
+        return (gu, gdelta, gA, gBt, gCt, None if D is None else gD, None if z is None else gz,
+                None if delta_bias is None else gbias, None, None)  # fmt: skip
 
 
 def selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct: torch.dtype, chunk: int = 64):
-    """`selective_scan` on the compiled kernel, in compute dtype `ct` (float32, or float64 if an input is)."""
-    u_c = u.to(ct).contiguous()
-    d = delta.to(ct)
-    if delta_bias is not None:
-        d = d + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        d = F.softplus(d)
-    Bt, Ct = (x.to(ct).transpose(1, 2).contiguous() for x in (B, C))  # [B, L, N]: each step's N values contiguous
-    y = _Recurrence.apply(u_c, d.contiguous(), A.to(ct).contiguous(), Bt, Ct, chunk)
-    if D is not None:
-        y = y + u_c * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    return y.to(u.dtype)
+    """`selective_scan` on the compiled kernel, in compute dtype `ct` (float32, or float64 if an input is).
+
+    The output is laid out time-major ([B, L, E] memory, seen as [B, E, L]), as a Mamba mixer's out_proj reads it.
+    """
+
+    def cast(x):
+        return None if x is None else x.to(ct)
+
+    Bt, Ct = (x.to(ct).transpose(1, 2) for x in (B, C))  # [B, L, N]: each step's N values
+    Bt, Ct = (x if x.stride(2) == 1 else x.contiguous() for x in (Bt, Ct))
+    out = _Scan.apply(cast(u), cast(delta), A.to(ct).contiguous(), Bt, Ct, cast(D), cast(z), cast(delta_bias),
+                      delta_softplus, chunk)  # fmt: skip
+    return out.to(u.dtype)

@@ -1,20 +1,21 @@
-// The selective scan's recurrence on the CPU, forward and backward, for models/scan_cpu.py.
+// The selective scan on the CPU, forward and backward, for models/scan_cpu.py: mamba-ssm's semantics,
 //
-// For every batch b and channel e the core recurrence runs over time with the state h (N values) in registers:
+//     d_t = softplus(delta_t + bias),   h_t = exp(d_t A) * h_{t-1} + (d_t u_t) B_t,   y_t = (C_t . h_t + D u_t) * silu(z_t)
 //
-//     a_t = exp(d_t A),   h_t = a_t * h_{t-1} + (d_t u_t) B_t,   y_t = sum_n C_t h_t
+// fused in one pass, so that no full-size intermediate is written but the pre-gate output the backward needs.
 //
-// with d = delta after its bias and softplus (applied by the caller, as are the D skip and the silu gate). The loops
-// over the N states are written for the compiler to vectorise: the state size is a template parameter for the
-// common sizes (N = 16 float32 is one AVX-512 register, kept in registers across steps), with a generic runtime-N
-// path for the rest; exp is a polynomial the vectoriser inlines. Only the states at chunk boundaries (every `chunk`
+// The work is vectorised over channels: a group of W = 16 channels of one batch row (one AVX-512 register of float32)
+// steps through time together, each of its N states a W-wide vector, B_t and C_t broadcast. Every operation is then a
+// plain vertical one (no horizontal sums on the forward path, no scalar softplus or gate), and a time-major tensor
+// (channels contiguous at each step, as a Mamba mixer holds them) is read and written W channels at a time. exp,
+// log1p and the sigmoid are polynomials the vectoriser inlines. Only the states at chunk boundaries (every `chunk`
 // steps) are kept for the backward, which recomputes a chunk's states from its boundary and runs the reverse
 // recursion over it.
 //
-// Layouts: u, d, y [B, E, L] contiguous; Bt, Ct [B, L, N] contiguous (time-major per batch, so B_t is contiguous);
-// A [E, N]. The backward splits its work by batch row b: each task owns its b's slice of dB and dC and its own
-// partial dA, so every sum is taken in one fixed order whatever the number of threads: a run gives the same bits
-// on 1 or 2 cores.
+// Tensors are read and written through their strides ([B, E, L] views of any layout; B and C as [B, L, N] with unit
+// stride over N). Threads split the forward by (batch row, channel group) and the backward by batch row: a backward
+// task owns its row's dB and dC and its own partial dA, dD and d bias (summed over rows afterwards), so every sum has
+// one order whatever the number of threads: a run gives the same bits on 1 or 2 cores.
 
 #include <torch/extension.h>
 
@@ -30,7 +31,7 @@ namespace {
 
 // exp(x) for float: 2^(x log2 e) as 2^k times a degree-6 polynomial (Chebyshev fit) for 2^f, f in [-1/2, 1/2].
 // Relative error about 1e-7 (float32 rounding), so the errors that accumulate over a long scan stay at float32's
-// own level; arguments below -87 give 0.
+// own level; arguments below -87 give 0, above 88 a large finite number.
 inline float fast_exp(float x) {
   const float y = std::min(std::max(x * 1.4426950408889634f, -126.0f), 127.0f);
   const float k = std::floor(y + 0.5f);
@@ -48,156 +49,377 @@ inline float fast_exp(float x) {
   return x < -87.0f ? 0.0f : p * scale;
 }
 
+// log(1 + y) for float y in [0, 1]: 2 atanh(s) with s = y / (2 + y) in [0, 1/3], six odd terms (error < 1e-7,
+// relative, also for tiny y).
+inline float fast_log1p(float y) {
+  const float s = y / (2.0f + y), s2 = s * s;
+  float p = 1.0f / 11.0f;
+  p = p * s2 + 1.0f / 9.0f;
+  p = p * s2 + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  p = p * s2 + 1.0f;
+  return 2.0f * s * p;
+}
+
 inline double fast_exp(double x) { return std::exp(x); }
+inline double fast_log1p(double y) { return std::log1p(y); }
 
-// The kernels for one state size (16 and 8 are compiled as such; other sizes take NS = 0): NS > 0 fixes N at compile
-// time (the loops become straight vector code and the
-// state stays in registers); NS == 0 reads N at run time.
-template <typename T, int NS>
-struct Scan {
-  static void forward(const T* __restrict__ u, const T* __restrict__ d, const T* __restrict__ A,
-                      const T* __restrict__ Bt, const T* __restrict__ Ct, T* __restrict__ y, T* __restrict__ states,
-                      int64_t batch, int64_t E, int64_t L, int64_t n_runtime, int64_t chunk) {
-    const int64_t N = NS > 0 ? NS : n_runtime;
-    // Rows (b, e) are independent: any split over threads gives the same bits.
-    at::parallel_for(0, batch * E, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> h_vec(N), A_vec(N);
-      T* __restrict__ h = h_vec.data();
-      T* __restrict__ A_e = A_vec.data();
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / E, e = row % E;
-        const T* __restrict__ u_r = u + row * L;
-        const T* __restrict__ d_r = d + row * L;
-        const T* __restrict__ B_b = Bt + b * L * N;
-        const T* __restrict__ C_b = Ct + b * L * N;
-        T* __restrict__ y_r = y + row * L;
-        std::copy(A + e * N, A + e * N + N, A_e);
-        std::fill(h, h + N, T(0));
-        for (int64_t t = 0; t < L; ++t) {
-          if (t % chunk == 0) std::copy(h, h + N, states + (((t / chunk) * batch + b) * E + e) * N);
-          const T dt = d_r[t], du = dt * u_r[t];
-          const T* __restrict__ b_t = B_b + t * N;
-          const T* __restrict__ c_t = C_b + t * N;
-          T acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t n = 0; n < N; ++n) {
-            h[n] = fast_exp(dt * A_e[n]) * h[n] + du * b_t[n];
-            acc += c_t[n] * h[n];
-          }
-          y_r[t] = acc;
-        }
-      }
-    });
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + fast_exp(-x));
+}
+
+constexpr int64_t W = 16;  // channels stepped together
+
+// A [B, E, L] tensor read and written through its strides, W channels of one step at a time; the lanes past the last
+// channel (a partial group) read as 0 and are not written.
+template <typename T>
+struct Strided {
+  T* p;
+  int64_t sb, se, st;
+  explicit Strided(const at::Tensor& x) : p(x.data_ptr<T>()), sb(x.stride(0)), se(x.stride(1)), st(x.stride(2)) {}
+  void load(int64_t b, int64_t t, int64_t e0, int64_t rows, T* __restrict__ dst) const {
+    const T* src = p + b * sb + t * st + e0 * se;
+    if (se == 1 && rows == W) {
+      for (int64_t i = 0; i < W; ++i) dst[i] = src[i];
+      return;
+    }
+    if (se == 1) {
+      std::memcpy(dst, src, rows * sizeof(T));
+    } else {
+      for (int64_t i = 0; i < rows; ++i) dst[i] = src[i * se];
+    }
+    std::fill(dst + rows, dst + W, T(0));
   }
-
-  static void backward(const T* __restrict__ gy, const T* __restrict__ u, const T* __restrict__ d,
-                       const T* __restrict__ A, const T* __restrict__ Bt, const T* __restrict__ Ct,
-                       const T* __restrict__ states, T* __restrict__ gu, T* __restrict__ gd, T* __restrict__ gA,
-                       T* __restrict__ gBt, T* __restrict__ gCt, int64_t batch, int64_t E, int64_t L,
-                       int64_t n_runtime, int64_t chunk) {
-    const int64_t N = NS > 0 ? NS : n_runtime;
-    // One task per batch row: it owns gB[b], gC[b] and gA[b] (summed over b afterwards), so every sum has one order.
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> h_vec(N), carry_vec(N), a_buf(chunk * N), h_buf(chunk * N);
-      T* __restrict__ h = h_vec.data();
-      T* __restrict__ carry = carry_vec.data();  // a_{t+1} * dL/dh_{t+1}, flowing backwards in time
-      T* __restrict__ a_s = a_buf.data();        // the chunk's decays, [t - t0][n]
-      T* __restrict__ h_s = h_buf.data();        // the chunk's states, [t - t0][n]
-      for (int64_t b = begin; b < end; ++b) {
-        const T* __restrict__ B_b = Bt + b * L * N;
-        const T* __restrict__ C_b = Ct + b * L * N;
-        T* __restrict__ gB_b = gBt + b * L * N;
-        T* __restrict__ gC_b = gCt + b * L * N;
-        for (int64_t e = 0; e < E; ++e) {
-          const int64_t row = b * E + e;
-          const T *__restrict__ u_r = u + row * L, *__restrict__ d_r = d + row * L, *__restrict__ gy_r = gy + row * L;
-          const T* __restrict__ A_e = A + e * N;
-          T *__restrict__ gu_r = gu + row * L, *__restrict__ gd_r = gd + row * L, *__restrict__ gA_e = gA + row * N;
-          std::fill(carry, carry + N, T(0));
-          for (int64_t c = (L - 1) / chunk; c >= 0; --c) {
-            const int64_t t0 = c * chunk, t1 = std::min(t0 + chunk, L);
-            const T* __restrict__ boundary = states + ((c * batch + b) * E + e) * N;
-            std::copy(boundary, boundary + N, h);
-            for (int64_t t = t0; t < t1; ++t) {  // recompute the chunk's decays and states
-              const T dt = d_r[t], du = dt * u_r[t];
-              const T* __restrict__ b_t = B_b + t * N;
-              T* __restrict__ a_t = a_s + (t - t0) * N;
-              T* __restrict__ h_t = h_s + (t - t0) * N;
-#pragma omp simd
-              for (int64_t n = 0; n < N; ++n) {
-                a_t[n] = fast_exp(dt * A_e[n]);
-                h[n] = a_t[n] * h[n] + du * b_t[n];
-                h_t[n] = h[n];
-              }
-            }
-            for (int64_t t = t1 - 1; t >= t0; --t) {  // the reverse recursion
-              const T gy_t = gy_r[t], dt = d_r[t], du = dt * u_r[t];
-              const T *__restrict__ b_t = B_b + t * N, *__restrict__ c_t = C_b + t * N;
-              const T *__restrict__ a_t = a_s + (t - t0) * N, *__restrict__ h_t = h_s + (t - t0) * N;
-              const T* __restrict__ h_prev = t > t0 ? h_t - N : boundary;
-              T *__restrict__ gb_t = gB_b + t * N, *__restrict__ gc_t = gC_b + t * N;
-              T g_du = 0, g_dA = 0;
-#pragma omp simd reduction(+ : g_du, g_dA)
-              for (int64_t n = 0; n < N; ++n) {
-                const T gh = gy_t * c_t[n] + carry[n];  // dL/dh_t
-                gc_t[n] += gy_t * h_t[n];
-                gb_t[n] += gh * du;
-                g_du += gh * b_t[n];
-                const T p = gh * a_t[n] * h_prev[n];  // dL/d(d_t A_n)
-                gA_e[n] += p * dt;
-                g_dA += p * A_e[n];
-                carry[n] = a_t[n] * gh;
-              }
-              gd_r[t] = g_dA + g_du * u_r[t];
-              gu_r[t] = g_du * dt;
-            }
-          }
-        }
-      }
-    });
+  void store(int64_t b, int64_t t, int64_t e0, int64_t rows, const T* __restrict__ src) const {
+    T* dst = p + b * sb + t * st + e0 * se;
+    if (se == 1 && rows == W) {
+      for (int64_t i = 0; i < W; ++i) dst[i] = src[i];
+    } else if (se == 1) {
+      std::memcpy(dst, src, rows * sizeof(T));
+    } else {
+      for (int64_t i = 0; i < rows; ++i) dst[i * se] = src[i];
+    }
   }
 };
 
-std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& d, const at::Tensor& A,
-                                     const at::Tensor& Bt, const at::Tensor& Ct, int64_t chunk) {
-  TORCH_CHECK(chunk >= 1, "chunk must be >= 1");
-  const int64_t batch = u.size(0), E = u.size(1), L = u.size(2), N = A.size(1);
-  auto y = at::empty_like(u);
-  auto states = at::empty({(L + chunk - 1) / chunk, batch, E, N}, u.options());
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
-    auto run = [&](auto scan) {
-      decltype(scan)::forward(u.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
-                              Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                              states.data_ptr<scalar_t>(), batch, E, L, N, chunk);
-    };
-    N == 16 ? run(Scan<scalar_t, 16>()) : N == 8 ? run(Scan<scalar_t, 8>()) : run(Scan<scalar_t, 0>());
-  });
-  return {y, states};
+struct Options {
+  int64_t batch, E, L, N, chunk, groups;  // groups: channel groups of W, the last one possibly partial
+  bool has_D, has_z, has_bias, use_softplus;
+};
+
+// A per-channel vector (D, bias) as the W lanes of group g; absent ones give `fill`.
+template <typename T>
+void lanes_of(const T* v, int64_t e0, int64_t rows, T fill, T* __restrict__ dst) {
+  for (int64_t i = 0; i < W; ++i) dst[i] = v != nullptr && i < rows ? v[e0 + i] : fill;
 }
 
-std::vector<at::Tensor> scan_backward(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& d,
-                                      const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct,
-                                      const at::Tensor& states, int64_t chunk) {
-  const int64_t batch = u.size(0), E = u.size(1), L = u.size(2), N = A.size(1);
-  auto gu = at::empty_like(u), gd = at::empty_like(d);
-  auto gA_parts = at::zeros({batch, E, N}, u.options());
-  auto gBt = at::zeros_like(Bt), gCt = at::zeros_like(Ct);
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
+// A [E, N] as N vectors of W lanes (lanes past the last channel 0: exp(0) = 1 keeps their zero state at zero).
+template <typename T>
+void transpose_A(const T* A, int64_t e0, int64_t rows, int64_t N, T* __restrict__ dst) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < W; ++i) dst[n * W + i] = i < rows ? A[(e0 + i) * N + n] : T(0);
+}
+
+// One step's step sizes from the loaded delta lanes: d = softplus(delta + bias) (or delta + bias), du = d u, and
+// sig = d'(delta) (sigmoid(delta + bias), or 1). Branch-free, so that it vectorises.
+template <typename T>
+inline void step_sizes(const T* __restrict__ u, const T* __restrict__ delta, const T* __restrict__ bias,
+                       bool use_softplus, T* __restrict__ dt, T* __restrict__ du, T* __restrict__ sig) {
+  if (use_softplus) {
+#pragma omp simd
+    for (int64_t i = 0; i < W; ++i) {
+      const T pre = delta[i] + bias[i], e = fast_exp(-std::abs(pre));  // softplus and sigmoid share exp(-|pre|)
+      dt[i] = std::max(pre, T(0)) + fast_log1p(e);
+      du[i] = dt[i] * u[i];
+      sig[i] = (pre >= T(0) ? T(1) : e) / (T(1) + e);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < W; ++i) {
+      dt[i] = delta[i] + bias[i];
+      du[i] = dt[i] * u[i];
+      sig[i] = T(1);
+    }
+  }
+}
+
+// The kernels for one state size (16 and 8 are compiled as such; other sizes take NS = 0, N read at run time).
+template <typename T, int NS>
+struct Scan {
+  // states: [chunks, B, groups, N, W]; ypre (the pre-gate output): [B, groups, L, W].
+  static void forward(const Options& o, const Strided<T>& u, const Strided<T>& delta, const Strided<T>& z,
+                      const T* __restrict__ A, const at::Tensor& Bt_, const at::Tensor& Ct_, const T* D,
+                      const T* bias, const Strided<T>& out, T* __restrict__ ypre, T* __restrict__ states) {
+    const int64_t N = NS > 0 ? NS : o.N, L = o.L, NW = N * W;
+    const T *Bt = Bt_.data_ptr<T>(), *Ct = Ct_.data_ptr<T>();
+    const int64_t bb = Bt_.stride(0), bt = Bt_.stride(1), cb = Ct_.stride(0), ct = Ct_.stride(1);
+    // Channel groups are independent: any split over threads gives the same bits.
+    at::parallel_for(0, o.batch * o.groups, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> h_v(NW), A_v(NW);
+      T *__restrict__ h = h_v.data(), *__restrict__ A_g = A_v.data();
+      alignas(64) T uu[W], dd[W], zz[W], dt[W], du[W], sig[W], D_g[W], bias_g[W], acc[W], y[W];
+      const bool has_z = o.has_z;
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t b = job / o.groups, g = job % o.groups, e0 = g * W, rows = std::min(W, o.E - e0);
+        transpose_A(A, e0, rows, N, A_g);
+        lanes_of(D, e0, rows, T(0), D_g);
+        lanes_of(bias, e0, rows, T(0), bias_g);
+        std::fill(h, h + NW, T(0));
+        T* __restrict__ ypre_g = ypre + job * L * W;
+        for (int64_t t = 0; t < L; ++t) {
+          if (t % o.chunk == 0) std::copy(h, h + NW, states + ((t / o.chunk) * o.batch * o.groups + job) * NW);
+          u.load(b, t, e0, rows, uu);
+          delta.load(b, t, e0, rows, dd);
+          step_sizes<T>(uu, dd, bias_g, o.use_softplus, dt, du, sig);
+          const T *__restrict__ b_t = Bt + b * bb + t * bt, *__restrict__ c_t = Ct + b * cb + t * ct;
+          std::fill(acc, acc + W, T(0));
+          for (int64_t n = 0; n < N; ++n) {
+            const T b_n = b_t[n], c_n = c_t[n];
+            T *__restrict__ h_n = h + n * W;
+            const T* __restrict__ A_n = A_g + n * W;
+#pragma omp simd
+            for (int64_t i = 0; i < W; ++i) {
+              h_n[i] = fast_exp(dt[i] * A_n[i]) * h_n[i] + du[i] * b_n;
+              acc[i] += c_n * h_n[i];
+            }
+          }
+          T* __restrict__ ypre_t = ypre_g + t * W;
+#pragma omp simd
+          for (int64_t i = 0; i < W; ++i) ypre_t[i] = acc[i] + D_g[i] * uu[i];
+          if (has_z) {
+            z.load(b, t, e0, rows, zz);
+#pragma omp simd
+            for (int64_t i = 0; i < W; ++i) y[i] = ypre_t[i] * zz[i] * sigmoid(zz[i]);
+            out.store(b, t, e0, rows, y);
+          } else {
+            out.store(b, t, e0, rows, ypre_t);
+          }
+        }
+      }
+    });
+  }
+
+  static void backward(const Options& o, const Strided<T>& gout, const Strided<T>& u, const Strided<T>& delta,
+                       const Strided<T>& z, const T* __restrict__ A, const at::Tensor& Bt_, const at::Tensor& Ct_,
+                       const T* D, const T* bias, const T* __restrict__ ypre, const T* __restrict__ states,
+                       const Strided<T>& gu, const Strided<T>& gdelta, const Strided<T>& gz, T* __restrict__ gA,
+                       T* __restrict__ gBt, T* __restrict__ gCt, T* __restrict__ gD, T* __restrict__ gbias) {
+    const int64_t N = NS > 0 ? NS : o.N, L = o.L, E = o.E, G = o.groups, chunk = o.chunk, NW = N * W;
+    const T *Bt = Bt_.data_ptr<T>(), *Ct = Ct_.data_ptr<T>();
+    const int64_t bb = Bt_.stride(0), bt = Bt_.stride(1), cb = Ct_.stride(0), ct = Ct_.stride(1);
+    // One task per batch row. Chunks run from the last, each over all channel groups; a group's reverse carry
+    // (a_{t+1} dL/dh_{t+1}) waits between chunks. dB and dC of a chunk's steps are summed per lane over the groups,
+    // then over the lanes: one order on any number of threads.
+    at::parallel_for(0, o.batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> carry_v(G * NW), gA_v(G * NW), gD_v(G * W), gbias_v(G * W), A_v(G * NW);
+      std::vector<T> h_v(NW), a_v(chunk * NW), hs_v(chunk * NW), gB_v(chunk * NW), gC_v(chunk * NW);
+      std::vector<T> steps_v(5 * chunk * W);  // per step of the chunk: u, d, du, sigmoid, gy
+      for (int64_t b = begin; b < end; ++b) {
+        std::fill(carry_v.begin(), carry_v.end(), T(0));
+        std::fill(gA_v.begin(), gA_v.end(), T(0));
+        std::fill(gD_v.begin(), gD_v.end(), T(0));
+        std::fill(gbias_v.begin(), gbias_v.end(), T(0));
+        for (int64_t g = 0; g < G; ++g) transpose_A(A, g * W, std::min(W, E - g * W), N, A_v.data() + g * NW);
+        for (int64_t c = (L - 1) / chunk; c >= 0; --c) {
+          const int64_t t0 = c * chunk, t1 = std::min(t0 + chunk, L);
+          std::fill(gB_v.begin(), gB_v.end(), T(0));
+          std::fill(gC_v.begin(), gC_v.end(), T(0));
+          for (int64_t g = 0; g < G; ++g)
+            backward_group(o, b, g, c, t0, t1, gout, u, delta, z, A_v.data() + g * NW, Bt + b * bb, bt,
+                           Ct + b * cb, ct, D, bias, ypre, states, gu, gdelta, gz, carry_v.data() + g * NW,
+                           gA_v.data() + g * NW, gD_v.data() + g * W, gbias_v.data() + g * W, h_v.data(),
+                           a_v.data(), hs_v.data(), gB_v.data(), gC_v.data(), steps_v.data());
+          for (int64_t t = t0; t < t1; ++t)  // dB and dC of the chunk's steps: the lanes' sums
+            for (int64_t n = 0; n < N; ++n) {
+              const T *pB = gB_v.data() + ((t - t0) * N + n) * W, *pC = gC_v.data() + ((t - t0) * N + n) * W;
+              T sB = 0, sC = 0;
+              for (int64_t i = 0; i < W; ++i) sB += pB[i], sC += pC[i];
+              gBt[(b * L + t) * N + n] = sB;
+              gCt[(b * L + t) * N + n] = sC;
+            }
+        }
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t g = e / W, i = e % W;
+          for (int64_t n = 0; n < N; ++n) gA[(b * E + e) * N + n] = gA_v[(g * N + n) * W + i];
+          gD[b * E + e] = gD_v[g * W + i];
+          gbias[b * E + e] = gbias_v[g * W + i];
+        }
+      }
+    });
+  }
+
+  // One channel group's steps [t0, t1) of batch row b: recompute the states from the chunk's boundary, then the
+  // reverse recursion; writes du, d delta and dz of those steps and accumulates the rest.
+  static void backward_group(const Options& o, int64_t b, int64_t g, int64_t c, int64_t t0, int64_t t1,
+                             const Strided<T>& gout, const Strided<T>& u, const Strided<T>& delta, const Strided<T>& z,
+                             const T* __restrict__ A_g, const T* Bt, int64_t bt, const T* Ct, int64_t ct, const T* D,
+                             const T* bias, const T* __restrict__ ypre, const T* __restrict__ states,
+                             const Strided<T>& gu, const Strided<T>& gdelta, const Strided<T>& gz,
+                             T* __restrict__ carry, T* __restrict__ gA_g, T* __restrict__ gD_g,
+                             T* __restrict__ gbias_g, T* __restrict__ h, T* __restrict__ a_s, T* __restrict__ h_s,
+                             T* __restrict__ gB_c, T* __restrict__ gC_c, T* __restrict__ steps) {
+    const int64_t N = NS > 0 ? NS : o.N, NW = N * W, e0 = g * W, rows = std::min(W, o.E - e0);
+    const int64_t len = t1 - t0, job = b * o.groups + g;
+    T *__restrict__ u_s = steps, *__restrict__ d_s = steps + len * W, *__restrict__ du_s = steps + 2 * len * W;
+    T *__restrict__ sig_s = steps + 3 * len * W, *__restrict__ gy_s = steps + 4 * len * W;
+    alignas(64) T dd[W], go[W], zz[W], gzz[W], D_g[W], bias_g[W], s_du[W], s_dA[W], gu_t[W], gd_t[W];
+    lanes_of(D, e0, rows, T(0), D_g);
+    lanes_of(bias, e0, rows, T(0), bias_g);
+    // The chunk's step sizes, and the gate and the skip: gy = dL/d(C.h), dL/dz, dD.
+    const T* __restrict__ ypre_g = ypre + job * o.L * W;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t k = t - t0;
+      T *__restrict__ uu = u_s + k * W, *__restrict__ gy = gy_s + k * W;
+      u.load(b, t, e0, rows, uu);
+      delta.load(b, t, e0, rows, dd);
+      step_sizes<T>(uu, dd, bias_g, o.use_softplus, d_s + k * W, du_s + k * W, sig_s + k * W);
+      gout.load(b, t, e0, rows, go);
+      const T* __restrict__ ypre_t = ypre_g + t * W;
+      if (o.has_z) {
+        z.load(b, t, e0, rows, zz);
+#pragma omp simd
+        for (int64_t i = 0; i < W; ++i) {
+          const T s = sigmoid(zz[i]);
+          gzz[i] = go[i] * ypre_t[i] * s * (T(1) + zz[i] * (T(1) - s));  // silu'(z) = s (1 + z (1 - s))
+          gy[i] = go[i] * zz[i] * s;
+        }
+        gz.store(b, t, e0, rows, gzz);
+      } else {
+        std::copy(go, go + W, gy);
+      }
+#pragma omp simd
+      for (int64_t i = 0; i < W; ++i) gD_g[i] += gy[i] * uu[i];
+    }
+    // The chunk's decays and states, from its boundary.
+    const T* __restrict__ boundary = states + (c * o.batch * o.groups + job) * NW;
+    std::copy(boundary, boundary + NW, h);
+    for (int64_t k = 0; k < len; ++k) {
+      const T* __restrict__ b_t = Bt + (t0 + k) * bt;
+      const T *__restrict__ dt = d_s + k * W, *__restrict__ du = du_s + k * W;
+      for (int64_t n = 0; n < N; ++n) {
+        const T b_n = b_t[n];
+        T *__restrict__ a = a_s + (k * N + n) * W, *__restrict__ hk = h_s + (k * N + n) * W, *__restrict__ hn = h + n * W;
+        const T* __restrict__ A_n = A_g + n * W;
+#pragma omp simd
+        for (int64_t i = 0; i < W; ++i) {
+          a[i] = fast_exp(dt[i] * A_n[i]);
+          hn[i] = a[i] * hn[i] + du[i] * b_n;
+          hk[i] = hn[i];
+        }
+      }
+    }
+    // The reverse recursion.
+    for (int64_t k = len - 1; k >= 0; --k) {
+      const int64_t t = t0 + k;
+      const T *__restrict__ b_t = Bt + t * bt, *__restrict__ c_t = Ct + t * ct;
+      const T *__restrict__ gy = gy_s + k * W, *__restrict__ dt = d_s + k * W, *__restrict__ du = du_s + k * W;
+      std::fill(s_du, s_du + W, T(0));
+      std::fill(s_dA, s_dA + W, T(0));
+      for (int64_t n = 0; n < N; ++n) {
+        const T b_n = b_t[n], c_n = c_t[n];
+        const T *__restrict__ a = a_s + (k * N + n) * W, *__restrict__ hk = h_s + (k * N + n) * W;
+        const T* __restrict__ h_prev = k > 0 ? hk - NW : boundary + n * W;
+        const T* __restrict__ A_n = A_g + n * W;
+        T *__restrict__ cr = carry + n * W, *__restrict__ gA_n = gA_g + n * W;
+        T *__restrict__ gB = gB_c + (k * N + n) * W, *__restrict__ gC = gC_c + (k * N + n) * W;
+#pragma omp simd
+        for (int64_t i = 0; i < W; ++i) {
+          const T gh = gy[i] * c_n + cr[i];  // dL/dh_t
+          gC[i] += gy[i] * hk[i];
+          gB[i] += gh * du[i];
+          s_du[i] += gh * b_n;
+          const T p = gh * a[i] * h_prev[i];  // dL/d(d_t A_n)
+          gA_n[i] += p * dt[i];
+          s_dA[i] += p * A_n[i];
+          cr[i] = a[i] * gh;
+        }
+      }
+      // The step sizes' inputs: du, d(delta) through the softplus, d bias.
+      const T *__restrict__ uu = u_s + k * W, *__restrict__ sig = sig_s + k * W;
+#pragma omp simd
+      for (int64_t i = 0; i < W; ++i) {
+        gd_t[i] = (s_dA[i] + s_du[i] * uu[i]) * sig[i];
+        gu_t[i] = s_du[i] * dt[i] + gy[i] * D_g[i];
+        gbias_g[i] += gd_t[i];
+      }
+      gu.store(b, t, e0, rows, gu_t);
+      gdelta.store(b, t, e0, rows, gd_t);
+    }
+  }
+};
+
+Options options(const at::Tensor& u, const at::Tensor& A, const at::Tensor& D, const at::Tensor& z,
+                const at::Tensor& bias, bool use_softplus, int64_t chunk) {
+  TORCH_CHECK(chunk >= 1, "chunk must be >= 1");
+  const int64_t E = u.size(1);
+  return {u.size(0), E, u.size(2), A.size(1), chunk, (E + W - 1) / W, D.defined(), z.defined(), bias.defined(),
+          use_softplus};
+}
+
+template <typename T>
+const T* maybe(const at::Tensor& x) {
+  return x.defined() ? x.data_ptr<T>() : nullptr;
+}
+
+// A [B, E, L] tensor laid out time-major ([B, L, E] memory), as a Mamba mixer's next projection reads it.
+at::Tensor time_major(const at::Tensor& like) {
+  return at::empty({like.size(0), like.size(2), like.size(1)}, like.options()).transpose(1, 2);
+}
+
+std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                     const at::Tensor& Bt, const at::Tensor& Ct, const c10::optional<at::Tensor>& D,
+                                     const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
+                                     bool use_softplus, int64_t chunk) {
+  const at::Tensor D_ = D.value_or(at::Tensor()), z_ = z.value_or(at::Tensor()), bias_ = bias.value_or(at::Tensor());
+  const Options o = options(u, A, D_, z_, bias_, use_softplus, chunk);
+  TORCH_CHECK(Bt.stride(2) == 1 && Ct.stride(2) == 1, "B and C must be [B, L, N] with unit stride over N");
+  auto out = time_major(u);
+  auto ypre = at::empty({o.batch, o.groups, o.L, W}, u.options());
+  auto states = at::empty({(o.L + chunk - 1) / chunk, o.batch, o.groups, o.N, W}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
+    using T = scalar_t;
     auto run = [&](auto scan) {
-      decltype(scan)::backward(gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
-                               A.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(),
-                               states.data_ptr<scalar_t>(), gu.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(),
-                               gA_parts.data_ptr<scalar_t>(), gBt.data_ptr<scalar_t>(), gCt.data_ptr<scalar_t>(),
-                               batch, E, L, N, chunk);
+      decltype(scan)::forward(o, Strided<T>(u), Strided<T>(delta), z_.defined() ? Strided<T>(z_) : Strided<T>(u),
+                              A.data_ptr<T>(), Bt, Ct, maybe<T>(D_), maybe<T>(bias_), Strided<T>(out),
+                              ypre.data_ptr<T>(), states.data_ptr<T>());
     };
-    N == 16 ? run(Scan<scalar_t, 16>()) : N == 8 ? run(Scan<scalar_t, 8>()) : run(Scan<scalar_t, 0>());
+    o.N == 16 ? run(Scan<T, 16>()) : o.N == 8 ? run(Scan<T, 8>()) : run(Scan<T, 0>());
   });
-  return {gu, gd, gA_parts.sum(0), gBt, gCt};
+  return {out, ypre, states};
+}
+
+std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& u, const at::Tensor& delta,
+                                      const at::Tensor& A, const at::Tensor& Bt, const at::Tensor& Ct,
+                                      const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
+                                      const c10::optional<at::Tensor>& bias, bool use_softplus,
+                                      const at::Tensor& ypre, const at::Tensor& states, int64_t chunk) {
+  const at::Tensor D_ = D.value_or(at::Tensor()), z_ = z.value_or(at::Tensor()), bias_ = bias.value_or(at::Tensor());
+  const Options o = options(u, A, D_, z_, bias_, use_softplus, chunk);
+  auto gu = time_major(u), gdelta = time_major(u);
+  auto gz = z_.defined() ? time_major(u) : at::Tensor();
+  auto gA = at::empty({o.batch, o.E, o.N}, u.options());
+  auto gBt = at::empty({o.batch, o.L, o.N}, u.options()), gCt = at::empty({o.batch, o.L, o.N}, u.options());
+  auto gD = at::empty({o.batch, o.E}, u.options()), gbias = at::empty({o.batch, o.E}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
+    using T = scalar_t;
+    auto run = [&](auto scan) {
+      const Strided<T> z_view = z_.defined() ? Strided<T>(z_) : Strided<T>(u);
+      decltype(scan)::backward(o, Strided<T>(gout), Strided<T>(u), Strided<T>(delta), z_view, A.data_ptr<T>(), Bt,
+                               Ct, maybe<T>(D_), maybe<T>(bias_), ypre.data_ptr<T>(), states.data_ptr<T>(),
+                               Strided<T>(gu), Strided<T>(gdelta), z_.defined() ? Strided<T>(gz) : Strided<T>(gu),
+                               gA.data_ptr<T>(), gBt.data_ptr<T>(), gCt.data_ptr<T>(), gD.data_ptr<T>(),
+                               gbias.data_ptr<T>());
+    };
+    o.N == 16 ? run(Scan<T, 16>()) : o.N == 8 ? run(Scan<T, 8>()) : run(Scan<T, 0>());
+  });
+  return {gu, gdelta, gz, gA.sum(0), gBt, gCt, gD.sum(0), gbias.sum(0)};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &scan_forward, "selective scan recurrence, forward: (y, chunk-boundary states)");
-  m.def("backward", &scan_backward, "selective scan recurrence, backward: (du, dd, dA, dB_t, dC_t)");
+  m.def("forward", &scan_forward, "selective scan, forward: (out, pre-gate output, chunk-boundary states)");
+  m.def("backward", &scan_backward, "selective scan, backward: (du, d delta, dz, dA, dB_t, dC_t, dD, d bias)");
 }
