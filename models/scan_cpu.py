@@ -96,3 +96,28 @@ def selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct: 
     out = _Scan.apply(cast(u), cast(delta), A.to(ct).contiguous(), Bt, Ct, cast(D), cast(z), cast(delta_bias),
                       delta_softplus, chunk)  # fmt: skip
     return out.to(u.dtype)
+
+
+class _ConvSilu(torch.autograd.Function):
+    """silu(causal depthwise conv1d(x)) in the compiled kernel; x [B, E, L] in any strides, output time-major."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return _load()[0].conv_forward(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout):
+        x, weight, bias = ctx.saved_tensors
+        gx, gw, gbias = _load()[0].conv_backward(gout, x, weight, bias)
+        return gx, gw, None if bias is None else gbias
+
+
+def causal_conv1d_silu_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.silu(F.conv1d(x, weight[:, None], bias, padding=K - 1, groups=E)[..., :L]) for float32/float64 CPU tensors.
+
+    x: [B, E, L] (a Mamba mixer's time-major view goes in without a copy); weight: [E, K]; bias: [E] or None. The
+    output is [B, E, L] laid out time-major ([B, L, E] memory), as the mixer's x_proj and scan read it.
+    """
+    return _ConvSilu.apply(x, weight.contiguous(), bias)

@@ -123,14 +123,24 @@ def test_causal():
 
 
 def test_reference_backend_equals_fast_backends():
-    """The mixer gives the same output on the sequential reference scan, the compiled kernel and the torch scan."""
+    """The mixer gives the same output and parameter gradients on the sequential reference scan, the compiled
+    kernels (scan and conv) and the torch scan."""
     m = mixer(2)
     x, ids = torch.randn(2, 21, D_MODEL), interleaved_ids(2, 21, 2)
-    fast = m(x, ids)
+
+    def output_and_grads():
+        m.zero_grad()
+        y = m(x, ids)
+        y.pow(2).sum().backward()
+        return y.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}
+
+    fast, fast_grads = output_and_grads()
     assert m.last_backend == "cpu"
     for backend in ("ref", "torch"):
         m.scan_backend = backend
-        torch.testing.assert_close(m(x, ids), fast)
+        y, grads = output_and_grads()
+        torch.testing.assert_close(y, fast)
+        torch.testing.assert_close(grads, fast_grads, rtol=1e-4, atol=1e-5)
         assert m.last_backend == backend
 
 

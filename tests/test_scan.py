@@ -239,6 +239,53 @@ def test_cpu_kernel_keeps_no_full_state_tensor():
     assert max(t.numel() for t in saved) < 2 * 16 * 16 * 1000 / 4
 
 
+def conv_reference(x, weight, bias):
+    """The Mamba mixer's torch path: nn.Conv1d's depthwise conv with padding K - 1, first L outputs, then SiLU."""
+    E, K = weight.shape
+    return torch.nn.functional.silu(torch.nn.functional.conv1d(x, weight[:, None], bias, padding=K - 1, groups=E)
+                                    [..., : x.shape[2]])  # fmt: skip
+
+
+@pytest.mark.parametrize(("B", "E", "L", "K", "bias"), [(2, 20, 7, 4, True), (3, 16, 1, 4, True),
+                                                        (2, 37, 50, 3, False), (1, 64, 300, 4, True)])  # fmt: skip
+def test_cpu_conv_matches_torch_conv(B, E, L, K, bias):
+    """The compiled causal conv + SiLU equals torch's conv1d + SiLU (value and the three gradients): to float64
+    rounding in float64, within 1e-6 normwise in float32; on a time-major strided view (half of in_proj's output, as
+    the mixer passes it), partial channel groups, L < K and no bias."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, L, 2 * E, generator=g, dtype=torch.float64)[..., :E].transpose(1, 2)
+    weight = torch.randn(E, K, generator=g, dtype=torch.float64)
+    b = torch.randn(E, generator=g, dtype=torch.float64) if bias else None
+    cotangent = torch.randn(B, E, L, generator=g, dtype=torch.float64)
+
+    def value_and_grads(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, weight, b) if t is not None]
+        out = fn(*leaves, *([None] if b is None else []))
+        return [out, *torch.autograd.grad(out, leaves, cotangent.to(dtype))]
+
+    truth = value_and_grads(conv_reference, torch.float64)
+    for got, want in zip(value_and_grads(scan_cpu.causal_conv1d_silu_cpu, torch.float64), truth, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    for got, want in zip(value_and_grads(scan_cpu.causal_conv1d_silu_cpu, torch.float32), truth, strict=True):
+        assert normwise(got, want) < 1e-6
+
+
+def test_cpu_conv_gives_the_same_bits_on_one_and_two_threads():
+    """A task owns a channel group over all rows and steps, so the weight and bias gradients sum in one order."""
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(4, 48, 130, generator=g), torch.randn(48, 4, generator=g), torch.randn(48, generator=g)
+    results, threads = [], torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+            out = scan_cpu.causal_conv1d_silu_cpu(*leaves)
+            results.append([out, *torch.autograd.grad(out, leaves, torch.ones_like(out))])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
 def test_ref_backend_is_the_reference():
     """backend="ref" is exactly selective_scan_ref."""
     inputs = make_inputs(1, 3, 4, 9)

@@ -1,4 +1,5 @@
-// The selective scan on the CPU, forward and backward, for models/scan_cpu.py: mamba-ssm's semantics,
+// The selective scan on the CPU, forward and backward, for models/scan_cpu.py (and, at the end, the mixer's causal
+// conv + SiLU, which feeds it): mamba-ssm's semantics,
 //
 //     d_t = softplus(delta_t + bias),   h_t = exp(d_t A) * h_{t-1} + (d_t u_t) B_t,   y_t = (C_t . h_t + D u_t) * silu(z_t)
 //
@@ -350,6 +351,104 @@ struct Scan {
   }
 };
 
+
+// The Mamba mixer's causal depthwise conv over time followed by SiLU, time-major:
+//
+//     pre_t = bias + sum_k w_k x_{t + k - (K - 1)}   (x_s = 0 for s < 0),   out_t = silu(pre_t)
+//
+// (torch's conv1d with padding K - 1, first L outputs kept). A task owns one channel group of W lanes across all
+// batch rows and steps, so the weight and bias gradients are summed in one order whatever the number of threads.
+template <typename T>
+struct Conv {
+  int64_t batch, E, L, K, groups;
+
+  // The K weight vectors of group g, lane i = channel e0 + i (lanes past the last channel 0).
+  void weights(const T* w, int64_t e0, int64_t rows, T* __restrict__ wl) const {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = 0; i < W; ++i) wl[k * W + i] = i < rows ? w[(e0 + i) * K + k] : T(0);
+  }
+
+  // pre_t of one batch row and group, from the x rows loaded in xs ([L][W]).
+  void pre(const T* __restrict__ xs, const T* __restrict__ wl, const T* __restrict__ bl, int64_t t,
+           T* __restrict__ acc) const {
+    for (int64_t i = 0; i < W; ++i) acc[i] = bl[i];
+    for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
+      const T* __restrict__ xr = xs + (t + k - (K - 1)) * W;
+#pragma omp simd
+      for (int64_t i = 0; i < W; ++i) acc[i] += wl[k * W + i] * xr[i];
+    }
+  }
+
+  void forward(const Strided<T>& x, const T* w, const T* bias, const Strided<T>& out) const {
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      std::vector<T> xs(L * W), wl(K * W);
+      alignas(64) T bl[W], acc[W];
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t e0 = g * W, rows = std::min(W, E - e0);
+        weights(w, e0, rows, wl.data());
+        lanes_of(bias, e0, rows, T(0), bl);
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t t = 0; t < L; ++t) x.load(b, t, e0, rows, xs.data() + t * W);
+          for (int64_t t = 0; t < L; ++t) {
+            pre(xs.data(), wl.data(), bl, t, acc);
+#pragma omp simd
+            for (int64_t i = 0; i < W; ++i) acc[i] *= sigmoid(acc[i]);
+            out.store(b, t, e0, rows, acc);
+          }
+        }
+      }
+    });
+  }
+
+  // gx (time-major), and per channel gw [E, K] and gbias [E].
+  void backward(const Strided<T>& gout, const Strided<T>& x, const T* w, const T* bias, const Strided<T>& gx,
+                T* gw, T* gbias) const {
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      std::vector<T> xs(L * W), gp(L * W), wl(K * W), gwl(K * W);
+      alignas(64) T bl[W], acc[W], go[W], gbl[W];
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t e0 = g * W, rows = std::min(W, E - e0);
+        weights(w, e0, rows, wl.data());
+        lanes_of(bias, e0, rows, T(0), bl);
+        std::fill(gwl.begin(), gwl.end(), T(0));
+        std::fill(gbl, gbl + W, T(0));
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t t = 0; t < L; ++t) x.load(b, t, e0, rows, xs.data() + t * W);
+          for (int64_t t = 0; t < L; ++t) {  // d pre_t = d out_t * silu'(pre_t)
+            pre(xs.data(), wl.data(), bl, t, acc);
+            gout.load(b, t, e0, rows, go);
+            T* __restrict__ gpt = gp.data() + t * W;
+#pragma omp simd
+            for (int64_t i = 0; i < W; ++i) {
+              const T s = sigmoid(acc[i]);
+              gpt[i] = go[i] * s * (T(1) + acc[i] * (T(1) - s));
+              gbl[i] += gpt[i];
+            }
+            for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
+              const T* __restrict__ xr = xs.data() + (t + k - (K - 1)) * W;
+#pragma omp simd
+              for (int64_t i = 0; i < W; ++i) gwl[k * W + i] += gpt[i] * xr[i];
+            }
+          }
+          for (int64_t s = 0; s < L; ++s) {  // d x_s = sum_k w_k d pre_{s + K - 1 - k}
+            for (int64_t i = 0; i < W; ++i) acc[i] = T(0);
+            for (int64_t k = std::max<int64_t>(0, s + K - L); k < K; ++k) {
+              const T* __restrict__ gr = gp.data() + (s + K - 1 - k) * W;
+#pragma omp simd
+              for (int64_t i = 0; i < W; ++i) acc[i] += wl[k * W + i] * gr[i];
+            }
+            gx.store(b, s, e0, rows, acc);
+          }
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          for (int64_t k = 0; k < K; ++k) gw[(e0 + i) * K + k] = gwl[k * W + i];
+          gbias[e0 + i] = gbl[i];
+        }
+      }
+    });
+  }
+};
+
 Options options(const at::Tensor& u, const at::Tensor& A, const at::Tensor& D, const at::Tensor& z,
                 const at::Tensor& bias, bool use_softplus, int64_t chunk) {
   TORCH_CHECK(chunk >= 1, "chunk must be >= 1");
@@ -417,9 +516,37 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& gout, const at::Tensor& 
   return {gu, gdelta, gz, gA.sum(0), gBt, gCt, gD.sum(0), gbias.sum(0)};
 }
 
+// x: [B, E, L] (any strides), weight: [E, K] contiguous, bias: [E] or none -> silu(causal conv), time-major.
+at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const at::Tensor bias_ = bias.value_or(at::Tensor());
+  auto out = time_major(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_silu_cpu_forward", [&] {
+    using T = scalar_t;
+    const Conv<T> conv{x.size(0), x.size(1), x.size(2), weight.size(1), (x.size(1) + W - 1) / W};
+    conv.forward(Strided<T>(x), weight.data_ptr<T>(), maybe<T>(bias_), Strided<T>(out));
+  });
+  return out;
+}
+
+std::vector<at::Tensor> conv_backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias) {
+  const at::Tensor bias_ = bias.value_or(at::Tensor());
+  auto gx = time_major(x);
+  auto gw = at::empty_like(weight), gbias = at::empty({x.size(1)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv1d_silu_cpu_backward", [&] {
+    using T = scalar_t;
+    const Conv<T> conv{x.size(0), x.size(1), x.size(2), weight.size(1), (x.size(1) + W - 1) / W};
+    conv.backward(Strided<T>(gout), Strided<T>(x), weight.data_ptr<T>(), maybe<T>(bias_), Strided<T>(gx),
+                  gw.data_ptr<T>(), gbias.data_ptr<T>());
+  });
+  return {gx, gw, gbias};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &scan_forward, "selective scan, forward: (out, pre-gate output, chunk-boundary states)");
   m.def("backward", &scan_backward, "selective scan, backward: (du, d delta, dz, dA, dB_t, dC_t, dD, d bias)");
+  m.def("conv_forward", &conv_forward, "causal depthwise conv1d + SiLU, forward (time-major output)");
+  m.def("conv_backward", &conv_backward, "causal depthwise conv1d + SiLU, backward: (dx, d weight, d bias)");
 }
