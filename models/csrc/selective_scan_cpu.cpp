@@ -73,6 +73,60 @@ inline T sigmoid(T x) {
 
 constexpr int64_t W = 16;  // channels stepped together
 
+// W lanes as one GCC vector value (one AVX-512 register of float32, two of float64), loaded and stored unaligned
+// (through memcpy, which compiles to one unaligned move).
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(W * sizeof(T))));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+static_assert(sizeof(Vec<float>) == W * sizeof(float) && sizeof(Vec<double>) == W * sizeof(double));
+
+template <typename T>
+inline Vec<T> load_v(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void store_v(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// fast_exp on W lanes at once, written with vector operations so that it never falls back to scalar code.
+inline Vec<float> exp_v(Vec<float> x) {
+  using VI = VecOf<int32_t>::type;
+  const Vec<float> zero = {}, lo = zero - 126.0f, hi = zero + 127.0f;
+  Vec<float> y = x * 1.4426950408889634f;
+  y = y < lo ? lo : y;
+  y = y > hi ? hi : y;
+  const Vec<float> yh = y + 0.5f;  // k = floor(y + 1/2): truncate, then step down where that rounded up
+  VI ki = __builtin_convertvector(yh, VI);
+  ki += __builtin_convertvector(ki, Vec<float>) > yh;  // true is -1
+  const Vec<float> f = y - __builtin_convertvector(ki, Vec<float>);
+  Vec<float> p = zero + 1.54697362e-04f;
+  p = p * f + 1.34004369e-03f;
+  p = p * f + 9.61802559e-03f;
+  p = p * f + 5.55032720e-02f;
+  p = p * f + 2.40226512e-01f;
+  p = p * f + 6.93147207e-01f;
+  p = p * f + 1.0f;
+  const VI bits = (ki + 127) << 23;
+  Vec<float> scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < zero - 87.0f ? zero : p * scale;
+}
+
+inline Vec<double> exp_v(Vec<double> x) {
+  for (int64_t i = 0; i < W; ++i) x[i] = std::exp(x[i]);
+  return x;
+}
+
+inline Vec<float> sigmoid_v(const Vec<float>& x) { return 1.0f / (1.0f + exp_v(-x)); }
+inline Vec<double> sigmoid_v(const Vec<double>& x) { return 1.0 / (1.0 + exp_v(-x)); }
+
 // A [B, E, L] tensor read and written through its strides, W channels of one step at a time; the lanes past the last
 // channel (a partial group) read as 0 and are not written.
 template <typename T>
@@ -360,40 +414,38 @@ struct Scan {
 // batch rows and steps, so the weight and bias gradients are summed in one order whatever the number of threads.
 template <typename T>
 struct Conv {
+  using V = Vec<T>;
   int64_t batch, E, L, K, groups;
 
   // The K weight vectors of group g, lane i = channel e0 + i (lanes past the last channel 0).
-  void weights(const T* w, int64_t e0, int64_t rows, T* __restrict__ wl) const {
+  void weights(const T* w, int64_t e0, int64_t rows, V* wv) const {
     for (int64_t k = 0; k < K; ++k)
-      for (int64_t i = 0; i < W; ++i) wl[k * W + i] = i < rows ? w[(e0 + i) * K + k] : T(0);
+      for (int64_t i = 0; i < W; ++i) wv[k][i] = i < rows ? w[(e0 + i) * K + k] : T(0);
   }
 
   // pre_t of one batch row and group, from the x rows loaded in xs ([L][W]).
-  void pre(const T* __restrict__ xs, const T* __restrict__ wl, const T* __restrict__ bl, int64_t t,
-           T* __restrict__ acc) const {
-    for (int64_t i = 0; i < W; ++i) acc[i] = bl[i];
-    for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
-      const T* __restrict__ xr = xs + (t + k - (K - 1)) * W;
-#pragma omp simd
-      for (int64_t i = 0; i < W; ++i) acc[i] += wl[k * W + i] * xr[i];
-    }
+  V pre(const T* __restrict__ xs, const V* wv, const V& bv, int64_t t) const {
+    V acc = bv;
+    for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) acc += wv[k] * load_v(xs + (t + k - (K - 1)) * W);
+    return acc;
   }
 
   void forward(const Strided<T>& x, const T* w, const T* bias, const Strided<T>& out) const {
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      std::vector<T> xs(L * W), wl(K * W);
-      alignas(64) T bl[W], acc[W];
+      std::vector<T> xs(L * W);
+      std::vector<V> wv(K);
+      alignas(64) T lanes[W];
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t e0 = g * W, rows = std::min(W, E - e0);
-        weights(w, e0, rows, wl.data());
-        lanes_of(bias, e0, rows, T(0), bl);
+        weights(w, e0, rows, wv.data());
+        lanes_of(bias, e0, rows, T(0), lanes);
+        const V bv = load_v(lanes);
         for (int64_t b = 0; b < batch; ++b) {
           for (int64_t t = 0; t < L; ++t) x.load(b, t, e0, rows, xs.data() + t * W);
           for (int64_t t = 0; t < L; ++t) {
-            pre(xs.data(), wl.data(), bl, t, acc);
-#pragma omp simd
-            for (int64_t i = 0; i < W; ++i) acc[i] *= sigmoid(acc[i]);
-            out.store(b, t, e0, rows, acc);
+            const V p = pre(xs.data(), wv.data(), bv, t);
+            store_v(lanes, p * sigmoid_v(p));
+            out.store(b, t, e0, rows, lanes);
           }
         }
       }
@@ -404,45 +456,38 @@ struct Conv {
   void backward(const Strided<T>& gout, const Strided<T>& x, const T* w, const T* bias, const Strided<T>& gx,
                 T* gw, T* gbias) const {
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      std::vector<T> xs(L * W), gp(L * W), wl(K * W), gwl(K * W);
-      alignas(64) T bl[W], acc[W], go[W], gbl[W];
+      std::vector<T> xs(L * W), gp(L * W);
+      std::vector<V> wv(K), gwv(K);
+      alignas(64) T lanes[W];
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t e0 = g * W, rows = std::min(W, E - e0);
-        weights(w, e0, rows, wl.data());
-        lanes_of(bias, e0, rows, T(0), bl);
-        std::fill(gwl.begin(), gwl.end(), T(0));
-        std::fill(gbl, gbl + W, T(0));
+        weights(w, e0, rows, wv.data());
+        lanes_of(bias, e0, rows, T(0), lanes);
+        const V bv = load_v(lanes);
+        std::fill(gwv.begin(), gwv.end(), V{});
+        V gbv = {};
         for (int64_t b = 0; b < batch; ++b) {
           for (int64_t t = 0; t < L; ++t) x.load(b, t, e0, rows, xs.data() + t * W);
           for (int64_t t = 0; t < L; ++t) {  // d pre_t = d out_t * silu'(pre_t)
-            pre(xs.data(), wl.data(), bl, t, acc);
-            gout.load(b, t, e0, rows, go);
-            T* __restrict__ gpt = gp.data() + t * W;
-#pragma omp simd
-            for (int64_t i = 0; i < W; ++i) {
-              const T s = sigmoid(acc[i]);
-              gpt[i] = go[i] * s * (T(1) + acc[i] * (T(1) - s));
-              gbl[i] += gpt[i];
-            }
-            for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
-              const T* __restrict__ xr = xs.data() + (t + k - (K - 1)) * W;
-#pragma omp simd
-              for (int64_t i = 0; i < W; ++i) gwl[k * W + i] += gpt[i] * xr[i];
-            }
+            const V p = pre(xs.data(), wv.data(), bv, t), s = sigmoid_v(p);
+            gout.load(b, t, e0, rows, lanes);
+            const V gpt = load_v(lanes) * s * (T(1) + p * (T(1) - s));
+            store_v(gp.data() + t * W, gpt);
+            gbv += gpt;
+            for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k)
+              gwv[k] += gpt * load_v(xs.data() + (t + k - (K - 1)) * W);
           }
           for (int64_t s = 0; s < L; ++s) {  // d x_s = sum_k w_k d pre_{s + K - 1 - k}
-            for (int64_t i = 0; i < W; ++i) acc[i] = T(0);
-            for (int64_t k = std::max<int64_t>(0, s + K - L); k < K; ++k) {
-              const T* __restrict__ gr = gp.data() + (s + K - 1 - k) * W;
-#pragma omp simd
-              for (int64_t i = 0; i < W; ++i) acc[i] += wl[k * W + i] * gr[i];
-            }
-            gx.store(b, s, e0, rows, acc);
+            V acc = {};
+            for (int64_t k = std::max<int64_t>(0, s + K - L); k < K; ++k)
+              acc += wv[k] * load_v(gp.data() + (s + K - 1 - k) * W);
+            store_v(lanes, acc);
+            gx.store(b, s, e0, rows, lanes);
           }
         }
         for (int64_t i = 0; i < rows; ++i) {
-          for (int64_t k = 0; k < K; ++k) gw[(e0 + i) * K + k] = gwl[k * W + i];
-          gbias[e0 + i] = gbl[i];
+          for (int64_t k = 0; k < K; ++k) gw[(e0 + i) * K + k] = gwv[k][i];
+          gbias[e0 + i] = gbv[i];
         }
       }
     });
