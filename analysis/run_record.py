@@ -99,6 +99,7 @@ class Summary:
     data_sources: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     device: str = ""
+    threads: int = 0  # torch's CPU threads in the training process
     steps: int = 0  # optimizer steps done
     wall_clock_s: float = 0.0
     final_val_loss: dict[str, float] = field(default_factory=dict)  # metrics.csv column -> last value

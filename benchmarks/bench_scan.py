@@ -1,14 +1,17 @@
-"""Benchmark the fast "torch" selective scan against the reference loop (`selective_scan_ref`), forward + backward.
+"""Benchmark the CPU selective scans, forward + backward: the compiled kernel ("cpu"), the pure-PyTorch chunked scan
+("torch") and the reference loop (`selective_scan_ref`).
 
-For each size (B, E, N, L) it times forward + backward of both in one process (float32, default thread count) and
-reports the speed-up, plus the error of each float32 result against a float64 evaluation. The inputs follow the
-Mamba mixer: softplus(delta + delta_bias) with dt in [1e-3, 1e-1], A = -(1..N) (S4D-real init), D skip, silu(z) gate.
+For each size (B, E, N, L) it times forward + backward of all three in one process (float32, default thread count;
+"cpu" and "torch" interleaved run by run, medians) and reports the kernel's speed-up over each, plus the error of
+each float32 result against a float64 evaluation. The inputs follow the Mamba mixer: softplus(delta + delta_bias)
+with dt in [1e-3, 1e-1], A = -(1..N) (S4D-real init), D skip, silu(z) gate.
 
 Usage:
     python benchmarks/bench_scan.py                          # the three default sizes (the largest ref takes minutes)
     python benchmarks/bench_scan.py --skip-ref-above 256     # time the reference only for L <= 256
     python benchmarks/bench_scan.py --sizes 16,256,16,256    # one size, as B,E,N,L
     python benchmarks/bench_scan.py --memory                 # also peak RSS growth, each run in a fresh process
+    python benchmarks/bench_scan.py --threads 1              # one thread (torch.set_num_threads)
 
 Errors are normwise: max |x - x64| / max |x64| per tensor, and for "grads" the worst over the eight inputs. The float64
 evaluation is the "torch" backend in float64 (tests/test_scan.py ties it to `selective_scan_ref` to ~1e-15), since
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.scan import selective_scan, selective_scan_ref  # noqa: E402  (needs the repo root on sys.path)
 
-DEFAULT_SIZES = ("4,64,16,128", "16,256,16,256", "8,512,16,1024")
+DEFAULT_SIZES = ("4,64,16,128", "8,256,16,256", "8,512,16,1024")
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
@@ -51,9 +54,14 @@ def make_inputs(batch: int, dim: int, dstate: int, L: int, seed: int = 0) -> lis
     ]
 
 
-def fast(*args: torch.Tensor) -> torch.Tensor:
-    """The benchmarked fast path."""
+def torch_scan(*args: torch.Tensor) -> torch.Tensor:
+    """The pure-PyTorch chunked scan."""
     return selective_scan(*args, delta_softplus=True, backend="torch")
+
+
+def cpu_scan(*args: torch.Tensor) -> torch.Tensor:
+    """The compiled kernel."""
+    return selective_scan(*args, delta_softplus=True, backend="cpu")
 
 
 def ref(*args: torch.Tensor) -> torch.Tensor:
@@ -81,11 +89,15 @@ def errors(out: torch.Tensor, grads: list[torch.Tensor], out64: torch.Tensor, gr
     return rel_err(out, out64), max(rel_err(g, g64) for g, g64 in zip(grads, grads64, strict=True))
 
 
-def time_fast(inputs, cotangent, repeats: int) -> float:
-    """Median seconds of `repeats` fast runs after two warm-up runs."""
-    for _ in range(2):
-        fwd_bwd(fast, inputs, cotangent)
-    return statistics.median(fwd_bwd(fast, inputs, cotangent)[0] for _ in range(repeats))
+def time_interleaved(fns, inputs, cotangent, repeats: int) -> list[float]:
+    """Median seconds of each of `fns` over `repeats` rounds (one run of each per round) after two warm-up rounds."""
+    times = [[] for _ in fns]
+    for round_ in range(repeats + 2):
+        for fn, record in zip(fns, times, strict=True):
+            seconds = fwd_bwd(fn, inputs, cotangent)[0]
+            if round_ >= 2:
+                record.append(seconds)
+    return [statistics.median(t) for t in times]
 
 
 def time_ref(inputs, cotangent, repeats: int):
@@ -114,7 +126,7 @@ def rss_child(impl: str, size: str) -> None:
     torch's CPU allocator returns memory to the OS, so RSS tracks live tensors; writing 5 to clear_refs resets the
     peak (VmHWM) left over from importing torch and building the inputs.
     """
-    fn = fast if impl == "fast" else ref
+    fn = {"torch": torch_scan, "cpu": cpu_scan, "ref": ref}[impl]
     fwd_bwd(fn, [t.float() for t in make_inputs(1, 2, 2, 3)], torch.randn(1, 2, 3))  # one-time library set-up
     inputs = [t.float() for t in make_inputs(*map(int, size.split(",")))]
     cotangent = torch.randn(inputs[0].shape)
@@ -136,21 +148,23 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="sizes as B,E,N,L")
-    parser.add_argument("--repeats", type=int, default=7, help="timed fast runs per size (median reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per size (median reported)")
     parser.add_argument("--skip-ref-above", type=int, default=None, metavar="L", help="skip the reference for L > this")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--memory", action="store_true", help="also report peak RSS growth (fresh process per run)")
     parser.add_argument("--_rss-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args._rss_child:
         rss_child(*args._rss_child)
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}")
-    header = (
-        "| B | E | N | L | ref ms | fast ms | speed-up | fast err out | fast err grads | ref err out | ref err grads |"
-    )
+    header = "| B | E | N | L | ref ms | torch ms | cpu ms | cpu vs torch | cpu vs ref | err out cpu / torch / ref |"
+    header += " err grads cpu / torch / ref |"
     if args.memory:
-        header += " ref peak MB | fast peak MB |"
+        header += " peak MB ref / torch / cpu |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for size in args.sizes:
@@ -159,22 +173,24 @@ def main() -> None:
         inputs = [t.float() for t in inputs64]
         cotangent64 = torch.randn(batch, dim, L, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         cotangent = cotangent64.float()
-        _, out64, grads64 = fwd_bwd(fast, inputs64, cotangent64)
+        _, out64, grads64 = fwd_bwd(torch_scan, inputs64, cotangent64)
 
-        fast_s = time_fast(inputs, cotangent, args.repeats)
-        fast_err = errors(*fwd_bwd(fast, inputs, cotangent)[1:], out64, grads64)
+        torch_s, cpu_s = time_interleaved([torch_scan, cpu_scan], inputs, cotangent, args.repeats)
+        err = {name: errors(*fwd_bwd(fn, inputs, cotangent)[1:], out64, grads64)
+               for name, fn in (("cpu", cpu_scan), ("torch", torch_scan))}  # fmt: skip
         run_ref = args.skip_ref_above is None or L <= args.skip_ref_above
+        ref_s = None
         if run_ref:
             ref_s, ref_out, ref_grads = time_ref(inputs, cotangent, max(1, args.repeats // 2))
-            ref_err = errors(ref_out, ref_grads, out64, grads64)
-            ref_cols = [f"{ref_s * 1e3:.0f}", f"{fast_s * 1e3:.1f}", f"{ref_s / fast_s:.0f}x"]
-            ref_cols += [f"{fast_err[0]:.1e}", f"{fast_err[1]:.1e}", f"{ref_err[0]:.1e}", f"{ref_err[1]:.1e}"]
-        else:
-            ref_cols = ["skipped", f"{fast_s * 1e3:.1f}", "-", f"{fast_err[0]:.1e}", f"{fast_err[1]:.1e}", "-", "-"]
-        row = [str(batch), str(dim), str(dstate), str(L), *ref_cols]
+            err["ref"] = errors(ref_out, ref_grads, out64, grads64)
+        row = [str(batch), str(dim), str(dstate), str(L), f"{ref_s * 1e3:.0f}" if run_ref else "skipped"]
+        row += [f"{torch_s * 1e3:.1f}", f"{cpu_s * 1e3:.1f}", f"{torch_s / cpu_s:.1f}x"]
+        row += [f"{ref_s / cpu_s:.0f}x" if run_ref else "-"]
+        for i in (0, 1):
+            row.append(" / ".join(f"{err[k][i]:.1e}" if k in err else "-" for k in ("cpu", "torch", "ref")))
         if args.memory:
-            ref_mb = f"{peak_rss_growth_mb('ref', size):.0f}" if run_ref else "-"
-            row += [ref_mb, f"{peak_rss_growth_mb('fast', size):.0f}"]
+            row.append(" / ".join(f"{peak_rss_growth_mb(k, size):.0f}" if k != "ref" or run_ref else "-"
+                                  for k in ("ref", "torch", "cpu")))  # fmt: skip
         print("| " + " | ".join(row) + " |", flush=True)
 
 

@@ -6,8 +6,9 @@
     python experiments/compare.py --scale 760m --accelerator gpu --devices 8 --strategy ddp
 
 It plans the matrix (setting x seed x arm, plus ablation variants), checks every name and every existing run folder
-before anything trains, skips finished runs, resumes unfinished ones and trains the rest one after the other (or
-`--parallel K` at a time, one GPU each), then writes the report (analysis/report.py) into `--out`. Interrupt it and
+before anything trains, skips finished runs, resumes unfinished ones and trains the rest: on the CPU one
+single-threaded run per core at a time, on GPUs one run after the other (`--parallel K`: K at a time, one GPU each),
+then writes the report (analysis/report.py) into `--out`. Interrupt it and
 run the same command again: it continues where it stopped. Every arm of one comparison gets the same data, seed,
 token budget and optimiser: the recipe of its scale (experiments/recipes.py), which `--max-steps` / `--tokens` may
 override. The plan and its checks live in experiments/plan.py; what every number of the report means is in
@@ -17,24 +18,35 @@ docs/design.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import multiprocessing
 import os
 import platform
-import subprocess
+import queue
+import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from analysis.report import write_report
+from analysis.run_record import Summary, run_dir
 from common import write_json
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS
@@ -52,15 +64,17 @@ class _Eta(TimeRemainingColumn):
         return Text(str(timedelta(seconds=round(task.fields["eta"]))), style="progress.remaining")
 
 
-class MatrixProgress(L.Callback):
-    """A rich display of the matrix: the current run (step, ETA) and the whole comparison (steps, ETA).
+class MatrixProgress:
+    """A rich display of the matrix: one row per run in training (step, loss, ETA) and one for the whole comparison.
 
-    The matrix ETA prices each remaining step at the seconds per step measured for that arm in this session (Mamba
-    steps cost about three times a transformer's on a CPU), or at the mean over measured arms before an arm has run.
+    The matrix ETA prices each remaining step at the seconds per step measured for that arm in this session (a Mamba
+    step and a transformer step differ), or at the mean over measured arms before an arm has run, shared among the
+    runs that train at once.
     """
 
-    def __init__(self, runs: list[RunSpec], remaining: dict[RunSpec, int]) -> None:
-        self.remaining = remaining
+    def __init__(self, runs: list[RunSpec], remaining: dict[RunSpec, int], parallel: int = 1) -> None:
+        self.remaining, self.parallel = remaining, parallel
+        self.index = {spec: i for i, spec in enumerate(runs, 1)}
         self.seconds_per_step: dict[str, float] = {}
         self.progress = Progress(
             TextColumn("{task.description:<42}"),
@@ -74,29 +88,45 @@ class MatrixProgress(L.Callback):
         self.matrix = self.progress.add_task(
             f"all {len(runs)} runs (steps)", total=sum(remaining.values()), note="", eta=None
         )
-        self.run = self.progress.add_task("", total=1, visible=False, note="", eta=None)
-        self.spec: RunSpec | None = None
+        self.rows: dict[RunSpec, TaskID] = {}
 
-    def start_run(self, spec: RunSpec, index: int, n: int) -> None:
-        self.spec = spec
-        self.progress.update(self.run, description=f"[{index}/{n}] {spec.label}", visible=True, completed=0)
+    def update(self, spec: RunSpec, step: int, total: int, loss: float | None, seconds_per_step: float | None):
+        """A run's progress: its step of `total` (a resumed run starts at its checkpoint's step)."""
+        if spec not in self.rows:
+            label = f"[{self.index[spec]}/{len(self.index)}] {spec.label}"
+            self.rows[spec] = self.progress.add_task(label, total=total, completed=step, note="", eta=None)
+        self.progress.update(self.rows[spec], completed=step, note="" if loss is None else f"loss {loss:.3f}")
+        self.progress.advance(self.matrix, self.remaining[spec] - (total - step))
+        self.remaining[spec] = total - step
+        if seconds_per_step is not None:
+            self.seconds_per_step[spec.arm] = seconds_per_step
+            mean = sum(self.seconds_per_step.values()) / len(self.seconds_per_step)
+            eta = sum(self.seconds_per_step.get(s.arm, mean) * n for s, n in self.remaining.items())
+            self.progress.update(self.matrix, eta=eta / self.parallel)
+
+    def end(self, spec: RunSpec, outcome: str) -> None:
+        """A run has stopped: its row goes, one line with its outcome stays."""
+        if spec in self.rows:
+            self.progress.remove_task(self.rows.pop(spec))
+        self.progress.advance(self.matrix, self.remaining[spec])
+        self.remaining[spec] = 0
+        self.progress.console.print(f"{spec.label}: {outcome}")
+
+
+class ProgressReporter(L.Callback):
+    """Sends a run's progress, (spec, step, total, loss, seconds per step), to `send`: the display's `update` when
+    the run trains in this process, a queue to it from a worker process."""
+
+    def __init__(self, spec: RunSpec, send: Callable[..., None]) -> None:
+        self.spec, self.send = spec, send
 
     def on_train_start(self, trainer, lit) -> None:
-        self.steps0 = trainer.global_step  # a resumed run starts at its checkpoint
-        self.t0 = time.perf_counter()
-        self.progress.reset(self.run, total=trainer.max_steps, completed=trainer.global_step)
+        self.step0, self.t0 = trainer.global_step, time.perf_counter()
+        self.send(self.spec, trainer.global_step, trainer.max_steps, None, None)
 
     def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
-        self.progress.update(self.run, completed=trainer.global_step, note=f"loss {float(outputs['loss']):.3f}")
-        self.progress.advance(self.matrix)
-        self.remaining[self.spec] -= 1
-        done = trainer.global_step - self.steps0
-        self.seconds_per_step[self.spec.arm] = (time.perf_counter() - self.t0) / max(done, 1)
-        self.progress.update(self.matrix, eta=self._matrix_eta())
-
-    def _matrix_eta(self) -> float:
-        mean = sum(self.seconds_per_step.values()) / len(self.seconds_per_step)
-        return sum(self.seconds_per_step.get(s.arm, mean) * n for s, n in self.remaining.items())
+        seconds_per_step = (time.perf_counter() - self.t0) / max(trainer.global_step - self.step0, 1)
+        self.send(self.spec, trainer.global_step, trainer.max_steps, float(outputs["loss"]), seconds_per_step)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     lightning.add_argument("--precision", default=None, help="e.g. bf16-mixed (the GPU default)")
     parser.add_argument(
         "--parallel",
-        type=int,
-        default=1,
-        help="runs at a time, each in its own process (on its own GPU with --accelerator gpu)",
+        default="auto",
+        help="runs at a time, each in its own process. 'auto' (default): on the CPU one single-threaded run per core "
+        "(faster than one run on all cores; the results are bit-identical either way), elsewhere 1; K > 1 with "
+        "--accelerator gpu gives each run its own GPU",
     )
     return parser
 
@@ -179,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "ablation_setting": args.ablation_setting if args.ablation else None,
         "ablation_arm": args.ablation_arm if args.ablation else None,
         "recipe": c.meta_recipe,
+        "parallel": c.parallel,
+        "threads_per_run": c.threads,
         "command": "python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "root": str(c.root),
         "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
@@ -202,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         f"train ({c.recipe.max_steps} steps of {c.data['batch_size']}x{c.data['seq_len']} tokens each) -> {c.out}"
     )
     try:
-        (train_parallel if c.parallel > 1 else train_serial)(c, todo)
+        (train_parallel if c.parallel > 1 and len(todo) > 1 else train_serial)(c, todo)
     except KeyboardInterrupt:
         print("\ncompare.py: interrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
         return 130
@@ -216,79 +249,122 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if unfinished else 0
 
 
-def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
-    """One run after the other in this process, under one progress display."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the display replaces Lightning's chatter
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resumed run's own folder
+def outcome(summary: Summary) -> str:
+    final = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in sorted(summary.final_val_loss.items()))
+    return f"{summary.status} ({final})"
+
+
+def quiet() -> None:
+    """The display replaces Lightning's chatter; a resumed run's own folder is not news."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
+    """One run after the other in this process (on torch's threads), under one progress display."""
+    quiet()
     display = MatrixProgress(todo, {s: c.recipe.max_steps - c.steps_done(s) for s in todo})
     with display.progress:
-        for i, spec in enumerate(todo, 1):
-            display.start_run(spec, i, len(todo))
-            summary = train_run(
-                spec.setting,
-                spec.arm,
-                c.scale,
-                spec.seed,
-                c.recipe.max_steps,
-                root=c.root,
-                val_every=c.recipe.val_every,
-                data=c.data,
-                module=c.module(spec),
-                trainer=c.trainer | {"callbacks": [display]},
-                variant=spec.variant,
-            )
-            display.remaining[spec] = 0
-            final = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in sorted(summary.final_val_loss.items()))
-            display.progress.console.print(f"{spec.label}: {summary.status} ({final})")
+        for spec in todo:
+            kwargs = c.run_kwargs(spec)
+            kwargs["trainer"] = kwargs["trainer"] | {"callbacks": [ProgressReporter(spec, display.update)]}
+            display.end(spec, outcome(train_run(**kwargs)))
 
 
 def train_parallel(c: Comparison, todo: list[RunSpec]) -> None:
-    """`c.parallel` runs at a time, each a train.py process that sees one GPU; its log goes to its run folder."""
-    pending, active, free = list(todo), {}, list(range(c.parallel))
-    while pending or active:
-        while pending and free:
-            spec, slot = pending.pop(0), free.pop(0)
-            folder = c.folder(spec)
-            folder.mkdir(parents=True, exist_ok=True)
-            cmd = [
-                sys.executable,
-                str(Path(__file__).with_name("train.py")),
-                "--setting",
-                spec.setting,
-                "--arm",
-                spec.arm,
-                "--scale",
-                c.scale,
-                "--seed",
-                str(spec.seed),
-                "--variant",
-                spec.variant,
-                "--max_steps",
-                str(c.recipe.max_steps),
-                "--root",
-                str(c.root),
-                "--val_every",
-                str(c.recipe.val_every),
-            ]
-            cmd += [f"--data.{k}={_cli(v)}" for k, v in c.data.items()]
-            cmd += [f"--model.{k}={_cli(v)}" for k, v in c.module(spec).items()]
-            cmd += [f"--trainer.{k}={v}" for k, v in c.trainer.items() if k != "devices"]
-            env = os.environ | {"CUDA_VISIBLE_DEVICES": str(slot)}
-            log = open(folder / "train.log", "a")  # noqa: SIM115 - closed when its process ends
-            active[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)] = (spec, slot, log)
-            print(f"started {spec.label} (slot {slot}, log {folder / 'train.log'})")
-        for proc in [p for p in active if p.poll() is not None]:
-            spec, slot, log = active.pop(proc)
-            log.close()
-            free.append(slot)
-            print(f"{spec.label}: {c.status(spec)} (exit {proc.returncode})")
-        time.sleep(1)
+    """`c.parallel` runs at a time, each in a worker process (single-threaded on the CPU, one GPU each on GPUs),
+    under one progress display; a run's own output goes to train.log in its folder.
+
+    Ctrl-C reaches this process alone (the workers have a process group of their own); it forwards it once to every
+    worker that is training, waits for them to record their runs as interrupted, and stops. A worker whose parent
+    has died stops at its next step, resumable.
+    """
+    context = multiprocessing.get_context("spawn")
+    events, slots = context.Queue(), context.Queue()
+    for slot in range(c.parallel):
+        slots.put(slot)
+    gpu = c.trainer.get("accelerator", "cpu") != "cpu"
+    display = MatrixProgress(todo, {s: c.recipe.max_steps - c.steps_done(s) for s in todo}, min(c.parallel, len(todo)))
+    workers: dict[RunSpec, int] = {}  # runs in training -> their worker's pid
+    with display.progress, ProcessPoolExecutor(
+        min(c.parallel, len(todo)), context, initializer=_worker_init, initargs=(slots, events, c.threads, gpu)
+    ) as pool:
+        futures = {pool.submit(_train_in_worker, c.run_kwargs(spec, gpu), spec): spec for spec in todo}
+        try:
+            while futures:
+                _drain(events, display, workers)
+                for future in [f for f in futures if f.done()]:
+                    spec = futures.pop(future)
+                    workers.pop(spec, None)
+                    error = future.exception()
+                    display.end(spec, outcome(future.result()) if error is None else f"{type(error).__name__}: "
+                                f"{error} (log: {c.folder(spec) / 'train.log'})")  # fmt: skip
+        except KeyboardInterrupt:
+            for pid in workers.values():
+                os.kill(pid, signal.SIGINT)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
-def _cli(value) -> str:
-    """A value as train.py's parser reads it: text as is, anything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
+def _drain(events, display: MatrixProgress, workers: dict[RunSpec, int]) -> None:
+    """Apply the workers' progress events to the display (waiting up to 0.2 s for the first)."""
+    try:
+        pid, *event = events.get(timeout=0.2)
+        while True:
+            workers[event[0]] = pid
+            display.update(*event)
+            pid, *event = events.get_nowait()
+    except queue.Empty:
+        pass
+
+
+_WORKER: dict = {}  # the worker process's event queue and parent
+
+
+def _worker_init(slots, events, threads: int | None, gpu: bool) -> None:
+    os.setpgrp()  # Ctrl-C in the terminal reaches the parent only, which forwards it to the workers in training
+    slot = slots.get()
+    if gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)  # before anything touches CUDA in this process
+    if threads is not None:
+        torch.set_num_threads(threads)
+    quiet()
+    _WORKER.update(events=events, parent=os.getppid())
+
+
+class _StopIfOrphaned(L.Callback):
+    """Stops the run (resumable, recorded as interrupted) once the comparison that started it has died."""
+
+    def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
+        if os.getppid() != _WORKER["parent"]:
+            trainer.should_stop = True
+
+
+def _train_in_worker(kwargs: dict, spec: RunSpec) -> Summary:
+    """train_run in a worker, its output (Python's and the libraries') appended to the run folder's train.log."""
+    folder = run_dir(kwargs["root"], spec.setting, kwargs["scale"], spec.variant, spec.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def send(*event) -> None:
+        _WORKER["events"].put((os.getpid(), *event))
+
+    kwargs["trainer"] = kwargs["trainer"] | {"callbacks": [ProgressReporter(spec, send), _StopIfOrphaned()]}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(folder / "train.log", "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            return train_run(**kwargs)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 if __name__ == "__main__":

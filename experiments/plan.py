@@ -11,6 +11,7 @@ import inspect
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -81,7 +82,8 @@ class Comparison:
     data: dict  # MultiModalDataModule arguments (the recipe's, the user's overrides, the cache)
     model_overrides: dict
     trainer: dict
-    parallel: int
+    parallel: int  # runs at a time, each in its own process
+    threads: int | None  # torch threads per run on the CPU (None: torch's default)
 
     def folder(self, spec: RunSpec) -> Path:
         return run_dir(self.root, spec.setting, self.scale, spec.variant, spec.seed)
@@ -89,6 +91,23 @@ class Comparison:
     def module(self, spec: RunSpec) -> dict:
         overrides = self.model_overrides | ({"decouple": list(spec.decouple)} if spec.decouple is not None else {})
         return self.recipe.module() | ({"model_overrides": overrides} if overrides else {})
+
+    def run_kwargs(self, spec: RunSpec, own_device: bool = False) -> dict:
+        """train_run's arguments for one run; `own_device`: the run's process sees one GPU of its own."""
+        trainer = {k: v for k, v in self.trainer.items() if not (own_device and k == "devices")}
+        return dict(
+            setting=spec.setting,
+            arm=spec.arm,
+            scale=self.scale,
+            seed=spec.seed,
+            max_steps=self.recipe.max_steps,
+            root=self.root,
+            val_every=self.recipe.val_every,
+            data=self.data,
+            module=self.module(spec),
+            trainer=trainer,
+            variant=spec.variant,
+        )
 
     def status(self, spec: RunSpec) -> str | None:
         summary = read_summary(self.folder(spec))
@@ -184,8 +203,6 @@ def resolve(args: argparse.Namespace) -> Comparison:
         raise ValueError(f"unknown scale {args.scale!r}; valid choices are {list(SCALES)}")
     get_setting(args.ablation_setting)  # checked even without --ablation: a typo never passes silently
     ablation_variants(args.ablation_arm)
-    if args.parallel < 1:
-        raise ValueError(f"--parallel must be >= 1; got {args.parallel}")
     data_args = set(inspect.signature(MultiModalDataModule).parameters) - {"self", "setting", "seed"}
     data_overrides = parse_overrides(args.data, "--data", valid=data_args)
     model_overrides = parse_overrides(args.model, "--model", valid={f.name for f in fields(ModelConfig)} - {"arch"})
@@ -202,6 +219,7 @@ def resolve(args: argparse.Namespace) -> Comparison:
     max_steps = args.max_steps or (math.ceil(args.tokens / tokens_per_step) if args.tokens else recipe.max_steps)
     if max_steps < 1:
         raise ValueError(f"the step budget must be >= 1; got {max_steps}")
+    parallel, threads = schedule(args.parallel, args.accelerator, devices, args.strategy)
     trainer = {
         k: v
         for k, v in (
@@ -222,8 +240,32 @@ def resolve(args: argparse.Namespace) -> Comparison:
         data=data,
         model_overrides=model_overrides,
         trainer=trainer,
-        parallel=args.parallel,
+        parallel=parallel,
+        threads=threads,
     )
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def schedule(parallel: str, accelerator: str, devices, strategy: str | None) -> tuple[int, int | None]:
+    """--parallel -> (runs at a time, torch threads per run on the CPU).
+
+    "auto" on the CPU (one device, no strategy) is one single-threaded run per core: a tiny run gains only 1.2-1.7x
+    from a second thread, so two runs side by side finish the matrix sooner (benchmarks/README.md measures it). The
+    training is bit-identical on any number of threads (tests/test_compare.py), so the schedule never changes a
+    result. "auto" anywhere else is one run at a time; K > 1 on GPUs gives each run its own GPU.
+    """
+    on_cpu = accelerator == "cpu" and devices in (None, 1) and strategy is None
+    if parallel == "auto":
+        count = cpu_cores() if on_cpu else 1
+    elif parallel.isdigit() and int(parallel) >= 1:
+        count = int(parallel)
+    else:
+        raise ValueError(f"--parallel must be 'auto' or a count >= 1; got {parallel!r}")
+    return count, max(1, cpu_cores() // count) if on_cpu else None
 
 
 def _devices(text: str | None):

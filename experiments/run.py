@@ -318,6 +318,7 @@ def _summary_start(lit: LitMultiModalLM, dm: MultiModalDataModule, summary: Summ
     summary.tokens_per_step = dm.batch_size * dm.seq_len
     summary.train_flops_per_step = analytic.train_per_token * summary.tokens_per_step
     summary.backend = lit.model.backend
+    summary.threads = torch.get_num_threads()
     summary.data_sources = list(dm.sources)
     summary.image_mix = image_mix(dm)
     summary.versions = {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()}

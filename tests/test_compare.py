@@ -3,15 +3,23 @@ interrupt, trains exactly what is missing, refuses bad names and results of anot
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
-from analysis.run_record import read_summary
-from experiments.compare import MatrixProgress, main
-from experiments.plan import ablation_variants, plan
+from analysis.run_record import TOKENS_PER_S, WALL, read_summary
+from experiments.compare import ProgressReporter, main
+from experiments import plan as plan_module
+from experiments.plan import ablation_variants, plan, schedule
 from tests.helpers import SMALL_DATA, TINY_MODEL
 
 STEPS = 4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +80,20 @@ def test_another_configuration_in_the_same_folders_is_refused_before_training(tm
 
 def test_interrupted_comparison_continues_where_it_stopped(tmp_path, cache, monkeypatch):
     args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,mom", "--max-steps", "6")
-    original = MatrixProgress.on_train_batch_end
+    args += ["--parallel", "1"]  # in this process, so that the patched callback runs
+    original = ProgressReporter.on_train_batch_end
 
     def ctrl_c_in_mom(self, trainer, *rest):
         original(self, trainer, *rest)
         if self.spec.arm == "mom" and trainer.global_step == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(MatrixProgress, "on_train_batch_end", ctrl_c_in_mom)
+    monkeypatch.setattr(ProgressReporter, "on_train_batch_end", ctrl_c_in_mom)
     assert main(args) == 130
     runs = tmp_path / "runs" / "chameleon" / "tiny"
     assert read_summary(runs / "mom/seed0").status == "interrupted"
     mamba_done = (runs / "mamba/seed0/summary.json").stat().st_mtime_ns
-    monkeypatch.setattr(MatrixProgress, "on_train_batch_end", original)
+    monkeypatch.setattr(ProgressReporter, "on_train_batch_end", original)
 
     assert main(args) == 0
     assert (runs / "mamba/seed0/summary.json").stat().st_mtime_ns == mamba_done
@@ -138,10 +147,73 @@ def test_ablation_runs_train_their_subset(tmp_path, cache):
     assert "blation" in (tmp_path / "results" / "report.md").read_text()
 
 
-def test_parallel_runs_in_separate_processes(tmp_path, cache):
-    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,transformer", "--max-steps", "2")
-    assert main([*args, "--parallel", "2"]) == 0
-    for arm in ("mamba", "transformer"):
-        folder = tmp_path / "runs" / "chameleon" / "tiny" / arm / "seed0"
-        assert read_summary(folder).status == "finished"
-        assert (folder / "train.log").exists()
+def trained_state(folder):
+    """A finished run's metrics (every logged number but the clock and the speed) and its final weights."""
+    with open(folder / "metrics.csv", newline="") as f:
+        rows = [{k: v for k, v in r.items() if k not in (WALL, TOKENS_PER_S)}
+                for r in csv.DictReader(f)]  # fmt: skip
+    weights = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return rows, weights
+
+
+def test_parallel_runs_are_bit_identical_to_runs_trained_alone(tmp_path, cache):
+    """Two single-threaded runs side by side (the CPU default) give exactly the runs trained one after the other in
+    this process on all its threads: same metrics, same weights; each worker's output goes to its run's train.log."""
+    args = ["--settings", "chameleon", "--arms", "mamba,mot", "--max-steps", "4"]
+    assert main([*small(tmp_path / "side", cache, *args), "--parallel", "2"]) == 0
+    assert main([*small(tmp_path / "alone", cache, *args), "--parallel", "1"]) == 0
+    for arm in ("mamba", "mot"):
+        side, alone = (tmp_path / k / "runs" / "chameleon" / "tiny" / arm / "seed0" for k in ("side", "alone"))
+        assert read_summary(side).threads == 1 and read_summary(alone).threads == torch.get_num_threads()
+        (side_rows, side_weights), (alone_rows, alone_weights) = trained_state(side), trained_state(alone)
+        assert side_rows == alone_rows and len(side_rows) > 4
+        assert side_weights.keys() == alone_weights.keys()
+        assert all(torch.equal(side_weights[k], alone_weights[k]) for k in side_weights), arm
+        assert (side / "train.log").exists()
+    meta = json.loads((tmp_path / "side" / "results" / "comparison.json").read_text())["meta"]
+    assert meta["parallel"] == 2 and meta["threads_per_run"] == max(1, plan_module.cpu_cores() // 2)
+
+
+def test_auto_schedule_is_one_single_threaded_run_per_core(monkeypatch):
+    monkeypatch.setattr(plan_module, "cpu_cores", lambda: 2)
+    assert schedule("auto", "cpu", None, None) == (2, 1)
+    assert schedule("1", "cpu", None, None) == (1, 2)
+    assert schedule("auto", "gpu", None, None) == (1, None)
+    assert schedule("4", "gpu", None, None) == (4, None)
+    assert schedule("auto", "cpu", 2, "ddp") == (1, None)
+    monkeypatch.setattr(plan_module, "cpu_cores", lambda: 8)
+    assert schedule("auto", "cpu", None, None) == (8, 1) and schedule("2", "cpu", None, None) == (2, 4)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_parallel_is_refused_before_anything_runs(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "results"), "--parallel", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--parallel" in err and repr(value) in err and "auto" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_stops_parallel_runs_resumably(tmp_path, cache):
+    """SIGINT to a comparison training two runs side by side: it forwards the interrupt to the workers, which record
+    their runs as interrupted; it exits 130 and the same command then finishes both, every step logged once."""
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,mom", "--max-steps", "40", "--parallel",
+                 "2")  # fmt: skip
+    command = [sys.executable, "experiments/compare.py", *args]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runs = tmp_path / "runs" / "chameleon" / "tiny"
+    deadline = time.monotonic() + 300
+    while not all((runs / arm / "seed0" / "checkpoints" / "last.ckpt").exists() for arm in ("mamba", "mom")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output
+    assert {read_summary(runs / arm / "seed0").status for arm in ("mamba", "mom")} == {"interrupted"}, output
+    assert main(args) == 0
+    for arm in ("mamba", "mom"):
+        assert read_summary(runs / arm / "seed0").status == "finished"
+        with open(runs / arm / "seed0" / "metrics.csv", newline="") as f:
+            steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
+        assert steps == list(range(40))
