@@ -1,0 +1,96 @@
+"""What a training step costs per arm on the CPU: the four arms' tiny models side by side, 1 and 2 threads.
+
+    python benchmarks/bench_step.py [--rounds 15 --threads 1,2 --backends cpu,torch]
+
+One step = forward, the multimodal loss, backward and an AdamW step (what the Lightning module does per batch, less
+logging), at the tiny scale's shapes: batch 8 x 256 tokens, vocabulary 2,560, two modalities in interleaved runs
+(mean run 32 tokens). The arms run round by round, interleaved (the machine is shared and noisy); each ratio is the
+median over rounds of the per-round ratio, so load that drifts between rounds cancels. `--backends` adds the Mamba
+arms on other scan backends ("torch": the pure-PyTorch scan, the backend before the compiled kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_routing import interleaved_ids  # noqa: E402  (needs the repo root on sys.path)
+from experiments.losses import multimodal_losses  # noqa: E402
+from models import ModelConfig, build_model  # noqa: E402
+
+BATCH, SEQLEN, VOCAB = 8, 256, 2560
+
+
+def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Tokens whose modality follows interleaved runs; targets are the next tokens."""
+    g = torch.Generator().manual_seed(seed)
+    modality = interleaved_ids(BATCH, SEQLEN + 1, 2, mean_run=32, seed=seed)
+    text = torch.randint(0, 2048, (BATCH, SEQLEN + 1), generator=g)
+    image = torch.randint(2048, VOCAB, (BATCH, SEQLEN + 1), generator=g)
+    tokens = torch.where(modality == 0, text, image)
+    return {
+        "tokens": tokens[:, :-1],
+        "modality_ids": modality[:, :-1],
+        "targets": tokens[:, 1:],
+        "target_modality": modality[:, 1:],
+    }
+
+
+def make_step(arch: str, backend: str, batch: dict[str, torch.Tensor]):
+    """A closure running one training step of a fresh tiny model of `arch`."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_scale("tiny", arch=arch, vocab_size=VOCAB, n_modalities=2, scan_backend=backend)
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        out = model(batch["tokens"], batch["modality_ids"])
+        loss = multimodal_losses(out.logits, batch, 2)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    parser.add_argument("--backends", default="cpu", help="scan backends for the Mamba arms (first = the default)")
+    args = parser.parse_args()
+    backends = args.backends.split(",")
+    batch = make_batch()
+    arms = [("transformer", "auto"), ("mot", "auto")]
+    arms += [(arch, backend) for backend in backends for arch in ("mamba", "mom")]
+    steps = {f"{arch}" + ("" if b in ("auto", backends[0]) else f" ({b})"): make_step(arch, b, batch) for arch, b in arms}
+    print(f"torch {torch.__version__}, batch {BATCH}x{SEQLEN}, tiny models, {args.rounds} rounds, scan {backends}")
+    for threads in map(int, args.threads.split(",")):
+        torch.set_num_threads(threads)
+        times = {name: [] for name in steps}
+        for round_ in range(args.rounds + 2):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                if round_ >= 2:  # two warm-up rounds
+                    times[name].append(time.perf_counter() - start)
+
+        def ratio(a: str, b: str) -> float:
+            return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+        print(f"\n{threads} thread(s)")
+        print(f"{'arm':<22}{'median ms':>10}{'vs transformer':>16}")
+        for name in steps:
+            print(f"{name:<22}{statistics.median(times[name]) * 1e3:>10.0f}{ratio(name, 'transformer'):>15.2f}x")
+        print(f"mom / mamba {ratio('mom', 'mamba'):.2f}x, mot / transformer {ratio('mot', 'transformer'):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
