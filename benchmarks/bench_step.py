@@ -70,7 +70,9 @@ def main() -> None:
     batch = make_batch()
     arms = [("transformer", "auto"), ("mot", "auto")]
     arms += [(arch, backend) for backend in backends for arch in ("mamba", "mom")]
-    steps = {f"{arch}" + ("" if b in ("auto", backends[0]) else f" ({b})"): make_step(arch, b, batch) for arch, b in arms}
+    steps = {
+        f"{arch}" + ("" if b in ("auto", backends[0]) else f" ({b})"): make_step(arch, b, batch) for arch, b in arms
+    }
     print(f"torch {torch.__version__}, batch {BATCH}x{SEQLEN}, tiny models, {args.rounds} rounds, scan {backends}")
     for threads in map(int, args.threads.split(",")):
         torch.set_num_threads(threads)
@@ -82,7 +84,7 @@ def main() -> None:
                 if round_ >= 2:  # two warm-up rounds
                     times[name].append(time.perf_counter() - start)
 
-        def ratio(a: str, b: str) -> float:
+        def ratio(a: str, b: str, times=times) -> float:
             return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
         print(f"\n{threads} thread(s)")

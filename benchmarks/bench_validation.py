@@ -91,7 +91,7 @@ def main() -> None:
         keys = scores[dense, 0][["valset", "modality"]].drop_duplicates().itertuples(index=False)
         for valset, modality in keys:
 
-            def pick(arm, seed, valset=valset, modality=modality):
+            def pick(arm, seed, valset=valset, modality=modality, scores=scores):
                 s = scores[arm, seed]
                 return s[(s.valset == valset) & (s.modality == modality)].sort_values("sequence")
 

@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     default_arms = ",".join(name for name, arm in ARMS.items() if arm.default)
     parser.add_argument("--arms", default=default_arms, help=f"comma list of {', '.join(ARMS)}")
     parser.add_argument("--scale", default="tiny", help=f"one of {', '.join(SCALES)} (sets the recipe)")
-    parser.add_argument("--seeds", default="1", help="a count (3 -> seeds 0,1,2) or a comma list of seeds (default 1)")
+    parser.add_argument(
+        "--seeds", help="a count (3 -> seeds 0,1,2) or a comma list of seeds (default: the scale's recipe; tiny: 3)"
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max-steps", type=int, help="optimiser steps per run (default: the scale's recipe)")
     budget.add_argument("--tokens", type=float, help="training tokens per run (rounded up to whole steps)")
@@ -287,9 +289,15 @@ def train_parallel(c: Comparison, todo: list[RunSpec]) -> None:
     gpu = c.trainer.get("accelerator", "cpu") != "cpu"
     display = MatrixProgress(todo, {s: c.recipe.max_steps - c.steps_done(s) for s in todo}, min(c.parallel, len(todo)))
     workers: dict[RunSpec, int] = {}  # runs in training -> their worker's pid
-    with display.progress, ProcessPoolExecutor(
-        min(c.parallel, len(todo)), context, initializer=_worker_init, initargs=(slots, events, c.threads, gpu)
-    ) as pool:
+    with (
+        display.progress,
+        ProcessPoolExecutor(
+            min(c.parallel, len(todo)),
+            context,
+            initializer=_worker_init,
+            initargs=(slots, events, c.threads, gpu, dict(ARMS), dict(SETTINGS)),
+        ) as pool,
+    ):
         futures = {pool.submit(_train_in_worker, c.run_kwargs(spec, gpu), spec): spec for spec in todo}
         try:
             while futures:
@@ -322,8 +330,12 @@ def _drain(events, display: MatrixProgress, workers: dict[RunSpec, int]) -> None
 _WORKER: dict = {}  # the worker process's event queue and parent
 
 
-def _worker_init(slots, events, threads: int | None, gpu: bool) -> None:
+def _worker_init(slots, events, threads: int | None, gpu: bool, arms: dict, settings: dict) -> None:
     os.setpgrp()  # Ctrl-C in the terminal reaches the parent only, which forwards it to the workers in training
+    for name, arm in arms.items():  # arms and settings registered at run time in the parent exist here too
+        ARMS.setdefault(name, arm)
+    for name, setting in settings.items():
+        SETTINGS.setdefault(name, setting)
     slot = slots.get()
     if gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)  # before anything touches CUDA in this process

@@ -219,6 +219,7 @@ def resolve(args: argparse.Namespace) -> Comparison:
     max_steps = args.max_steps or (math.ceil(args.tokens / tokens_per_step) if args.tokens else recipe.max_steps)
     if max_steps < 1:
         raise ValueError(f"the step budget must be >= 1; got {max_steps}")
+    seeds = parse_seeds(str(recipe.seeds) if args.seeds is None else args.seeds)
     parallel, threads = schedule(args.parallel, args.accelerator, devices, args.strategy)
     trainer = {
         k: v
@@ -232,7 +233,7 @@ def resolve(args: argparse.Namespace) -> Comparison:
         if v is not None
     }
     return Comparison(
-        runs=plan(settings, arms, parse_seeds(args.seeds), args.ablation, args.ablation_setting, args.ablation_arm),
+        runs=plan(settings, arms, seeds, args.ablation, args.ablation_setting, args.ablation_arm),
         scale=args.scale,
         root=Path(args.root),
         out=Path(args.out or f"results/{args.scale}"),

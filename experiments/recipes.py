@@ -24,6 +24,7 @@ class Recipe:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
+    seeds: int = 1  # seeds a comparison trains by default (compare.py --seeds): a property of the study, not a run
 
     DATA = ("seq_len", "batch_size", "val_sequences")  # MultiModalDataModule arguments
     MODULE = ("lr", "warmup_steps", "min_lr_ratio", "weight_decay", "betas")  # LitMultiModalLM arguments
@@ -38,8 +39,9 @@ class Recipe:
         return {"max_steps": self.max_steps, "val_every": self.val_every, **self.data(), **self.module()}
 
 
-# tiny: the default CPU recipe, sized so that 3 settings x 4 arms finish in about 12 minutes on 2 cores while the
-# dense curves still fall and 20 evaluations place the crossing. AdamW 2e-3 with warmup and cosine decay at d_model
+# tiny: the default CPU recipe, sized so that 3 settings x 4 arms x 3 seeds (the seeds give every verdict its
+# interval) train on 2 cores in about a quarter of an hour while the dense curves still fall and 20 evaluations
+# place the crossing. AdamW 2e-3 with warmup and cosine decay at d_model
 # 128 showed the sparse arms' gain once the cosine flattens the dense curve; batch 8 x 256 gives twice the optimiser
 # steps per token of 16 x 256, and speech utterances (~110 units) still fit one sequence.
 # Paper scales: Transfusion's published optimiser and sequences of 4096 (docs/papers.md); batch per device.
@@ -54,11 +56,13 @@ _PAPER = Recipe(
     min_lr_ratio=0.05,
 )
 RECIPES = {
-    "tiny": Recipe(max_steps=200, val_every=10, seq_len=256, batch_size=8, val_sequences=32, lr=2e-3, warmup_steps=20),
+    "tiny": Recipe(
+        max_steps=200, val_every=10, seq_len=256, batch_size=8, val_sequences=32, lr=2e-3, warmup_steps=20, seeds=3
+    ),
     "small": Recipe(
         max_steps=1000, val_every=25, seq_len=512, batch_size=16, val_sequences=64, lr=1e-3, warmup_steps=100
     ),
     **dict.fromkeys(("163m", "760m", "1.4b"), _PAPER),
 }
 
-RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
+RECIPE_FIELDS = tuple(f.name for f in fields(Recipe) if f.name != "seeds")  # what a run's config resolves

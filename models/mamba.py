@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.family import Family
 from models import scan_cpu
+from models.family import Family
 from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, as_routing, upcast, validate_parts
 from models.scan import BACKENDS, resolve_backend, scan_flops, selective_scan
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from analysis.run_record import TOKENS_PER_S, WALL, read_summary
-from experiments.compare import ProgressReporter, main
 from experiments import plan as plan_module
-from experiments.plan import ablation_variants, plan, schedule
+from experiments.compare import ProgressReporter, build_parser, main
+from experiments.plan import ablation_variants, plan, resolve, schedule
 from tests.helpers import SMALL_DATA, TINY_MODEL
 
 STEPS = 4
@@ -32,7 +32,7 @@ def small(tmp, cache, *args):
     data = [f"--data={k}={v}" for k, v in SMALL_DATA.items()]
     model = [f"--model={k}={v}" for k, v in TINY_MODEL.items()]
     return ["--root", str(tmp / "runs"), "--out", str(tmp / "results"), "--data-cache", cache, "--val-every", "2",
-            *data, *model, *args]  # fmt: skip
+            "--seeds", "1", *data, *model, *args]  # fmt: skip
 
 
 def summaries(root):
@@ -172,6 +172,13 @@ def test_parallel_runs_are_bit_identical_to_runs_trained_alone(tmp_path, cache):
         assert (side / "train.log").exists()
     meta = json.loads((tmp_path / "side" / "results" / "comparison.json").read_text())["meta"]
     assert meta["parallel"] == 2 and meta["threads_per_run"] == max(1, plan_module.cpu_cores() // 2)
+
+
+def test_the_default_comparison_is_three_seeds_of_every_arm_in_every_setting():
+    c = resolve(build_parser().parse_args([]))
+    assert len(c.runs) == 3 * 4 * 3 and {s.seed for s in c.runs} == {0, 1, 2}
+    assert c.recipe.max_steps * c.data["batch_size"] * c.data["seq_len"] >= 409_600  # tokens per run
+    assert len(resolve(build_parser().parse_args(["--seeds", "1"])).runs) == 12
 
 
 def test_auto_schedule_is_one_single_threaded_run_per_core(monkeypatch):

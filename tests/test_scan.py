@@ -273,7 +273,11 @@ def test_cpu_conv_matches_torch_conv(B, E, L, K, bias):
 def test_cpu_conv_gives_the_same_bits_on_one_and_two_threads():
     """A task owns a channel group over all rows and steps, so the weight and bias gradients sum in one order."""
     g = torch.Generator().manual_seed(0)
-    x, weight, bias = torch.randn(4, 48, 130, generator=g), torch.randn(48, 4, generator=g), torch.randn(48, generator=g)
+    x, weight, bias = (
+        torch.randn(4, 48, 130, generator=g),
+        torch.randn(48, 4, generator=g),
+        torch.randn(48, generator=g),
+    )
     results, threads = [], torch.get_num_threads()
     try:
         for n in (1, 2):
