@@ -22,6 +22,7 @@ Shapes: B batch, L sequence, T = B * L tokens, M n_modalities, D features. modal
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -105,6 +106,28 @@ class ModalityRouting:
         out = _PermuteRows.apply(rows, self.inverse, self.order)
         return out.view(*self.modality_ids.shape, rows.shape[-1])
 
+    def gather(self, x: Tensor) -> list[Tensor]:
+        """(B, L, D) or (T, D) in sequence order -> one (T_m, D) block of rows per modality present."""
+        rows = x.reshape(-1, x.shape[-1])
+        return [rows.index_select(0, index) for index in self._present_indices]
+
+    def scatter(self, blocks: list[Tensor]) -> Tensor:
+        """The blocks of `gather` (after a per-row map) -> (B, L, D) in sequence order: each block written straight
+        to its rows, with no concatenation and no second permutation."""
+        out = blocks[0].new_empty(self.n_tokens, blocks[0].shape[-1])
+        for block, index in zip(blocks, self._present_indices, strict=True):
+            out.index_copy_(0, index, block)
+        return out.view(*self.modality_ids.shape, out.shape[-1])
+
+    @property
+    def present(self) -> list[int]:
+        """The modalities with at least one token in this batch."""
+        return [m for m, n in enumerate(self.counts) if n > 0]
+
+    @functools.cached_property
+    def _present_indices(self) -> list[Tensor]:
+        return [index for index in self.order.split(self.counts) if index.numel() > 0]
+
     def split(self, rows: Tensor) -> tuple[Tensor, ...]:
         """Sorted rows -> one contiguous block per modality (empty blocks for absent modalities)."""
         return rows.split(self.counts)
@@ -178,7 +201,16 @@ class ModalityLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if routing is None:
             raise ValueError(f"this layer has {self.n_modalities} modality experts: pass the batch's routing")
-        return routing.unsort(self.forward_sorted(routing.sort(x), routing))
+        if x.shape[:-1].numel() != routing.n_tokens:
+            raise ValueError(f"input has {x.shape[:-1].numel()} tokens but the routing has {routing.n_tokens}")
+        if routing.n_tokens == 0:
+            return x.new_zeros(*x.shape[:-1], self.out_features)
+        biases = self.bias.unbind(0) if self.bias is not None else (None,) * self.n_modalities
+        outs = [
+            F.linear(block, self.weight[m], biases[m])
+            for m, block in zip(routing.present, routing.gather(x), strict=True)
+        ]
+        return routing.scatter(outs).view(*x.shape[:-1], self.out_features)
 
     def forward_sorted(self, rows: Tensor, routing: ModalityRouting | None) -> Tensor:
         """(T, in) rows already grouped by modality -> (T, out) in the same order. Lets a chain of per-token layers
