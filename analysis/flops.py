@@ -66,6 +66,7 @@ IGNORED_OPS: dict[str, str] = {
     "prim::PythonOp._PermuteRows": "modality routing's row permutation (index_select)",
     "aten::argsort": "modality routing's sort of the tokens",
     "aten::index_select": "modality routing's gather",
+    "aten::index_copy_": "modality routing's scatter of each modality's outputs back to their positions",
     "aten::bincount": "modality routing's per-modality counts",
     "aten::aminmax": "input validation",
     "aten::numel": "shape arithmetic",
