@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -46,7 +47,7 @@ from rich.progress import (
 from rich.text import Text
 
 from analysis.report import write_report
-from analysis.run_record import Summary, run_dir
+from analysis.run_record import Summary
 from common import write_json
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS
@@ -263,10 +264,14 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
+def steps_left(c: Comparison, todo: list[RunSpec]) -> dict[RunSpec, int]:
+    return {spec: c.recipe.max_steps - c.steps_done(spec) for spec in todo}
+
+
 def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
     """One run after the other in this process (on torch's threads), under one progress display."""
     quiet()
-    display = MatrixProgress(todo, {s: c.recipe.max_steps - c.steps_done(s) for s in todo})
+    display = MatrixProgress(todo, steps_left(c, todo))
     with display.progress:
         for spec in todo:
             kwargs = c.run_kwargs(spec)
@@ -287,18 +292,19 @@ def train_parallel(c: Comparison, todo: list[RunSpec]) -> None:
     for slot in range(c.parallel):
         slots.put(slot)
     gpu = c.trainer.get("accelerator", "cpu") != "cpu"
-    display = MatrixProgress(todo, {s: c.recipe.max_steps - c.steps_done(s) for s in todo}, min(c.parallel, len(todo)))
+    n_workers = min(c.parallel, len(todo))
+    display = MatrixProgress(todo, steps_left(c, todo), n_workers)
     workers: dict[RunSpec, int] = {}  # runs in training -> their worker's pid
     with (
         display.progress,
         ProcessPoolExecutor(
-            min(c.parallel, len(todo)),
+            n_workers,
             context,
             initializer=_worker_init,
             initargs=(slots, events, c.threads, gpu, dict(ARMS), dict(SETTINGS)),
         ) as pool,
     ):
-        futures = {pool.submit(_train_in_worker, c.run_kwargs(spec, gpu), spec): spec for spec in todo}
+        futures = {pool.submit(_train_in_worker, c.run_kwargs(spec, gpu), spec, c.folder(spec)): spec for spec in todo}
         try:
             while futures:
                 _drain(events, display, workers)
@@ -353,9 +359,8 @@ class _StopIfOrphaned(L.Callback):
             trainer.should_stop = True
 
 
-def _train_in_worker(kwargs: dict, spec: RunSpec) -> Summary:
+def _train_in_worker(kwargs: dict, spec: RunSpec, folder: Path) -> Summary:
     """train_run in a worker, its output (Python's and the libraries') appended to the run folder's train.log."""
-    folder = run_dir(kwargs["root"], spec.setting, kwargs["scale"], spec.variant, spec.seed)
     folder.mkdir(parents=True, exist_ok=True)
 
     def send(*event) -> None:

@@ -30,6 +30,18 @@
 
 namespace {
 
+// 2^f for f in [-1/2, 1/2]: a degree-6 polynomial (Chebyshev fit), for a float or a vector of floats.
+template <typename U>
+inline U exp2_poly(U f) {
+  U p = U{} + 1.54697362e-04f;
+  p = p * f + 1.34004369e-03f;
+  p = p * f + 9.61802559e-03f;
+  p = p * f + 5.55032720e-02f;
+  p = p * f + 2.40226512e-01f;
+  p = p * f + 6.93147207e-01f;
+  return p * f + 1.0f;
+}
+
 // exp(x) for float: 2^(x log2 e) as 2^k times a degree-6 polynomial (Chebyshev fit) for 2^f, f in [-1/2, 1/2].
 // Relative error about 1e-7 (float32 rounding), so the errors that accumulate over a long scan stay at float32's
 // own level; arguments below -87 give 0, above 88 a large finite number.
@@ -37,13 +49,7 @@ inline float fast_exp(float x) {
   const float y = std::min(std::max(x * 1.4426950408889634f, -126.0f), 127.0f);
   const float k = std::floor(y + 0.5f);
   const float f = y - k;
-  float p = 1.54697362e-04f;
-  p = p * f + 1.34004369e-03f;
-  p = p * f + 9.61802559e-03f;
-  p = p * f + 5.55032720e-02f;
-  p = p * f + 2.40226512e-01f;
-  p = p * f + 6.93147207e-01f;
-  p = p * f + 1.0f;
+  const float p = exp2_poly(f);
   const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
@@ -106,13 +112,7 @@ inline Vec<float> exp_v(Vec<float> x) {
   VI ki = __builtin_convertvector(yh, VI);
   ki += __builtin_convertvector(ki, Vec<float>) > yh;  // true is -1
   const Vec<float> f = y - __builtin_convertvector(ki, Vec<float>);
-  Vec<float> p = zero + 1.54697362e-04f;
-  p = p * f + 1.34004369e-03f;
-  p = p * f + 9.61802559e-03f;
-  p = p * f + 5.55032720e-02f;
-  p = p * f + 2.40226512e-01f;
-  p = p * f + 6.93147207e-01f;
-  p = p * f + 1.0f;
+  const Vec<float> p = exp2_poly(f);
   const VI bits = (ki + 127) << 23;
   Vec<float> scale;
   std::memcpy(&scale, &bits, sizeof(scale));
