@@ -20,6 +20,7 @@ from tests.helpers import SMALL_DATA, TINY_MODEL
 
 STEPS = 4
 ROOT = Path(__file__).resolve().parents[1]
+STEPS_CTRL_C = 200
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +206,9 @@ def test_bad_parallel_is_refused_before_anything_runs(tmp_path, capsys, value):
 def test_ctrl_c_stops_parallel_runs_resumably(tmp_path, cache):
     """SIGINT to a comparison training two runs side by side: it forwards the interrupt to the workers, which record
     their runs as interrupted; it exits 130 and the same command then finishes both, every step logged once."""
-    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,mom", "--max-steps", "40", "--parallel",
-                 "2")  # fmt: skip
+    # A budget no run can finish while the other worker is still starting (spawning a worker takes seconds on CI).
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,mom", "--max-steps", str(STEPS_CTRL_C),
+                 "--parallel", "2")  # fmt: skip
     command = [sys.executable, "experiments/compare.py", *args]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = tmp_path / "runs" / "chameleon" / "tiny"
@@ -223,4 +225,4 @@ def test_ctrl_c_stops_parallel_runs_resumably(tmp_path, cache):
         assert read_summary(runs / arm / "seed0").status == "finished"
         with open(runs / arm / "seed0" / "metrics.csv", newline="") as f:
             steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
-        assert steps == list(range(40))
+        assert steps == list(range(STEPS_CTRL_C))
