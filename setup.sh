@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 DEBIAN_DATA="dataset-fashion-mnist fortunes fortunes-min fonts-noto-color-emoji asterisk-core-sounds-en-wav asterisk-core-sounds-en"
-BUILD_TOOLS="g++"  # the compiled CPU selective scan (models/csrc); ninja comes from PyPI (requirements.txt)
+BUILD_TOOLS="g++"  # the compiled CPU kernels (models/csrc); ninja comes from PyPI (requirements.txt)
 AUSTEN_DIR=.cache/debian/janeaustenr
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     missing=$(for p in $DEBIAN_DATA $BUILD_TOOLS; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
@@ -32,6 +32,10 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # torch==2.13.0 (requirements.txt) resolves to the CPU build on this kind of machine; see README "GPU install".
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-# Build the compiled CPU selective scan now (about a minute, once per machine; torch caches it), so that runs do not
-# pay for it. If it cannot build, runs fall back to the pure-PyTorch scan and say so.
-.venv/bin/python -c "from models import scan_cpu; print('compiled CPU selective scan:', 'ready' if scan_cpu.available() else 'unavailable (' + scan_cpu.load_error() + '); runs use the torch scan')"
+# Build the compiled CPU kernels (selective scan, loss; once per machine, torch caches them) and prepare the default
+# data (tokenizers, image codebook, speech units; .cache/data) side by side, each about half a minute on its own core,
+# so that runs pay for neither. If the kernels cannot build, runs fall back to torch's scan and loss and say so.
+.venv/bin/python -c "from models import cpu_kernels; print('compiled CPU kernels:', 'ready' if cpu_kernels.available() else 'unavailable (' + cpu_kernels.load_error() + '); runs use the torch scan and loss')" &
+kernels=$!
+.venv/bin/python -m datamodules --settings all
+wait "$kernels"

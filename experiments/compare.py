@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     lightning.add_argument("--devices", default=None, help="e.g. 1, 8, 'auto'")
     lightning.add_argument("--num-nodes", type=int, default=None)
     lightning.add_argument("--strategy", default=None, help="e.g. ddp, fsdp")
-    lightning.add_argument("--precision", default=None, help="e.g. bf16-mixed (the GPU default)")
+    lightning.add_argument(
+        "--precision", default=None, help="the recipe's is bf16-mixed (bf16 matmuls, float32 weights); 32-true: float32"
+    )
     parser.add_argument(
         "--parallel",
         default="auto",

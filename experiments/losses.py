@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.vocab import IGNORE, IMAGE, MODALITY_NAMES
+from models import cpu_kernels
 from models.layers import upcast
 
 
@@ -40,6 +41,18 @@ def _source_positions(batch: dict[str, Tensor], k: int) -> Tensor:
     if "patch_mask" in batch:
         return batch["patch_mask"] & (batch["image_source"] == k)
     return (batch["target_modality"] == IMAGE) & (batch["target_image_source"] == k)
+
+
+def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """(B, L) next-token cross-entropy of (B, L, V) logits, in at least float32; 0 where the target is IGNORE.
+
+    On the CPU the compiled kernel computes it (models/cpu_kernels.py: half of torch's time, no float32 copy of bf16
+    logits); elsewhere, or without the kernel, torch's cross-entropy of the upcast logits.
+    """
+    if logits.device.type == "cpu" and cpu_kernels.available():
+        return cpu_kernels.cross_entropy(logits, targets, IGNORE)
+    ce = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten(), ignore_index=IGNORE, reduction="none")
+    return ce.view_as(targets)
 
 
 def multimodal_losses(
@@ -69,8 +82,7 @@ def multimodal_losses(
     """
     targets, target_modality = batch["targets"], batch["target_modality"]
     positions = loss_positions(batch, n_modalities, image_sources) if positions is None else positions
-    ce = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten(), ignore_index=IGNORE, reduction="none")
-    ce = ce.view_as(targets)
+    ce = token_cross_entropy(logits, targets)
     sums = {MODALITY_NAMES[m]: ce[target_modality == m].sum() for m in range(n_modalities)}
     if patch_pred is not None:
         noise = batch["noise"][batch["patch_mask"]]  # (n, P)

@@ -95,6 +95,7 @@ class Comparison:
     def run_kwargs(self, spec: RunSpec, own_device: bool = False) -> dict:
         """train_run's arguments for one run; `own_device`: the run's process sees one GPU of its own."""
         trainer = {k: v for k, v in self.trainer.items() if not (own_device and k == "devices")}
+        trainer |= self.recipe.trainer()
         return dict(
             setting=spec.setting,
             arm=spec.arm,
@@ -146,7 +147,12 @@ class Comparison:
             try:
                 read_summary(folder)
                 conflicts = recipe_conflicts(
-                    folder, self.recipe.max_steps, self.recipe.val_every, self.data, self.module(spec)
+                    folder,
+                    self.recipe.max_steps,
+                    self.recipe.val_every,
+                    self.data,
+                    self.module(spec),
+                    self.recipe.precision,
                 )
             except RunRecordError as exc:
                 found.append(str(exc))
@@ -211,6 +217,8 @@ def resolve(args: argparse.Namespace) -> Comparison:
         if args.val_every < 1:
             raise ValueError(f"--val-every must be >= 1; got {args.val_every}")
         recipe = replace(recipe, val_every=args.val_every)
+    if args.precision is not None:
+        recipe = replace(recipe, precision=args.precision)
     data = recipe.data() | data_overrides | {"cache_dir": args.data_cache}
     # batch_size is per device: a step of a run on N devices x K nodes trains N x K batches.
     devices = _devices(args.devices)
@@ -228,7 +236,6 @@ def resolve(args: argparse.Namespace) -> Comparison:
             ("devices", devices),
             ("num_nodes", args.num_nodes),
             ("strategy", args.strategy),
-            ("precision", args.precision),
         )
         if v is not None
     }

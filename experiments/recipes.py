@@ -24,10 +24,14 @@ class Recipe:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
+    # Lightning's precision: float32 weights and optimiser, bf16 matmuls (autocast). On GPUs the papers' choice; on a
+    # CPU with AVX512-BF16 or AMX a bf16 matmul is 2.4x a float32 one (benchmarks/README.md, "Precision").
+    precision: str = "bf16-mixed"
     seeds: int = 1  # seeds a comparison trains by default (compare.py --seeds): a property of the study, not a run
 
     DATA = ("seq_len", "batch_size", "val_sequences")  # MultiModalDataModule arguments
     MODULE = ("lr", "warmup_steps", "min_lr_ratio", "weight_decay", "betas")  # LitMultiModalLM arguments
+    TRAINER = ("precision",)  # lightning.Trainer arguments
 
     def data(self) -> dict:
         return {name: getattr(self, name) for name in self.DATA}
@@ -35,8 +39,17 @@ class Recipe:
     def module(self) -> dict:
         return {name: getattr(self, name) for name in self.MODULE}
 
+    def trainer(self) -> dict:
+        return {name: getattr(self, name) for name in self.TRAINER}
+
     def as_dict(self) -> dict:
-        return {"max_steps": self.max_steps, "val_every": self.val_every, **self.data(), **self.module()}
+        return {
+            "max_steps": self.max_steps,
+            "val_every": self.val_every,
+            **self.data(),
+            **self.module(),
+            **self.trainer(),
+        }
 
 
 # tiny: the default CPU recipe, sized so that 3 settings x 4 arms x 3 seeds (the seeds give every verdict its

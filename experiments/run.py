@@ -93,12 +93,18 @@ class RunRecorder(L.Callback):
 
 
 def recipe_conflicts(
-    folder: Path, max_steps: int, val_every: int, data: dict | None = None, module: dict | None = None
+    folder: Path,
+    max_steps: int,
+    val_every: int,
+    data: dict | None = None,
+    module: dict | None = None,
+    precision: str | None = None,
 ) -> list[str]:
     """How the run recorded in `folder` differs from the requested recipe ([] when it matches or nothing is there).
 
     Only what the caller asked for is compared (every `data` and `module` key given, the step budget and validation
-    cadence); Trainer settings are not part of a recipe, so a run may resume on other hardware.
+    cadence, the precision); the other Trainer settings are not part of a recipe, so a run may resume on other
+    hardware.
     """
     stored = read_config(folder)
     if stored is None:
@@ -106,6 +112,7 @@ def recipe_conflicts(
     wanted = {"max_steps": max_steps, "val_every": val_every}
     wanted |= {f"data.{k}": v for k, v in (data or {}).items() if k != "cache_dir"}  # where, not what
     wanted |= {f"module.{k}": v for k, v in (module or {}).items()}
+    wanted |= {"trainer.precision": precision} if precision is not None else {}
     conflicts = []
     for key, value in wanted.items():
         section, _, name = key.rpartition(".")
@@ -151,15 +158,17 @@ def train_run(
         val_every: validate every this many steps; default: the scale's recipe.
         data: MultiModalDataModule arguments on top of the recipe's (identical for every arm of a comparison).
         module: LitMultiModalLM arguments on top of the recipe's (lr, warmup_steps, model_overrides, ...).
-        trainer: extra lightning.Trainer arguments (accelerator, devices, precision, strategy, ...).
+        trainer: lightning.Trainer arguments (accelerator, devices, precision, strategy, ...); precision defaults to
+            the recipe's.
     """
     check_run(setting, arm, scale)
     recipe = RECIPES[scale]
     max_steps = recipe.max_steps if max_steps is None else max_steps
     val_every = recipe.val_every if val_every is None else val_every
     data, module, variant = recipe.data() | (data or {}), recipe.module() | (module or {}), variant or arm
+    trainer = recipe.trainer() | (trainer or {})
     folder = run_dir(root, setting, scale, variant, seed)
-    conflicts = recipe_conflicts(folder, max_steps, val_every, data, module)
+    conflicts = recipe_conflicts(folder, max_steps, val_every, data, module, trainer["precision"])
     if conflicts:
         raise ValueError(
             f"{folder} holds a run of a different recipe ({'; '.join(conflicts)}); "
@@ -203,10 +212,9 @@ def train_run(
         log_every_n_steps=1,
         num_sanity_val_steps=0,
     )
-    settings.update(trainer or {})
+    settings.update(trainer)
     extra_callbacks = list(settings.pop("callbacks", []))
     if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
-        settings.setdefault("precision", "bf16-mixed")
         # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use.
         lit.flops_per_batch = summary.train_flops_per_step
         extra_callbacks.append(

@@ -51,12 +51,13 @@ def build_parser() -> ArgumentParser:
 
 
 def recipe_defaults(recipe: Recipe) -> dict:
-    """The parser's defaults for a scale: its recipe's budget, data and optimiser options."""
+    """The parser's defaults for a scale: its recipe's budget, data, optimiser and precision options."""
     return {
         "max_steps": recipe.max_steps,
         "val_every": recipe.val_every,
         **{f"data.{k}": v for k, v in recipe.data().items()},
         **{f"model.{k}": v for k, v in recipe.module().items()},
+        **{f"trainer.{k}": v for k, v in recipe.trainer().items()},
     }
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models import scan_cpu
+from models import cpu_kernels
 from models.family import Family
 from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, as_routing, upcast, validate_parts
 from models.scan import BACKENDS, resolve_backend, scan_flops, selective_scan
@@ -180,10 +180,11 @@ class MambaMixer(nn.Module):
         conv_fn = _causal_conv1d_fn() if backend == "cuda" else None
         if conv_fn is not None:
             return conv_fn(xs, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        if backend == "cpu" and xs.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu"):
+        if backend == "cpu":
             # The compiled kernel reads in_proj's time-major output as it is and writes time-major, so x_proj and
-            # the scan read it without copies (torch's conv1d would copy in and out of channel-major).
-            return scan_cpu.causal_conv1d_silu_cpu(xs, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+            # the scan read it without copies (torch's conv1d would copy in and out of channel-major). Under bf16
+            # autocast it runs in float32, as the scan does.
+            return cpu_kernels.causal_conv1d_silu_cpu(upcast(xs), self.conv1d.weight.squeeze(1), self.conv1d.bias)
         # padding = d_conv - 1 on both sides; keeping the first L outputs makes it causal.
         return F.silu(self.conv1d(xs)[..., :seqlen])
 

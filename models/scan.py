@@ -8,7 +8,7 @@ Backends:
     "ref"   `selective_scan_ref`, a sequential loop under autograd with mamba-ssm's reference semantics. It is the
             executable specification and the slow baseline of benchmarks/bench_scan.py.
     "torch" a time-chunked `torch.autograd.Function` with a hand-written backward; plain PyTorch, any device.
-    "cpu"   the recurrence as a compiled C++ kernel, states vectorised (models/scan_cpu.py); CPU tensors.
+    "cpu"   the recurrence as a compiled C++ kernel, states vectorised (models/cpu_kernels.py); CPU tensors.
     "cuda"  mamba-ssm's fused `selective_scan_fn` kernel (CUDA tensors only, needs requirements-gpu.txt).
     "auto"  "cuda" when the tensors are on CUDA and mamba-ssm imports; on the CPU "cpu" when the kernel builds and
             loads, else "torch" (with a warning, once).
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from models import scan_cpu
+from models import cpu_kernels
 
 BACKENDS = ("auto", "torch", "ref", "cpu", "cuda")
 CPU_CHUNK = 64  # steps between the boundary states the "cpu" kernel keeps for its backward
@@ -409,13 +409,13 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
     if backend == "auto":
         if device.type == "cuda":
             return "cuda" if dtype_ok and mamba_ssm_available() else "torch"
-        return "cpu" if device.type == "cpu" and scan_cpu.available() else "torch"
+        return "cpu" if device.type == "cpu" and cpu_kernels.available() else "torch"
     if backend == "cpu":
         if device.type != "cpu":
             raise RuntimeError(f"selective-scan backend 'cpu' needs CPU tensors, but the tensors are on {device}")
-        if not scan_cpu.available():
+        if not cpu_kernels.available():
             raise RuntimeError(
-                f"selective-scan backend 'cpu' is unavailable ({scan_cpu.load_error()}); run `bash setup.sh` to "
+                f"selective-scan backend 'cpu' is unavailable ({cpu_kernels.load_error()}); run `bash setup.sh` to "
                 "install the compiler and build it, or use backend='torch'"
             )
     if backend == "cuda":
@@ -492,7 +492,7 @@ def selective_scan(
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     if backend == "cpu":
-        return scan_cpu.selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct, CPU_CHUNK)
+        return cpu_kernels.selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct, CPU_CHUNK)
     # int(): under torch.jit tracing (fvcore's FLOP count) sizes are traced values, which apply() cannot take.
     chunk = int(_chunk_len(int(L), int(batch * A.numel() * ct.itemsize)))
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct)

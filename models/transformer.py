@@ -16,6 +16,7 @@ Shapes: B batch, L sequence, D d_model, H heads, K head_dim (= D / H), F mlp hid
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Iterable
@@ -100,10 +101,16 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, K)
         cos, sin = rotary_cos_sin(seqlen, self.head_dim, self.rope_theta, x.device, upcast(q).dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if attn_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, K)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        # torch's CPU attention is slower in bf16 than in float32 (benchmarks/README.md, "Precision"), so on the CPU
+        # it runs in float32 also under bf16 autocast; on GPUs in the autocast dtype.
+        cpu = x.device.type == "cpu"
+        if cpu:
+            q, k, v = upcast(q), upcast(k), upcast(v)
+        with torch.autocast("cpu", enabled=False) if cpu else contextlib.nullcontext():
+            if attn_mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, K)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.wo(y.transpose(1, 2).reshape(batch, seqlen, self.d_model), routing)
 
 

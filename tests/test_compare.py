@@ -68,14 +68,18 @@ def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path,
     assert {k for k in again if again[k] != first.get(k)} == {gone}  # exactly the deleted run was trained
 
 
-def test_another_configuration_in_the_same_folders_is_refused_before_training(tmp_path, cache, capsys):
+@pytest.mark.parametrize(
+    "changed, field", [(["--max-steps", "3"], "max_steps"), (["--precision", "32-true"], "precision")]
+)
+def test_another_configuration_in_the_same_folders_is_refused_before_training(tmp_path, cache, capsys, changed, field):
+    """Another budget, or another precision (a float32 run is not a bf16 run), is another recipe."""
     args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "2")
     assert main(args) == 0
     before = summaries(tmp_path / "runs")
     capsys.readouterr()
-    assert main(small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "3")) == 2
+    assert main([*args, *changed]) == 2
     err = capsys.readouterr().err
-    assert "max_steps" in err and "comparison.json" in err and "chameleon/tiny/mamba/seed0" in err
+    assert field in err and "comparison.json" in err and "chameleon/tiny/mamba/seed0" in err
     assert summaries(tmp_path / "runs") == before
 
 

@@ -12,8 +12,12 @@ How the equivalence is built, and why it is exact up to float rounding:
   the logged training losses (the ranks' shares, averaged) are the global batch's losses. Validation losses are
   torchmetrics means weighted by positions, synced across ranks.
 * What differs: the order of float sums (a batch-4 matmul vs two batch-2 matmuls plus an all-reduce) and the
-  thread count (one thread per rank vs two). Hence a tolerance, not bitwise equality: losses and gradient norms
-  within 2e-5 relative, weights within 2e-5 absolute after 8 AdamW steps at lr 2e-3 (measured: ~2e-7 for both).
+  thread count (one thread per rank vs two). Both runs train in float64 ("64-true"), so that difference stays at
+  float64 rounding: weights within 1e-12 absolute after 8 AdamW steps at lr 2e-3 (measured: 2e-16); the logged
+  losses and gradient norms within 1e-6 relative (they are averaged and logged in float32, as torchmetrics keeps
+  them). In float32 the embedding rows of rare tokens, whose gradients are near
+  rounding noise, move 2e-5 apart under Adam's normalisation; under the recipe's bf16 autocast each rank's weight
+  gradient is rounded to bf16 before the all-reduce (4e-3 relative). Neither says anything about the construction.
 
 The run is the sparse arm (`mom`) in the Transfusion setting, where a rank without image positions is the hard
 case: its image experts get no token and its patch head, patch projection and timestep MLP no position, yet every
@@ -106,6 +110,7 @@ def _ddp_command(root: Path, data: dict) -> list[str]:
         cmd += [f"--data.{key}", str(value)]
     cmd += ["--model.model_overrides", json.dumps(TINY_MODEL)]
     cmd += ["--trainer.accelerator", "cpu", "--trainer.devices", str(WORLD), "--trainer.strategy", "ddp"]
+    cmd += ["--trainer.precision", "64-true"]
     return cmd
 
 
@@ -139,7 +144,7 @@ def runs(tmp_path_factory, small_cache):
     data = {**SMALL_DATA, "cache_dir": small_cache}
     start = time.perf_counter()
     single = train_run(SETTING, ARM, seed=SEED, max_steps=STEPS, val_every=VAL_EVERY, root=tmp / "single",
-                       data=data, module={"model_overrides": TINY_MODEL})  # fmt: skip
+                       data=data, module={"model_overrides": TINY_MODEL}, trainer={"precision": "64-true"})  # fmt: skip
     single_s = time.perf_counter() - start
     log = tmp / "ddp.log"
     start = time.perf_counter()
@@ -187,7 +192,7 @@ def test_ddp_matches_single_process(runs):
     assert ddp.train_flops_per_step == pytest.approx(single.train_flops_per_step, rel=0.05)
     assert set(ddp.final_val_loss) == set(single.final_val_loss) >= {"val/loss_text", "val/loss_image"}
     for key, value in single.final_val_loss.items():
-        assert ddp.final_val_loss[key] == pytest.approx(value, rel=2e-5), key
+        assert ddp.final_val_loss[key] == pytest.approx(value, rel=1e-6), key
 
     def by_step(folder: Path, columns: tuple[str, ...]) -> dict[int, dict[str, float]]:
         out: dict[int, dict[str, float]] = {}
@@ -206,10 +211,10 @@ def test_ddp_matches_single_process(runs):
     for step in a:
         assert a[step].keys() == b[step].keys(), step
         for c, value in a[step].items():
-            assert b[step][c] == pytest.approx(value, rel=2e-5), (step, c)
+            assert b[step][c] == pytest.approx(value, rel=1e-6), (step, c)
 
     load = lambda f: torch.load(f / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)  # noqa: E731
     sa, sb = load(single_dir), load(ddp_dir)
     assert sa["global_step"] == sb["global_step"] == STEPS
     worst = max(float((sa["state_dict"][k] - sb["state_dict"][k]).abs().max()) for k in sa["state_dict"])
-    assert worst < 2e-5, worst
+    assert worst < 1e-12, worst

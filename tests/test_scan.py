@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models import scan, scan_cpu
+from models import cpu_kernels, scan
 from models.scan import BACKENDS, resolve_backend, selective_scan, selective_scan_ref
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -264,9 +264,9 @@ def test_cpu_conv_matches_torch_conv(B, E, L, K, bias):
         return [out, *torch.autograd.grad(out, leaves, cotangent.to(dtype))]
 
     truth = value_and_grads(conv_reference, torch.float64)
-    for got, want in zip(value_and_grads(scan_cpu.causal_conv1d_silu_cpu, torch.float64), truth, strict=True):
+    for got, want in zip(value_and_grads(cpu_kernels.causal_conv1d_silu_cpu, torch.float64), truth, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    for got, want in zip(value_and_grads(scan_cpu.causal_conv1d_silu_cpu, torch.float32), truth, strict=True):
+    for got, want in zip(value_and_grads(cpu_kernels.causal_conv1d_silu_cpu, torch.float32), truth, strict=True):
         assert normwise(got, want) < 1e-6
 
 
@@ -283,7 +283,7 @@ def test_cpu_conv_gives_the_same_bits_on_one_and_two_threads():
         for n in (1, 2):
             torch.set_num_threads(n)
             leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
-            out = scan_cpu.causal_conv1d_silu_cpu(*leaves)
+            out = cpu_kernels.causal_conv1d_silu_cpu(*leaves)
             results.append([out, *torch.autograd.grad(out, leaves, torch.ones_like(out))])
     finally:
         torch.set_num_threads(threads)
@@ -300,7 +300,7 @@ def test_resolve_backend_on_cpu():
     """On a CPU "auto" resolves to the compiled kernel, "cpu" (it builds here: setup.sh installs the compiler), and
     "torch" and "ref" to themselves."""
     cpu = torch.device("cpu")
-    assert scan_cpu.available(), scan_cpu.load_error()
+    assert cpu_kernels.available(), cpu_kernels.load_error()
     assert resolve_backend("auto", cpu) == "cpu"
     assert resolve_backend("torch", cpu) == "torch"
     assert resolve_backend("ref", cpu) == "ref"
@@ -309,7 +309,7 @@ def test_resolve_backend_on_cpu():
 
 def test_a_kernel_that_does_not_load_falls_back_to_torch(monkeypatch):
     """If the build or the load fails, "auto" uses "torch" and asking for "cpu" says why."""
-    monkeypatch.setattr(scan_cpu, "_load", lambda: (None, "RuntimeError: no compiler"))
+    monkeypatch.setattr(cpu_kernels, "_load", lambda: (None, "RuntimeError: no compiler"))
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(RuntimeError, match="'cpu' is unavailable .RuntimeError: no compiler.*setup.sh"):
         resolve_backend("cpu", torch.device("cpu"))

@@ -39,13 +39,13 @@ def test_trainer_flags_pass_through_and_only_when_set(captured):
             "--trainer.strategy",
             "ddp",
             "--trainer.precision",
-            "bf16-mixed",
+            "32-true",
             "--model.lr",
             "0.001",
         ]
     )
     (kw,) = captured
-    assert kw["trainer"] == {"devices": "2", "strategy": "ddp", "precision": "bf16-mixed"}  # Lightning reads "2" as 2
+    assert kw["trainer"] == {"devices": "2", "strategy": "ddp", "precision": "32-true"}  # Lightning reads "2" as 2
     assert kw["module"]["lr"] == 0.001 and kw["arm"] == "mot"
 
 

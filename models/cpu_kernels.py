@@ -1,13 +1,15 @@
-"""The "cpu" selective-scan backend: the recurrence as a compiled C++ kernel (models/csrc/selective_scan_cpu.cpp).
+"""The compiled CPU kernels (models/csrc, one C++ extension) and their autograd functions.
 
-The kernel runs the whole scan per batch row and channel, forward and backward: delta's bias and softplus, the
-state recursion h_t = exp(d_t A) h_{t-1} + d_t u_t B_t with the N states vectorised, the readout C_t . h_t, the D
-skip and the silu gate, keeping only the states at chunk boundaries (as the "torch" backend) and the pre-gate output.
-It reads its inputs through their strides, so a Mamba mixer's time-major views go in without copies.
+- The "cpu" selective-scan backend (csrc/selective_scan.h): the whole scan per batch row and channel, forward and
+  backward: delta's bias and softplus, the state recursion h_t = exp(d_t A) h_{t-1} + d_t u_t B_t with the N states
+  vectorised, the readout C_t . h_t, the D skip and the silu gate, keeping only the states at chunk boundaries (as the
+  "torch" backend) and the pre-gate output. It reads its inputs through their strides, so a Mamba mixer's time-major
+  views go in without copies. Beside it, the mixer's causal depthwise conv + SiLU.
+- The training loss's cross-entropy per position (csrc/cross_entropy.h), float32 or bf16 logits.
 
 The extension is built once per machine with torch's cpp_extension (g++ and ninja; `bash setup.sh` builds it) and
-cached by torch. If the build or the load fails, `available()` is False, "auto" falls back to the "torch" backend,
-and a warning says so once.
+cached by torch. If the build or the load fails, `available()` is False, the scan's "auto" falls back to the "torch"
+backend and the loss to torch's cross-entropy, and a warning says so once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # includes the kernels' headers
 # -fassociative-math (with the two flags it needs) lets the state loop vectorise fully: 3-6x faster than without it.
 # NaN and infinity keep their meaning (no -ffinite-math-only), and -ffast-math itself is never passed: at link time it
 # would switch the whole process to flush-to-zero.
@@ -37,12 +39,12 @@ def _load() -> tuple[object | None, str | None]:
     try:
         from torch.utils.cpp_extension import load
 
-        module = load("mom_selective_scan_cpu", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"])
+        module = load("mom_cpu_kernels", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"])
     except Exception as exc:  # a missing compiler, a failed build or a failed load all mean: use "torch"
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         warnings.warn(
-            f"the compiled CPU selective scan is unavailable ({reason}); falling back to the 'torch' backend "
-            "(bash setup.sh installs the compiler and builds it)",
+            f"the compiled CPU kernels are unavailable ({reason}); the selective scan falls back to the 'torch' "
+            "backend and the loss to torch's cross-entropy (bash setup.sh installs the compiler and builds them)",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -121,3 +123,30 @@ def causal_conv1d_silu_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     output is [B, E, L] laid out time-major ([B, L, E] memory), as the mixer's x_proj and scan read it.
     """
     return _ConvSilu.apply(x, weight.contiguous(), bias)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Cross-entropy per row of [N, V] logits in the compiled kernel; only the logsumexp is kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        ce, lse = _load()[0].ce_forward(logits, targets, ignore_index)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.ignore_index = ignore_index
+        return ce
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors
+        return _load()[0].ce_backward(grad, logits, targets, lse, ctx.ignore_index), None, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """F.cross_entropy(upcast(logits), targets, ignore_index=ignore_index, reduction="none") on CPU tensors.
+
+    logits: [..., V] float32, float64 or bfloat16; targets: [...] int64. Returns [...] in float32 (float64 for float64
+    logits); 0 at ignored positions. The gradient reaches the logits in their own dtype.
+    """
+    flat = logits.reshape(-1, logits.shape[-1]).contiguous()
+    return _CrossEntropy.apply(flat, targets.reshape(-1), ignore_index).view(targets.shape)
