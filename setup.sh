@@ -31,11 +31,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # torch==2.13.0 (requirements.txt) resolves to the CPU build on this kind of machine; see README "GPU install".
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-# Build the compiled CPU kernels (selective scan, loss; once per machine, torch caches them) and prepare the default
-# data (tokenizers, image codebook, speech units; .cache/data) side by side, each about half a minute on its own core,
-# so that runs pay for neither. If the kernels cannot build, runs fall back to torch's scan and loss and say so.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+# Build the compiled CPU kernels (selective scan, loss; about half a minute on one core, once per machine, torch
+# caches them) while the test tools install and the default data is prepared (tokenizers, image codebook, speech
+# units; .cache/data), so that runs pay for neither. If the kernels cannot build, runs fall back to torch's scan and
+# loss and say so.
 .venv/bin/python -c "from models import cpu_kernels; print('compiled CPU kernels:', 'ready' if cpu_kernels.available() else 'unavailable (' + cpu_kernels.load_error() + '); runs use the torch scan and loss')" &
 kernels=$!
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 .venv/bin/python -m datamodules --settings all
 wait "$kernels"

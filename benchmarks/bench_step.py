@@ -1,12 +1,14 @@
 """What a training step costs per arm on the CPU: the four arms' tiny models side by side, 1 and 2 threads.
 
-    python benchmarks/bench_step.py [--rounds 15 --threads 1,2 --backends cpu,torch]
+    python benchmarks/bench_step.py [--rounds 15 --threads 1,2 --backends cpu,torch --precisions bf16-mixed,32-true]
 
 One step = forward, the multimodal loss, backward and an AdamW step (what the Lightning module does per batch, less
 logging), at the tiny scale's shapes: batch 8 x 256 tokens, vocabulary 2,560, two modalities in interleaved runs
 (mean run 32 tokens). The arms run round by round, interleaved (the machine is shared and noisy); each ratio is the
 median over rounds of the per-round ratio, so load that drifts between rounds cancels. `--backends` adds the Mamba
 arms on other scan backends ("torch": the pure-PyTorch scan, the backend before the compiled kernel).
+`--precisions` runs every arm in each of Lightning's precisions (the first is the recipe's: bf16-mixed, bf16 autocast
+over float32 weights; 32-true: float32), and prints each arm's speed-up of the first over the others.
 """
 
 from __future__ import annotations
@@ -43,16 +45,19 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def make_step(arch: str, backend: str, batch: dict[str, torch.Tensor]):
-    """A closure running one training step of a fresh tiny model of `arch`."""
+def make_step(arch: str, backend: str, batch: dict[str, torch.Tensor], precision: str = "bf16-mixed"):
+    """A closure running one training step of a fresh tiny model of `arch` in Lightning's `precision`."""
     torch.manual_seed(0)
     cfg = ModelConfig.from_scale("tiny", arch=arch, vocab_size=VOCAB, n_modalities=2, scan_backend=backend)
     model = build_model(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
+    autocast = precision == "bf16-mixed"
+
     def step() -> None:
-        out = model(batch["tokens"], batch["modality_ids"])
-        loss = multimodal_losses(out.logits, batch, 2)["loss"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(batch["tokens"], batch["modality_ids"])
+            loss = multimodal_losses(out.logits, batch, 2)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -65,15 +70,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", default="1,2", help="comma list of thread counts")
     parser.add_argument("--backends", default="cpu", help="scan backends for the Mamba arms (first = the default)")
+    parser.add_argument("--precisions", default="bf16-mixed", help="bf16-mixed, 32-true (first = the default)")
     args = parser.parse_args()
-    backends = args.backends.split(",")
+    backends, precisions = args.backends.split(","), args.precisions.split(",")
     batch = make_batch()
     arms = [("transformer", "auto"), ("mot", "auto")]
     arms += [(arch, backend) for backend in backends for arch in ("mamba", "mom")]
-    steps = {
-        f"{arch}" + ("" if b in ("auto", backends[0]) else f" ({b})"): make_step(arch, b, batch) for arch, b in arms
-    }
-    print(f"torch {torch.__version__}, batch {BATCH}x{SEQLEN}, tiny models, {args.rounds} rounds, scan {backends}")
+    steps = {}
+    for precision in precisions:
+        for arch, b in arms:
+            tags = [b] if b not in ("auto", backends[0]) else []
+            tags += [precision] if precision != precisions[0] else []
+            steps[arch + "".join(f" ({t})" for t in tags)] = make_step(arch, b, batch, precision)
+    print(f"torch {torch.__version__}, batch {BATCH}x{SEQLEN}, tiny models, {args.rounds} rounds, scan {backends}, "
+          f"precision {precisions}")  # fmt: skip
     for threads in map(int, args.threads.split(",")):
         torch.set_num_threads(threads)
         times = {name: [] for name in steps}
@@ -88,10 +98,13 @@ def main() -> None:
             return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
         print(f"\n{threads} thread(s)")
-        print(f"{'arm':<22}{'median ms':>10}{'vs transformer':>16}")
+        print(f"{'arm':<26}{'median ms':>10}{'vs transformer':>16}")
         for name in steps:
-            print(f"{name:<22}{statistics.median(times[name]) * 1e3:>10.0f}{ratio(name, 'transformer'):>15.2f}x")
+            print(f"{name:<26}{statistics.median(times[name]) * 1e3:>10.0f}{ratio(name, 'transformer'):>15.2f}x")
         print(f"mom / mamba {ratio('mom', 'mamba'):.2f}x, mot / transformer {ratio('mot', 'transformer'):.2f}x")
+        for other in precisions[1:]:
+            gains = ", ".join(f"{a} {ratio(f'{a} ({other})', a):.2f}x" for a in ("transformer", "mot", "mamba", "mom"))
+            print(f"{precisions[0]} vs {other}: {gains} faster")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import math
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import grad_norm
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -129,13 +128,37 @@ class LitMultiModalLM(L.LightningModule):
                 raise NonFiniteLoss(f"non-finite training loss at step {self.global_step}: {name} = {value.item()}")
         for name, value in zip(names, logged, strict=True):
             metric = TRAIN_LOSS if name == "loss" else loss_name(LossKey("train", "", name.removeprefix("loss_")))
-            self.log(metric, value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+            self.log_step(metric, value)
         self.tokens_seen += tokens
         for m, name in enumerate(self.modalities):
-            self.log(tokens_name(name), self.tokens_seen[m].float(), on_step=True, on_epoch=False)
-        self.log(TOKENS, self.tokens_seen.sum().float(), on_step=True, on_epoch=False)
-        self.log(LR, self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.log_step(tokens_name(name), self.tokens_seen[m])
+        self.log_step(TOKENS, self.tokens_seen.sum())
+        self.log_step(LR, self.optimizers().param_groups[0]["lr"])
         return losses["loss"]
+
+    def log_step(self, name: str, value: Tensor | float) -> None:
+        """Log a training-step scalar: the step's values go to the loggers in one row at the end of the batch.
+
+        Lightning's `self.log` costs about 0.7 ms a call on the CPU (its result collection moves every logged value
+        to the device, call by call); a dozen scalars a step were 5% of a tiny step. Callbacks add theirs in their
+        own on_train_batch_end, which runs before this module's.
+        """
+        self._step_row[name] = value
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_row: dict[str, Tensor | float] = {}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # The row Lightning would write: the step that just ran (global_step is already past it) and the epoch.
+        names = list(self._step_row)
+        values = [
+            float(v)
+            for v in torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in self._step_row.values()]).tolist()
+        ]  # one sync, not one per value
+        row = dict(zip(names, values, strict=True)) | {"epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(row, step=self.global_step - 1)
+            logger.save()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         n_sources = len(self.hparams.image_sources)
@@ -158,7 +181,8 @@ class LitMultiModalLM(L.LightningModule):
             metric.reset()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        self.log(GRAD_NORM, grad_norm(self, norm_type=2)["grad_2.0_norm_total"], on_step=True)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.log_step(GRAD_NORM, torch.nn.utils.get_total_norm(grads, norm_type=2.0))
 
     def configure_optimizers(self):
         decay, no_decay = decay_groups(self)

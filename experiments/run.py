@@ -64,9 +64,9 @@ class RunRecorder(L.Callback):
     def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
         tokens = batch["tokens"].numel() * trainer.world_size  # every device trains on a batch of its own
         now = time.perf_counter()
-        lit.log(FLOPS, float(trainer.global_step * self.summary.train_flops_per_step), on_step=True)
-        lit.log(TOKENS_PER_S, tokens / max(now - self.step_start, 1e-9), on_step=True)
-        lit.log(WALL, now - self.start, on_step=True)
+        lit.log_step(FLOPS, float(trainer.global_step * self.summary.train_flops_per_step))
+        lit.log_step(TOKENS_PER_S, tokens / max(now - self.step_start, 1e-9))
+        lit.log_step(WALL, now - self.start)
         self.step_start = now
 
     def on_validation_epoch_end(self, trainer, lit) -> None:

@@ -21,7 +21,15 @@ from torch import Tensor, nn
 
 from models import cpu_kernels
 from models.family import Family
-from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, as_routing, upcast, validate_parts
+from models.layers import (
+    ModalityLinear,
+    ModalityRMSNorm,
+    ModalityRouting,
+    as_routing,
+    autocast_input,
+    upcast,
+    validate_parts,
+)
 from models.scan import BACKENDS, resolve_backend, scan_flops, selective_scan
 
 if TYPE_CHECKING:
@@ -149,7 +157,7 @@ class MambaMixer(nn.Module):
 
         # x_proj and dt_proj are per-token, so a decoupled pair shares one sort and one unsort of the tokens.
         R, N = self.dt_rank, self.d_state
-        rows = routing.sort(xs.transpose(1, 2)) if routing is not None else xs.transpose(1, 2)
+        rows = routing.sort(autocast_input(xs.transpose(1, 2))) if routing is not None else xs.transpose(1, 2)
         x_dbl = self.x_proj.forward_sorted(rows, routing)  # (.., R + 2N)
         # dt_proj in at least float32 with its bias: it is tiny (R = D/16), and softplus(W·r + b) with b ≈ -4 is
         # sensitive to bf16 rounding; mamba-ssm likewise adds the dt bias in float32 inside its kernel.

@@ -1,11 +1,13 @@
 """Training body: known-answer per-modality losses, the schedule, and every arm x setting learning on real data."""
 
+import csv
 import math
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import next_token_targets
@@ -104,7 +106,7 @@ def test_tiny_scale_trains_and_validates(datamodules, setting, arch, tmp_path):
         val_check_interval=3,
         limit_val_batches=2,
         accelerator="cpu",
-        logger=False,
+        logger=CSVLogger(tmp_path, name="", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         default_root_dir=tmp_path,
@@ -118,7 +120,12 @@ def test_tiny_scale_trains_and_validates(datamodules, setting, arch, tmp_path):
         expected = {f"{name}/loss_{lit.modalities[m]}" for m in present}
         assert expected == {k for k in logged if k.startswith(f"{name}/")}
         assert all(torch.isfinite(logged[k]) for k in expected)
-    assert "train/loss" in logged and int(lit.tokens_seen.sum()) == 3 * SMALL_DATA["batch_size"] * SMALL_DATA["seq_len"]
+    with open(tmp_path / "metrics.csv", newline="") as f:  # the training scalars: one row per step, finite
+        rows = [r for r in csv.DictReader(f) if r["train/loss"]]
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert all(math.isfinite(float(r[k])) for r in rows for k in ("train/loss", "optim/grad_norm", "optim/lr"))
+    assert int(lit.tokens_seen.sum()) == 3 * SMALL_DATA["batch_size"] * SMALL_DATA["seq_len"]
+    assert float(rows[-1]["tokens"]) == int(lit.tokens_seen.sum())
 
 
 def test_non_finite_loss_names_the_step_and_modality(datamodules):
