@@ -11,6 +11,7 @@ from models.layers import (
     ModalityRMSNorm,
     ModalityRouting,
     expert_state_dict,
+    row_bucket,
     upcycle_state_dict,
 )
 from tests.helpers import interleaved_ids
@@ -69,6 +70,49 @@ def test_routing_writes_every_token_exactly_once():
     # Tag every token with its own index: after a round trip through a sparse layer's routing each tag appears once.
     tags = torch.arange(ids.numel(), dtype=torch.float32).view(4, 37, 1)
     assert torch.equal(routing.unsort(routing.sort(tags)), tags)
+
+
+def test_gather_in_buckets_then_scatter_is_the_identity():
+    """Blocks padded to a multiple of the bucket (a repeated row) scatter back to exactly the input."""
+    ids = interleaved_ids(3, 41, 3)
+    routing = ModalityRouting(ids, 3)
+    x = torch.randn(3, 41, 6)
+    blocks = routing.gather(x, bucket=16)
+    assert all(b.shape[0] % 16 == 0 and b.shape[0] - n < 16 for b, n in zip(blocks, routing.counts, strict=True))
+    assert torch.equal(routing.scatter(blocks), x)
+
+
+def test_row_buckets_only_for_cpu_bf16():
+    """oneDNN's per-shape kernels are a CPU bf16 matter: buckets there (bf16 tensors or bf16 autocast), none else."""
+    x = torch.randn(4, 8)
+    assert row_bucket(x) == 1 and row_bucket(x.double()) == 1 and row_bucket(x.bfloat16()) == 64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert row_bucket(x) == 64
+
+
+@pytest.mark.parametrize("sorted_rows", [False, True])
+def test_bucketed_expert_matmuls_equal_unbucketed_under_bf16_autocast(sorted_rows, monkeypatch):
+    """Under CPU bf16 autocast the padded matmuls give every real row the output and every parameter the gradient of
+    the unpadded ones (within bf16 rounding: a padded block may take another kernel), padding rows contributing 0."""
+    ids = interleaved_ids(4, 53, 3)
+    routing = ModalityRouting(ids, 3)
+    torch.manual_seed(0)
+    layer = ModalityLinear(16, 24, n_modalities=3, bias=True)
+    x = torch.randn(4, 53, 16)
+    results = []
+    for bucket in (64, 1):
+        monkeypatch.setattr("models.layers.row_bucket", lambda t, b=bucket: b)
+        layer.zero_grad()
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if sorted_rows:
+                out = routing.unsort(layer.forward_sorted(routing.sort(leaf), routing))
+            else:
+                out = layer(leaf, routing)
+        out.float().square().sum().backward()
+        results.append((out.float(), leaf.grad, layer.weight.grad.clone(), layer.bias.grad.clone()))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 def test_absent_modality_expert_gets_zero_gradient():
