@@ -31,13 +31,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # torch==2.13.0 (requirements.txt) resolves to the CPU build on this kind of machine; see README "GPU install".
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
-# Build the compiled CPU kernels (selective scan, loss; about half a minute on one core, once per machine, torch
-# caches them) while the test tools install and the default data is prepared (tokenizers, image codebook, speech
-# units; .cache/data), so that runs pay for neither. If the kernels cannot build, runs fall back to torch's scan and
-# loss and say so.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+# Build the compiled CPU kernels (selective scan, loss; once per machine, torch caches them) and prepare the default
+# data (.cache/data: the text/image corpus of Transfusion and Chameleon, and the one with speech of three-modality,
+# each with its tokenizers, image codebook and speech units) side by side, so that runs pay for none of it. If the
+# kernels cannot build, runs fall back to torch's scan and loss and say so.
 .venv/bin/python -c "from models import cpu_kernels; print('compiled CPU kernels:', 'ready' if cpu_kernels.available() else 'unavailable (' + cpu_kernels.load_error() + '); runs use the torch scan and loss')" &
 kernels=$!
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
-.venv/bin/python -m datamodules --settings all
+mkdir -p .cache
+.venv/bin/python -m datamodules --settings transfusion,chameleon > .cache/prepare-image-text.log &
+image_text=$!
+.venv/bin/python -m datamodules --settings three_modality
+wait "$image_text" && cat .cache/prepare-image-text.log
 wait "$kernels"

@@ -1,6 +1,7 @@
 """What a training step costs per arm on the CPU: the four arms' tiny models side by side, 1 and 2 threads.
 
-    python benchmarks/bench_step.py [--rounds 15 --threads 1,2 --backends cpu,torch --precisions bf16-mixed,32-true]
+    python benchmarks/bench_step.py [--rounds 15 --threads 1,2 --backends cpu,torch --precisions bf16-mixed,32-true
+                                     --batches 1]
 
 One step = forward, the multimodal loss, backward and an AdamW step (what the Lightning module does per batch, less
 logging), at the tiny scale's shapes: batch 8 x 256 tokens, vocabulary 2,560, two modalities in interleaved runs
@@ -8,7 +9,9 @@ logging), at the tiny scale's shapes: batch 8 x 256 tokens, vocabulary 2,560, tw
 median over rounds of the per-round ratio, so load that drifts between rounds cancels. `--backends` adds the Mamba
 arms on other scan backends ("torch": the pure-PyTorch scan, the backend before the compiled kernel).
 `--precisions` runs every arm in each of Lightning's precisions (the first is the recipe's: bf16-mixed, bf16 autocast
-over float32 weights; 32-true: float32), and prints each arm's speed-up of the first over the others.
+over float32 weights; 32-true: float32), and prints each arm's speed-up of the first over the others. `--batches K`
+cycles through K batches of different modality runs, so each modality's token count changes from step to step as in
+training (1: the same batch every step).
 """
 
 from __future__ import annotations
@@ -45,16 +48,19 @@ def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def make_step(arch: str, backend: str, batch: dict[str, torch.Tensor], precision: str = "bf16-mixed"):
-    """A closure running one training step of a fresh tiny model of `arch` in Lightning's `precision`."""
+def make_step(arch: str, backend: str, batches: list[dict[str, torch.Tensor]], precision: str = "bf16-mixed"):
+    """A closure running one training step of a fresh tiny model of `arch` in Lightning's `precision`, on the next of
+    `batches` at each call."""
     torch.manual_seed(0)
     cfg = ModelConfig.from_scale("tiny", arch=arch, vocab_size=VOCAB, n_modalities=2, scan_backend=backend)
     model = build_model(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     autocast = precision == "bf16-mixed"
+    calls = iter(range(10**9))
 
     def step() -> None:
+        batch = batches[next(calls) % len(batches)]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(batch["tokens"], batch["modality_ids"])
             loss = multimodal_losses(out.logits, batch, 2)["loss"]
@@ -71,9 +77,10 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma list of thread counts")
     parser.add_argument("--backends", default="cpu", help="scan backends for the Mamba arms (first = the default)")
     parser.add_argument("--precisions", default="bf16-mixed", help="bf16-mixed, 32-true (first = the default)")
+    parser.add_argument("--batches", type=int, default=1, help="batches cycled through (1: the same every step)")
     args = parser.parse_args()
     backends, precisions = args.backends.split(","), args.precisions.split(",")
-    batch = make_batch()
+    batches = [make_batch(seed) for seed in range(args.batches)]
     arms = [("transformer", "auto"), ("mot", "auto")]
     arms += [(arch, backend) for backend in backends for arch in ("mamba", "mom")]
     steps = {}
@@ -81,9 +88,9 @@ def main() -> None:
         for arch, b in arms:
             tags = [b] if b not in ("auto", backends[0]) else []
             tags += [precision] if precision != precisions[0] else []
-            steps[arch + "".join(f" ({t})" for t in tags)] = make_step(arch, b, batch, precision)
+            steps[arch + "".join(f" ({t})" for t in tags)] = make_step(arch, b, batches, precision)
     print(f"torch {torch.__version__}, batch {BATCH}x{SEQLEN}, tiny models, {args.rounds} rounds, scan {backends}, "
-          f"precision {precisions}")  # fmt: skip
+          f"precision {precisions}, {args.batches} batch(es)")  # fmt: skip
     for threads in map(int, args.threads.split(",")):
         torch.set_num_threads(threads)
         times = {name: [] for name in steps}

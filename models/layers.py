@@ -143,10 +143,10 @@ def row_bucket(x: Tensor) -> int:
     bf16 autocast), else 1.
 
     oneDNN, which runs CPU bf16 matmuls, builds a kernel for every new shape (about 0.3 ms) and keeps a bounded cache of
-    them; a modality's token count changes with every batch, so without buckets nearly every expert matmul paid for a
-    new kernel: MoM and MoT steps ran 1.2-1.35x their dense partners' in training against 1.06-1.15x on a fixed batch.
-    With buckets of 64 a few dozen shapes recur; the padding (a repeated row, whose output is dropped and whose
-    gradient is zero) adds 32 rows per expert on average, under 2% of a tiny expert's rows.
+    them; a modality's token count changes with every batch, so without buckets most expert matmuls paid for a new
+    kernel. With buckets of 64 a few dozen shapes recur: a MoT step went from 1.21x to 1.15x the transformer's on
+    batches that change every step (benchmarks/README.md, "Training step per arm"). The padding (a repeated row, whose
+    output is dropped and whose gradient is zero) adds 32 rows per expert on average, 3% of a tiny expert's rows.
     """
     if x.device.type != "cpu":
         return 1
