@@ -150,12 +150,8 @@ class LitMultiModalLM(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # The row Lightning would write: the step that just ran (global_step is already past it) and the epoch.
-        names = list(self._step_row)
-        values = [
-            float(v)
-            for v in torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in self._step_row.values()]).tolist()
-        ]  # one sync, not one per value
-        row = dict(zip(names, values, strict=True)) | {"epoch": self.current_epoch}
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in self._step_row.values()]).tolist()
+        row = dict(zip(self._step_row, values, strict=True)) | {"epoch": self.current_epoch}  # one sync for all
         for logger in self.loggers:
             logger.log_metrics(row, step=self.global_step - 1)
             logger.save()
