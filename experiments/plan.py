@@ -224,9 +224,12 @@ def resolve(args: argparse.Namespace) -> Comparison:
     devices = _devices(args.devices)
     replicas = (devices if isinstance(devices, int) else 1) * (args.num_nodes or 1)
     tokens_per_step = data["seq_len"] * data["batch_size"] * replicas
-    max_steps = args.max_steps or (math.ceil(args.tokens / tokens_per_step) if args.tokens else recipe.max_steps)
-    if max_steps < 1:
-        raise ValueError(f"the step budget must be >= 1; got {max_steps}")
+    max_steps = step_budget(args.max_steps, args.tokens, tokens_per_step, recipe.max_steps)
+    if recipe.val_every > max_steps:
+        raise ValueError(
+            f"--val-every {recipe.val_every} is more than the step budget ({max_steps} steps): the runs would never "
+            f"validate; choose --val-every <= {max_steps}"
+        )
     seeds = parse_seeds(str(recipe.seeds) if args.seeds is None else args.seeds)
     parallel, threads = schedule(args.parallel, args.accelerator, devices, args.strategy)
     trainer = {
@@ -251,6 +254,28 @@ def resolve(args: argparse.Namespace) -> Comparison:
         parallel=parallel,
         threads=threads,
     )
+
+
+MAX_STEPS = 10**9  # no recipe comes near it (the papers' is 250k): a budget above it is a typo
+
+
+def step_budget(max_steps: int | None, tokens: float | None, tokens_per_step: int, default: int) -> int:
+    """--max-steps / --tokens -> optimiser steps per run (the recipe's when neither is given); ValueError naming the
+    flag, the value and what is valid otherwise."""
+    if max_steps is not None:
+        if not 1 <= max_steps <= MAX_STEPS:
+            raise ValueError(f"--max-steps must be >= 1 and at most {MAX_STEPS:.0e}; got {max_steps}")
+        return max_steps
+    if tokens is None:
+        return default
+    if not math.isfinite(tokens) or tokens <= 0:
+        raise ValueError(f"--tokens must be a finite, positive number of tokens per run; got {tokens:g}")
+    steps = math.ceil(tokens / tokens_per_step)
+    if steps > MAX_STEPS:
+        raise ValueError(
+            f"--tokens {tokens:g} is {steps:.2e} steps of {tokens_per_step} tokens, more than {MAX_STEPS:.0e} steps"
+        )
+    return steps
 
 
 def cpu_cores() -> int:

@@ -70,7 +70,15 @@ def parse(argv: list[str] | None = None):
     except ValueError as exc:
         parser.error(str(exc))
     parser.set_defaults(recipe_defaults(RECIPES[cfg.scale]))
-    return parser, parser.parse_args(argv)
+    cfg = parser.parse_args(argv)
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        parser.error(f"--max_steps must be >= 1; got {cfg.max_steps}")
+    if cfg.val_every is not None and not 1 <= cfg.val_every <= cfg.max_steps:
+        parser.error(
+            f"--val_every must be >= 1 and at most --max_steps ({cfg.max_steps}), or the run never validates; "
+            f"got {cfg.val_every}"
+        )
+    return parser, cfg
 
 
 def main(argv: list[str] | None = None):

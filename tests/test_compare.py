@@ -130,6 +130,31 @@ def test_bad_names_are_refused_before_anything_runs(tmp_path, capsys, flag, valu
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--max-steps", "0"], ["--max-steps", "0", ">= 1"]),
+        (["--max-steps", "-3"], ["--max-steps", "-3", ">= 1"]),
+        (["--tokens", "0"], ["--tokens", "0", "positive"]),
+        (["--tokens", "inf"], ["--tokens", "inf", "finite"]),
+        (["--tokens", "nan"], ["--tokens", "nan", "finite"]),
+        (["--tokens", "1e15"], ["--tokens", "1e+15", "steps"]),
+        (["--val-every", "300"], ["--val-every", "300", "200", "never validate"]),
+        (["--max-steps", "10", "--val-every", "20"], ["--val-every", "20", "10", "never validate"]),
+    ],
+)
+def test_bad_budgets_are_refused_before_anything_runs(tmp_path, capsys, args, words):
+    """A budget that would train something else than asked (0 steps meant 200, a run that never validates, an
+    overflowing or absurd token count) fails with the flag, the value and what is valid, writing nothing."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "results"), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
 def test_ablation_plans_the_projection_subsets_beside_mamba_and_mom():
     runs = plan(["chameleon"], ["mamba", "mom"], [0], "basic", "chameleon")
     names = [r.variant for r in runs]

@@ -1,5 +1,6 @@
 """experiments/train.py: shipped YAMLs parse, Trainer flags pass through, bad names fail, debug runs end to end."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,13 +55,17 @@ def test_trainer_flags_pass_through_and_only_when_set(captured):
     [
         (["--setting", "dalle", "--arm", "mom"], "unknown setting 'dalle'"),
         (["--setting", "chameleon", "--arm", "rwkv"], "unknown arm 'rwkv'"),
+        (["--setting", "chameleon", "--arm", "mom", "--max_steps", "0"], "--max_steps must be >= 1; got 0"),
+        (["--setting", "chameleon", "--arm", "mom", "--val_every", "300"], r"at most --max_steps \(200\).*got 300"),
+        (["--setting", "chameleon", "--arm", "mom", "--val_every", "0"], "--val_every must be >= 1"),
     ],
 )
 def test_unknown_names_fail_before_training(args, match, captured, capsys):
-    """An unknown setting or arm stops the CLI with the valid choices, and nothing trains."""
+    """An unknown setting or arm, or a budget that trains nothing or never validates, stops the CLI with what is
+    valid, and nothing trains."""
     with pytest.raises(SystemExit):
         train.main(args)
-    assert match in capsys.readouterr().err and not captured
+    assert re.search(match, capsys.readouterr().err) and not captured
 
 
 def test_debug_config_runs_end_to_end(tmp_path):
