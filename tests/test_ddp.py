@@ -15,9 +15,9 @@ How the equivalence is built, and why it is exact up to float rounding:
   thread count (one thread per rank vs two). Both runs train in float64 ("64-true"), so that difference stays at
   float64 rounding: weights within 1e-12 absolute after 8 AdamW steps at lr 2e-3 (measured: 2e-16); the logged
   losses and gradient norms within 1e-6 relative (they are averaged and logged in float32, as torchmetrics keeps
-  them). In float32 the embedding rows of rare tokens, whose gradients are near
-  rounding noise, move 2e-5 apart under Adam's normalisation; under the recipe's bf16 autocast each rank's weight
-  gradient is rounded to bf16 before the all-reduce (4e-3 relative). Neither says anything about the construction.
+  them). In float32 the embedding weights end 2e-5 apart (measured; every other
+  parameter within 5e-7); under the recipe's bf16 autocast each rank's weight gradient is rounded to bf16 before the
+  all-reduce (4e-3 relative). Neither says anything about the construction.
 
 The run is the sparse arm (`mom`) in the Transfusion setting, where a rank without image positions is the hard
 case: its image experts get no token and its patch head, patch projection and timestep MLP no position, yet every
