@@ -320,10 +320,14 @@ struct Conv {
   using V = Vec<T>;
   int64_t batch, E, L, K, groups;
 
-  // The K weight vectors of group g, lane i = channel e0 + i (lanes past the last channel 0).
-  void weights(const T* w, int64_t e0, int64_t rows, V* wv) const {
+  // The K weight vectors of the group at channel e0 into wv, lane i = channel e0 + i (lanes past the last channel
+  // 0); returns the group's bias vector (0 without a bias).
+  V weights(const T* w, const T* bias, int64_t e0, int64_t rows, V* wv) const {
     for (int64_t k = 0; k < K; ++k)
       for (int64_t i = 0; i < W; ++i) wv[k][i] = i < rows ? w[(e0 + i) * K + k] : T(0);
+    alignas(64) T lanes[W];
+    lanes_of(bias, e0, rows, T(0), lanes);
+    return load_v(lanes);
   }
 
   // pre_t of one batch row and group, from the x rows loaded in xs ([L][W]).
@@ -340,9 +344,7 @@ struct Conv {
       alignas(64) T lanes[W];
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t e0 = g * W, rows = std::min(W, E - e0);
-        weights(w, e0, rows, wv.data());
-        lanes_of(bias, e0, rows, T(0), lanes);
-        const V bv = load_v(lanes);
+        const V bv = weights(w, bias, e0, rows, wv.data());
         for (int64_t b = 0; b < batch; ++b) {
           for (int64_t t = 0; t < L; ++t) x.load(b, t, e0, rows, xs.data() + t * W);
           for (int64_t t = 0; t < L; ++t) {
@@ -364,9 +366,7 @@ struct Conv {
       alignas(64) T lanes[W];
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t e0 = g * W, rows = std::min(W, E - e0);
-        weights(w, e0, rows, wv.data());
-        lanes_of(bias, e0, rows, T(0), lanes);
-        const V bv = load_v(lanes);
+        const V bv = weights(w, bias, e0, rows, wv.data());
         std::fill(gwv.begin(), gwv.end(), V{});
         V gbv = {};
         for (int64_t b = 0; b < batch; ++b) {
