@@ -57,8 +57,18 @@ def ablation_variants(arm: str, full: bool = False) -> list[tuple[str, ...]]:
 def plan(
     settings, arms, seeds, ablation: str | None, ablation_setting: str, ablation_arm: str = "mom"
 ) -> list[RunSpec]:
-    """Settings outermost (a stopped comparison has whole settings done), then seeds, then arms; ablation last."""
-    runs = [RunSpec(s, a, seed, a) for s in settings for seed in seeds for a in arms]
+    """Settings outermost (a stopped comparison has whole settings done), then arms, then seeds; ablation last.
+
+    Within a setting the runs that take longest on a CPU come first (Mamba-family arms before transformer-family,
+    sparse before dense: benchmarks/README.md), so that parallel runs end together instead of one core waiting for
+    the last long run.
+    """
+
+    def slowest_first(arm: str) -> tuple[bool, bool]:
+        return get_arm(arm).family.name != "mamba", not get_arm(arm).is_sparse
+
+    arms = sorted(arms, key=slowest_first)  # stable: equal arms keep the order they were given in
+    runs = [RunSpec(s, a, seed, a) for s in settings for a in arms for seed in seeds]
     if ablation:
         dense = get_arm(ablation_arm).dense
         for seed in seeds:

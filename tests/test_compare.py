@@ -158,13 +158,21 @@ def test_bad_budgets_are_refused_before_anything_runs(tmp_path, capsys, args, wo
 def test_ablation_plans_the_projection_subsets_beside_mamba_and_mom():
     runs = plan(["chameleon"], ["mamba", "mom"], [0], "basic", "chameleon")
     names = [r.variant for r in runs]
-    assert names[:2] == ["mamba", "mom"] and len(names) == 2 + len(ablation_variants("mom")) == 2 + 6
+    assert names[:2] == ["mom", "mamba"] and len(names) == 2 + len(ablation_variants("mom")) == 2 + 6
     assert "mom-in_proj+out_proj" in names and "mom-x_proj+dt_proj" in names and "mom-dt_proj" in names
     full = plan(["transfusion"], ["mamba"], [0, 1], "full", "chameleon")
     assert len(ablation_variants("mom", full=True)) == 14 and len({r.decouple for r in full if r.decouple}) == 14
     assert len(full) == 2 + 2 * (2 + 14)  # transfusion mamba x 2 seeds; chameleon mamba, mom, 14 variants x 2
     mot = plan(["chameleon"], [], [0], "basic", "chameleon", ablation_arm="mot")
     assert [r.variant for r in mot][:2] == ["transformer", "mot"] and "mot-mlp+norm" in [r.variant for r in mot]
+
+
+def test_plan_puts_the_longest_runs_of_a_setting_first():
+    """Mamba-family before transformer-family, sparse before dense, seeds innermost, settings outermost."""
+    runs = plan(["transfusion", "chameleon"], ["transformer", "mamba", "mot", "mom"], [0, 1], None, "chameleon")
+    order = [(r.setting, r.arm, r.seed) for r in runs]
+    arms = ["mom", "mamba", "mot", "transformer"]
+    assert order == [(s, a, seed) for s in ("transfusion", "chameleon") for a in arms for seed in (0, 1)]
 
 
 def test_ablation_runs_train_their_subset(tmp_path, cache):
