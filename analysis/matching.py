@@ -29,6 +29,9 @@ import numpy as np
 from scipy import stats
 
 SMOOTHING_POINTS = 9
+# Evaluations per curve at or above which the rule is checked to be exact within 1.5% (tests/test_matching.py); a
+# match resting on fewer is flagged in the report.
+MIN_EVALUATIONS = 10
 
 
 def smooth(flops: Sequence[float], loss: Sequence[float], points: int = SMOOTHING_POINTS) -> np.ndarray:

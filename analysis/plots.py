@@ -196,7 +196,8 @@ def save_png(fig: Figure, path: Path) -> Path:
 
 
 def write_plots(results: Results, grid: pd.DataFrame, matches: pd.DataFrame, summary: pd.DataFrame) -> list[Plot]:
-    """Every figure of the report, saved under `<out>/plots` with the names in the module docstring."""
+    """Every figure of the report, saved under `<out>/plots` with the names in the module docstring; figures an
+    earlier render left there and this one does not draw are removed."""
     folder, plots = results.out / "plots", []
     for setting in results.settings:
         for kind, x, what in (
@@ -214,4 +215,6 @@ def write_plots(results: Results, grid: pd.DataFrame, matches: pd.DataFrame, sum
         path = save_png(fig, folder / f"ablation_{setting}.png")
         caption = f"{setting}: FLOPs-to-match of the {arm_label(arm)} ablation variants"
         plots.append(Plot(setting, "ablation", caption, path))
+    for stale in set(folder.glob("*.png")) - {plot.path for plot in plots}:  # figures of an earlier render
+        stale.unlink()
     return plots

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.labels import arm_label, dense_partner, percent
-from analysis.matching import SMOOTHING_POINTS
+from analysis.matching import MIN_EVALUATIONS, SMOOTHING_POINTS
 from analysis.pairs import final_losses, match_runs, summarise
 from analysis.plots import Plot, write_plots
 from analysis.results import ReportError, Results, evaluation_grid, load_results
@@ -65,13 +65,24 @@ def render_report(
             f"*These are {scale} models trained for {meta.get('max_steps', '?')} steps: the numbers show whether the "
             "trend of the papers appears at this size; they are not a reproduction of the papers' scale.*",
         ]
+    evaluations = _evaluations(results)
+    if evaluations is not None and evaluations < MIN_EVALUATIONS:
+        out += [
+            "",
+            f"**Warning: each curve has {evaluations} evaluations.** The matching rule is checked exact within 1.5% "
+            f"from {MIN_EVALUATIONS} evaluations on (docs/design.md); with fewer, a FLOPs-to-match is coarse. "
+            "Validate more often (`--val-every`) or train longer.",
+        ]
+    own = own_data(results)
+    if own:
+        out += ["", "*Trained on own data: the papers' numbers are not shown beside these (their data differ).*"]
     n_runs, unfinished = len(results.runs), len(results.runs) - len(results.finished)
     if unfinished:
         out += [
             "",
             f"**{unfinished} of {n_runs} runs are not finished** and are left out of every number (see [Runs](#runs)).",
         ]
-    sources = paper_sources(results)
+    sources = "" if own else paper_sources(results)
     out += ["", "## Verdict", "", "On training loss (the papers' measure):", "", *verdicts(results, summary, "train")]
     out += ["", "On validation loss (held-out sequences, the confirmation):", "", *verdicts(results, summary, "val")]
     out += [
@@ -81,10 +92,10 @@ def render_report(
         "Percent of the dense arm's training FLOPs at which the sparse arm first reaches the dense arm's final "
         f"training loss (lower is better; 100% = no saving). Per-step training losses are averaged over each block of "
         f"{val_every} steps ending at an evaluation step, then the rule below applies. The papers match on training "
-        "loss (MoT's step matching, MoM's loss figure); their columns are their numbers at their scales, for "
-        "reference, not ours.",
+        "loss (MoT's step matching, MoM's loss figure)"
+        + ("." if own else "; their columns are their numbers at their scales, for reference, not ours."),
         "",
-        match_table(results, summary, "train"),
+        match_table(results, summary, "train", papers=not own),
         "",
         *(["Papers' sources:", "", sources, ""] if sources else []),
         "## FLOPs-to-match on validation loss (confirmation)",
@@ -189,6 +200,19 @@ def how_to_read(results: Results, points: int, val_every: object) -> list[str]:
     ]
 
 
+def _evaluations(results: Results) -> int | None:
+    """Evaluations per run of the recipe (max_steps // val_every), None when not recorded."""
+    recipe = results.meta.get("recipe") or {}
+    steps, every = results.meta.get("max_steps", recipe.get("max_steps")), recipe.get("val_every")
+    return steps // every if isinstance(steps, int) and isinstance(every, int) and every > 0 else None
+
+
+def own_data(results: Results) -> bool:
+    """Whether any run trained on a researcher's own corpus (its data sources name it)."""
+    sources = results.runs["data_sources"] if "data_sources" in results.runs else []
+    return any(str(s).startswith("own data") for value in sources if isinstance(value, list) for s in value)
+
+
 def setup_lines(results: Results) -> list[str]:
     """Data sources, recipe, versions, devices and total wall-clock."""
     meta, runs = results.meta, results.runs
@@ -197,6 +221,9 @@ def setup_lines(results: Results) -> list[str]:
         mine = runs.loc[runs["setting"] == setting, "data_sources"] if "data_sources" in runs else []
         sources = sorted({s for value in mine if isinstance(value, list) for s in value})
         lines.append(f"- Data, {setting}: {'; '.join(sources) or 'not recorded (no summary.json)'}")
+        notes = runs.loc[runs["setting"] == setting, "data_notes"] if "data_notes" in runs else []
+        for note in dict.fromkeys(n for value in notes if isinstance(value, list) for n in value):
+            lines.append(f"  - left out of the data: {note}")
         mixes = runs.loc[runs["setting"] == setting, "image_mix"] if "image_mix" in runs else []
         mix = next((m for m in mixes if isinstance(m, dict) and m), None)
         if mix:

@@ -9,8 +9,9 @@
 
 `step` counts optimizer steps done: a metrics.csv row with step s counts s + 1, so its cumulative FLOPs are
 (s + 1) x train_flops_per_step and its wall-clock and tokens are those of the training row of the same step. Runs
-that are not finished (running, failed, crashed, interrupted, missing, unreadable) are listed with their status and
-contribute no curve; one bad run never stops the report.
+that are not finished (running, failed, crashed, interrupted, missing, unreadable, or damaged: files that disagree
+with what the summary recorded of them) are listed with their status and contribute no curve; one bad run never
+stops the report.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from analysis.run_record import (
     WALL,
     LossKey,
     RunRecordError,
+    damage,
     parse_loss_name,
     read_config,
     read_summary,
@@ -129,6 +131,8 @@ def load_run(entry: dict, out: Path, val_every: int | None = None) -> tuple[dict
     run["decouple"] = tuple(decouple) if isinstance(decouple, list) else None  # None: the arm's default parts
     if not summary.finished:
         return run, empty
+    if problems := damage(folder, summary):
+        return run | {"status": "damaged", "reason": "; ".join(problems)}, empty
     if not isinstance(run["val_every"], int) or run["val_every"] < 1:
         reason = f"{folder / CONFIG}: val_every must be a positive int, got {run['val_every']!r}"
         return run | {"status": "unreadable", "reason": reason}, empty

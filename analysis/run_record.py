@@ -1,7 +1,9 @@
 """The run record: what a run folder holds and how its metrics are named, defined once for the writer
 (experiments/run.py), the reader (analysis/results.py) and the tests.
 
-    <root>/<setting>/<scale>/<variant>/seed<k>/     variant = the arm, or an ablation variant ("mom-in_proj")
+    <root>/<setting>/<scale>/<recipe>/<variant>/seed<k>/
+        recipe = the recipe's name (experiments.run.recipe_id: "200steps-cb35ac"), so runs of other budgets, data
+        or model overrides live beside each other; variant = the arm, or an ablation variant ("mom-in_proj")
         config.json             the resolved configuration: model, data, module, trainer, step budget
         metrics.csv             one row per logged step (Lightning's CSVLogger), columns named below
         tb/                     TensorBoard events (the same metrics)
@@ -18,14 +20,16 @@ loss of each image source as `<valset>/loss_image/<source>`.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
-from common import write_json
+from common import fits, write_json
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "finished", "failed", "crashed", "interrupted")
@@ -43,8 +47,8 @@ class RunRecordError(ValueError):
     """A run folder's file cannot be read as the run record defines it; the message names the file."""
 
 
-def run_dir(root: str | Path, setting: str, scale: str, variant: str, seed: int) -> Path:
-    return Path(root) / setting / scale / variant / f"seed{seed}"
+def run_dir(root: str | Path, setting: str, scale: str, recipe: str, variant: str, seed: int) -> Path:
+    return Path(root) / setting / scale / recipe / variant / f"seed{seed}"
 
 
 def tokens_name(modality: str) -> str:
@@ -86,6 +90,7 @@ class Summary:
     variant: str  # the run folder's name: the arm, or an ablation variant of it
     scale: str
     seed: int
+    recipe: str = ""  # the recipe's name, the run folder's parent's parent (experiments.run.recipe_id)
     status: str = "running"  # one of STATUSES
     reason: str | None = None  # why a run is not finished
     params_total: int = 0
@@ -97,6 +102,7 @@ class Summary:
     world_size: int = 1
     backend: str = ""  # the kernel the forward ran: a selective-scan backend, or "sdpa"
     data_sources: list[str] = field(default_factory=list)
+    data_notes: list[str] = field(default_factory=list)  # what assembling the data left out (MultiModalDataModule)
     versions: dict[str, str] = field(default_factory=dict)
     device: str = ""
     threads: int = 0  # torch's CPU threads in the training process
@@ -105,6 +111,8 @@ class Summary:
     final_val_loss: dict[str, float] = field(default_factory=dict)  # metrics.csv column -> last value
     # share of the image tokens from each image source, per split: {"train": {"emoji": 0.18, ...}, "val": {...}}
     image_mix: dict[str, dict[str, float]] = field(default_factory=dict)
+    # what a finished run's files hold (`file_record`), checked by `damage` before the run is used
+    files: dict[str, dict] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -129,7 +137,7 @@ class Summary:
         hints = typing.get_type_hints(cls)
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         missing = [name for name in ("setting", "arm", "variant", "scale", "seed") if name not in data]
-        wrong = [name for name, value in data.items() if name in hints and not _fits(value, hints[name])]
+        wrong = [name for name, value in data.items() if name in hints and not fits(value, hints[name])]
         if unknown or missing or wrong or data.get("status") not in STATUSES:
             problems = [f"unknown fields {unknown}"] if unknown else []
             problems += [f"missing fields {missing}"] if missing else []
@@ -138,15 +146,6 @@ class Summary:
                 problems.append(f"status {data.get('status')!r} is not one of {list(STATUSES)}")
             raise RunRecordError(f"{path}: not a run summary ({'; '.join(problems)})")
         return cls(**data)
-
-
-def _fits(value: object, hint: object) -> bool:
-    """Whether a decoded JSON value fits a Summary field's annotation (float fields take ints too)."""
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        return any(_fits(value, option) for option in typing.get_args(hint))
-    if isinstance(value, bool) or hint is type(None):
-        return value is None if hint is type(None) else False
-    return isinstance(value, int | float if hint is float else typing.get_origin(hint) or hint)
 
 
 def _upgrade(data: dict) -> dict:
@@ -175,6 +174,41 @@ def read_summary(folder: Path) -> Summary | None:
 
 def write_summary(folder: Path, summary: Summary) -> None:
     write_json(Path(folder) / SUMMARY, summary.to_dict())
+
+
+def file_record(folder: Path) -> dict[str, dict]:
+    """What a finished run's files hold: metrics.csv's rows, last step and SHA-256, and the checkpoint's size (a
+    checksum of a multi-GB checkpoint would cost more than a check is worth; its size catches a truncated copy)."""
+    folder = Path(folder)
+    data = (folder / METRICS).read_bytes()
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    steps = [int(float(row[STEP])) for row in rows if row.get(STEP)]
+    return {
+        METRICS: {"rows": len(rows), "last_step": max(steps, default=-1), "sha256": hashlib.sha256(data).hexdigest()},
+        CHECKPOINT: {"bytes": (folder / CHECKPOINT).stat().st_size},
+    }
+
+
+def damage(folder: Path, summary: Summary) -> list[str]:
+    """How a finished run's files disagree with what its summary recorded of them ([] when they agree), each
+    naming the file. Runs recorded before summaries held `files` cannot be checked and give []."""
+    if not summary.finished or not summary.files:
+        return []
+    folder = Path(folder)
+    expected = summary.files
+    try:
+        found = file_record(folder)
+    except FileNotFoundError as exc:
+        return [f"{exc.filename}: missing"]
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        return [f"{folder / METRICS}: unreadable ({exc})"]
+    problems = []
+    for name, record in expected.items():
+        for key, value in record.items():
+            have = found.get(name, {}).get(key)
+            if have != value:
+                problems.append(f"{folder / name}: {key} {have}, the summary recorded {value}")
+    return problems
 
 
 def read_config(folder: Path) -> dict | None:

@@ -32,6 +32,7 @@ from analysis.run_record import CHECKPOINT, CONFIG, METRICS, STEP, TRAIN_LOSS, W
 from datamodules.multimodal import MultiModalDataModule  # noqa: E402
 from experiments.lit_module import LitMultiModalLM  # noqa: E402
 from experiments.losses import loss_positions  # noqa: E402
+from experiments.recipes import RECIPES, recipe_id  # noqa: E402
 
 
 @torch.no_grad()
@@ -75,17 +76,20 @@ def main() -> None:
     parser.add_argument("--root", default="runs")
     parser.add_argument("--setting", default="chameleon")
     parser.add_argument("--scale", default="tiny")
+    parser.add_argument("--recipe", help="the runs' recipe name, as in their folders (default: the scale's own)")
     parser.add_argument("--pairs", default="mamba:mom,transformer:mot", help="dense:sparse,...")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    own = RECIPES[args.scale]
+    recipe = args.recipe or recipe_id(args.scale, own.max_steps, own.val_every, own.data(), own.module(), own.precision)
     rows, shares = [], {}
     for pair in args.pairs.split(","):
         dense, sparse = pair.split(":")
         scores = {}
         for arm in (dense, sparse):
             for seed in range(args.seeds):
-                folder = run_dir(args.root, args.setting, args.scale, arm, seed)
+                folder = run_dir(args.root, args.setting, args.scale, recipe, arm, seed)
                 scores[arm, seed] = per_sequence_losses(folder)
                 shares[f"{arm} seed{seed}"] = validation_share(folder)
         keys = scores[dense, 0][["valset", "modality"]].drop_duplicates().itertuples(index=False)

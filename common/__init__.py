@@ -2,6 +2,8 @@
 
 atomic_write(path, text_or_bytes_or_writer)   a reader sees the old file or the new one, never part of one
 stable_fraction(key)                           a number in [0, 1) fixed by the key alone, in every process
+fits(value, annotation)                        whether a decoded JSON value fits a type annotation
+check_writable_folder(flag, folder)            ValueError naming the flag unless the folder can be written
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import hashlib
 import json
 import os
 import secrets
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,3 +60,27 @@ def stable_fraction(key: str | bytes) -> float:
     """
     data = key.encode("utf-8") if isinstance(key, str) else key
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") / 2**64
+
+
+def fits(value: object, hint: object) -> bool:
+    """Whether a decoded JSON value fits a type annotation: unions, None, bool, int, float (which takes ints too),
+    str, and containers by their kind (a JSON list fits a tuple or a list)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(fits(value, option) for option in typing.get_args(hint))
+    if hint is type(None) or value is None:
+        return value is None and hint is type(None)
+    if isinstance(value, bool) != (hint is bool):
+        return False
+    kind = typing.get_origin(hint) or hint
+    if kind in (tuple, list):
+        return isinstance(value, tuple | list)
+    return isinstance(value, int | float if kind is float else kind) if isinstance(kind, type) else True
+
+
+def check_writable_folder(flag: str, folder: Path) -> None:
+    """ValueError naming the flag unless `folder` is a folder this process can write, or can be created as one."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder}: is a file, not a folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {folder}: cannot write in {existing}")

@@ -25,15 +25,16 @@ uses a fixed set of sequences with fixed timesteps and noise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.prepare import Corpus, PrepareParams, as_float, as_rgb, load_corpus, prepare_corpus
+from datamodules.samplers import EpochSampler, GlobalBatchShard
 from datamodules.sequences import (
     Document,
     PackedSequences,
@@ -50,62 +51,6 @@ from datamodules.vocab import BOA, BOI, EOA, EOI, MODALITY_NAMES, PATCH, JointVo
 
 DIFFUSION_STEPS = 1000
 VAL_IMAGES_PER_SOURCE = 300
-
-
-class EpochSampler(Sampler):
-    """Yields (epoch, index) pairs: a permutation drawn from (seed, epoch), or the fixed order when not shuffling.
-
-    Lightning calls `set_epoch` at every epoch start, so an epoch's order and noise do not depend on how the run got
-    there. `skip` drops the first items of the epoch: a run resumed mid-epoch continues exactly where it stopped.
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool, epoch: int = 0, skip: int = 0) -> None:
-        self.n, self.seed, self.shuffle, self.epoch, self.skip = n, seed, shuffle, epoch, skip
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.skip = 0  # a resumed epoch skips what it had done; the next one starts at its beginning
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n - self.skip
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else range(self.n)
-        return ((self.epoch, int(i)) for i in list(order)[self.skip :])
-
-
-class GlobalBatchShard(DistributedSampler):
-    """One rank's share of an EpochSampler under DDP: of every global batch (world_size x batch_size consecutive
-    items of the epoch's order), the batch_size items at offset rank x batch_size.
-
-    The ranks of one step therefore read exactly the batch that one process with batch_size x world_size reads at
-    that step, so a DDP run sees the single-process run's data and a resumed DDP run continues where it stopped. It
-    is a DistributedSampler only so that Lightning uses it as it is: Lightning wraps any other sampler in a
-    DistributedSamplerWrapper, which shuffles the order again (with its own seed) and deals items round-robin.
-    A trailing partial global batch is dropped, as the single-process loader's drop_last does.
-    """
-
-    def __init__(self, epochs: EpochSampler, batch_size: int, rank: int, world_size: int) -> None:
-        # DistributedSampler.__init__ is not called: it wants a dataset and a process group; this needs neither.
-        self.epochs, self.batch_size, self.rank, self.num_replicas = epochs, batch_size, rank, world_size
-        self.shuffle, self.seed, self.drop_last = epochs.shuffle, epochs.seed, True
-
-    @property
-    def epoch(self) -> int:
-        return self.epochs.epoch
-
-    @epoch.setter
-    def epoch(self, epoch: int) -> None:  # DistributedSampler.set_epoch assigns it: Lightning's call reaches the order
-        self.epochs.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.epochs) // (self.batch_size * self.num_replicas) * self.batch_size
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        items, step, b = list(self.epochs), self.batch_size * self.num_replicas, self.batch_size
-        for start in range(0, len(items) - step + 1, step):
-            yield from items[start + self.rank * b : start + (self.rank + 1) * b]
 
 
 class SequenceDataset(Dataset):
@@ -239,11 +184,14 @@ class MultiModalDataModule(L.LightningDataModule):
             image_size=0 if self.continuous else sum(s.vq.codebook_size for s in c.images),
             speech_size=self.params.speech_units if self.spec.speech else 0,
         )
+        self.notes: list[str] = []  # what the assembly left out of the data, in words (see `_dataset`)
         self.train_set = self._dataset("train", stream=0)
         self.val_sets = {"val": self._dataset("val", stream=1)}
         if self.spec.speech and c.speech_real_val is not None:
             self.val_sets["val_real_speech"] = self._dataset("real_speech", stream=2)
         self.sources = c.card["sources"]
+        for note in self.notes:
+            rank_zero_info(f"{self.setting}: {note}")
 
     def train_dataloader(self) -> DataLoader:
         """batch_size sequences per device and step: under DDP a step's global batch is world_size x batch_size."""
@@ -303,11 +251,20 @@ class MultiModalDataModule(L.LightningDataModule):
                 keep = rng.permutation(len(docs))[
                     : max(1, int(len(docs) * text_tokens / (self.text_ratio * paired_tokens)))
                 ]
+                self.notes.append(
+                    f"{split}: text_ratio={self.text_ratio} kept {len(keep):,} of {len(docs):,} paired documents "
+                    f"(the text-only documents hold {text_tokens:,} tokens)"
+                )
                 docs = [docs[i] for i in sorted(keep)]
             docs += text
         order = rng.permutation(len(docs))
         packed = pack_documents([docs[i] for i in order], self.seq_len)
         if split != "train":
+            if len(packed) < self.val_sequences:
+                self.notes.append(
+                    f"{split}: {len(packed)} validation sequences of the {self.val_sequences} requested (its "
+                    "documents fill no more)"
+                )
             packed = _first(packed, self.val_sequences)
         if len(packed) == 0 or (split == "train" and len(packed) < self.batch_size):
             raise ValueError(
@@ -322,6 +279,11 @@ class MultiModalDataModule(L.LightningDataModule):
         docs, used = [], 0
         for i in rng.permutation(len(texts)):
             if used >= budget:
+                total = sum(len(t) + 2 for t in texts)
+                self.notes.append(
+                    f"{split}: text_ratio={self.text_ratio} (text-only tokens per paired token) used {used:,} of the "
+                    f"{total:,} text-only tokens"
+                )
                 break
             docs.append(text_document(texts[i]))
             used += len(texts[i]) + 2
@@ -353,12 +315,19 @@ class MultiModalDataModule(L.LightningDataModule):
                     offset += src.vq.codebook_size
         if self.spec.speech:
             speech = {"train": c.speech_train, "val": c.speech_val, "real_speech": c.speech_real_val}[split]
+            long = 0
             for i in range(len(speech.units)):
                 units = speech.units[i]
                 if len(units) + 2 > self.seq_len + 1:
-                    continue  # an utterance longer than a sequence cannot be kept whole; counted in `stats`
+                    long += 1  # an utterance longer than a sequence cannot be kept whole
+                    continue
                 text_first = bool(rng.random() < 0.5)
                 docs.append(paired_document(speech.transcripts[i], self.vocab.speech_ids(units), BOA, EOA, text_first))
+            if long:
+                self.notes.append(
+                    f"{split}: {long:,} of {len(speech.units):,} utterances are longer than seq_len={self.seq_len} "
+                    "with their markers and were left out"
+                )
         return docs
 
     def token_counts(self) -> torch.Tensor:

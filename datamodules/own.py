@@ -9,7 +9,9 @@ On-disk format: a folder holding `documents.jsonl`, one JSON object per line, pa
 Images are `.npy` arrays (H, W) or (H, W, C), uint8 or float in [0, 1]; images of one shape form one source with
 its own VQ codebook (so the patch size must divide H and W). Audio is a mono float `.npy` waveform in [-1, 1] with
 its sample rate. An optional `"split": "train" | "val"` fixes a document's split; otherwise a stable hash of its
-text puts about 10% in validation.
+text and its image or audio bytes puts about 10% in validation. Every modality present gets validation and
+training documents: if the hash drew none on one side (a small set), the unmarked document of smallest (largest)
+hash moves there; a modality where that is impossible (a single document) fails, saying how to mark one.
 """
 
 from __future__ import annotations
@@ -38,13 +40,33 @@ class OwnData:
     sources: list[str]
 
 
-def _is_val(record: dict) -> bool:
+def _split(record: dict, media: bytes) -> bool | float:
+    """True / False for a document marked val / train; else its hash in [0, 1) (val below VAL_FRACTION). The hash
+    covers the media too: repeated captions ("a photo") must not send all their images to one side."""
     split = record.get("split")
     if split is not None:
         if split not in ("train", "val"):
             raise CorruptSource(f"split must be 'train' or 'val', got {split!r}")
         return split == "val"
-    return stable_fraction(record["text"]) < VAL_FRACTION
+    return stable_fraction(record["text"].encode("utf-8") + media)
+
+
+def _assign(draws: list[bool | float], what: str, index: Path) -> list[bool]:
+    """Each document's split (True = val), with a validation and a training document where the draws left one side
+    empty (see the module docstring); documents marked by their "split" field are never moved."""
+    val = [d if isinstance(d, bool) else d < VAL_FRACTION for d in draws]
+    unmarked = [i for i, d in enumerate(draws) if not isinstance(d, bool)]
+    for side in (True, False):  # the side that needs a document: validation, then training
+        if draws and side not in val:
+            movable = [i for i in unmarked if sum(v != side for v in val) > 1]
+            if not movable:
+                raise SourceUnavailable(
+                    f"own data: {index} has no {'validation' if side else 'training'} document for {what} "
+                    f'({len(draws)} documents); mark one with "split": "{"val" if side else "train"}" (each '
+                    "modality needs both)"
+                )
+            val[(min if side else max)(movable, key=lambda i: draws[i])] = side
+    return val
 
 
 def _image(path: Path) -> np.ndarray:
@@ -67,9 +89,9 @@ def load_own_data(folder: str | Path) -> OwnData:
     index = folder / "documents.jsonl"
     if not index.is_file():
         raise SourceUnavailable(f"own data: {index} not found (see datamodules/own.py for the format)")
-    texts: dict[bool, list[str]] = {False: [], True: []}
-    images: dict[tuple, list] = {}
-    speech: dict[bool, list[Utterance]] = {False: [], True: []}
+    texts: list[tuple[str, bool | float]] = []
+    images: dict[tuple, list] = {}  # shape -> [(image, caption, split draw)]
+    speech: list[tuple[Utterance, bool | float]] = []
     for n, line in enumerate(index.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -77,25 +99,40 @@ def load_own_data(folder: str | Path) -> OwnData:
             record = json.loads(line)
             if not isinstance(record.get("text"), str):
                 raise CorruptSource("every document needs a 'text' string")
-            val = _is_val(record)
             if "image" in record:
                 img = _image(folder / record["image"])
-                images.setdefault(img.shape, []).append((img, record["text"], val))
+                images.setdefault(img.shape, []).append((img, record["text"], _split(record, img.tobytes())))
             elif "audio" in record:
                 audio = np.load(folder / record["audio"]).astype(np.float32)
                 if audio.ndim != 1 or "sample_rate" not in record:
                     raise CorruptSource("audio must be a 1-D waveform with a 'sample_rate'")
-                speech[val].append(Utterance(record["text"], audio, int(record["sample_rate"]), "own"))
+                utterance = Utterance(record["text"], audio, int(record["sample_rate"]), "own")
+                speech.append((utterance, _split(record, audio.tobytes())))
             else:
-                texts[val].append(record["text"])
+                texts.append((record["text"], _split(record, b"")))
         except (ValueError, OSError, CorruptSource) as exc:
             raise CorruptSource(f"{index}:{n}: {exc}") from exc
-    if not texts[False] and not any(images.values()):
+    text_val = _assign([d for _, d in texts], "text", index)
+    if not any(not v for v in text_val) and not images:
         raise SourceUnavailable(f"own data: {index} holds no training documents")
     sets = []
     for shape, items in images.items():
         name = "own:" + "x".join(map(str, shape))
-        split = np.array(["val" if v else "train" for _, _, v in items])
+        val = _assign([d for _, _, d in items], f"the images of {name}", index)
+        split = np.array(["val" if v else "train" for v in val])
         sets.append(ImageSet(np.stack([i for i, _, _ in items]), [c for _, c, _ in items], split, name))
-    text = TextCorpus(texts[False], texts[True], [f"own data: {folder}"], [])
-    return OwnData(text, sets, speech[False], speech[True], [f"own data: {folder}"])
+    speech_val = _assign([d for _, d in speech], "speech", index)
+    text = TextCorpus(
+        [t for (t, _), v in zip(texts, text_val, strict=True) if not v],
+        [t for (t, _), v in zip(texts, text_val, strict=True) if v],
+        [f"own data: {folder}"],
+        [],
+    )
+    utterances = [u for u, _ in speech]
+    return OwnData(
+        text,
+        sets,
+        [u for u, v in zip(utterances, speech_val, strict=True) if not v],
+        [u for u, v in zip(utterances, speech_val, strict=True) if v],
+        [f"own data: {folder}"],
+    )

@@ -27,24 +27,13 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import timedelta
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from analysis.report import write_report
 from analysis.run_record import Summary
@@ -52,82 +41,10 @@ from common import write_json
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS
 from experiments.plan import Comparison, RunSpec, resolve
+from experiments.progress import MatrixProgress, ProgressReporter
 from experiments.run import train_run
+from experiments.store import DiskFull, disk_full, is_locked, run_lock
 from models import ARMS, SCALES
-
-
-class _Eta(TimeRemainingColumn):
-    """A run's ETA from its own speed; the matrix's from the per-arm step times in its `eta` field."""
-
-    def render(self, task) -> Text:
-        if task.fields.get("eta") is None:
-            return super().render(task)
-        return Text(str(timedelta(seconds=round(task.fields["eta"]))), style="progress.remaining")
-
-
-class MatrixProgress:
-    """A rich display of the matrix: one row per run in training (step, loss, ETA) and one for the whole comparison.
-
-    The matrix ETA prices each remaining step at the seconds per step measured for that arm in this session (a Mamba
-    step and a transformer step differ), or at the mean over measured arms before an arm has run, shared among the
-    runs that train at once.
-    """
-
-    def __init__(self, runs: list[RunSpec], remaining: dict[RunSpec, int], parallel: int = 1) -> None:
-        self.remaining, self.parallel = remaining, parallel
-        self.index = {spec: i for i, spec in enumerate(runs, 1)}
-        self.seconds_per_step: dict[str, float] = {}
-        self.progress = Progress(
-            TextColumn("{task.description:<42}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            _Eta(),
-            TextColumn("{task.fields[note]}"),
-        )
-        self.matrix = self.progress.add_task(
-            f"all {len(runs)} runs (steps)", total=sum(remaining.values()), note="", eta=None
-        )
-        self.rows: dict[RunSpec, TaskID] = {}
-
-    def update(self, spec: RunSpec, step: int, total: int, loss: float | None, seconds_per_step: float | None):
-        """A run's progress: its step of `total` (a resumed run starts at its checkpoint's step)."""
-        if spec not in self.rows:
-            label = f"[{self.index[spec]}/{len(self.index)}] {spec.label}"
-            self.rows[spec] = self.progress.add_task(label, total=total, completed=step, note="", eta=None)
-        self.progress.update(self.rows[spec], completed=step, note="" if loss is None else f"loss {loss:.3f}")
-        self.progress.advance(self.matrix, self.remaining[spec] - (total - step))
-        self.remaining[spec] = total - step
-        if seconds_per_step is not None:
-            self.seconds_per_step[spec.arm] = seconds_per_step
-            mean = sum(self.seconds_per_step.values()) / len(self.seconds_per_step)
-            eta = sum(self.seconds_per_step.get(s.arm, mean) * n for s, n in self.remaining.items())
-            self.progress.update(self.matrix, eta=eta / self.parallel)
-
-    def end(self, spec: RunSpec, outcome: str) -> None:
-        """A run has stopped: its row goes, one line with its outcome stays."""
-        if spec in self.rows:
-            self.progress.remove_task(self.rows.pop(spec))
-        self.progress.advance(self.matrix, self.remaining[spec])
-        self.remaining[spec] = 0
-        self.progress.console.print(f"{spec.label}: {outcome}")
-
-
-class ProgressReporter(L.Callback):
-    """Sends a run's progress, (spec, step, total, loss, seconds per step), to `send`: the display's `update` when
-    the run trains in this process, a queue to it from a worker process."""
-
-    def __init__(self, spec: RunSpec, send: Callable[..., None]) -> None:
-        self.spec, self.send = spec, send
-
-    def on_train_start(self, trainer, lit) -> None:
-        self.step0, self.t0 = trainer.global_step, time.perf_counter()
-        self.send(self.spec, trainer.global_step, trainer.max_steps, None, None)
-
-    def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
-        seconds_per_step = (time.perf_counter() - self.t0) / max(trainer.global_step - self.step0, 1)
-        self.send(self.spec, trainer.global_step, trainer.max_steps, float(outputs["loss"]), seconds_per_step)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a ModelConfig field for every run, e.g. d_model=256 (repeatable)",
     )
     parser.add_argument("--root", default="runs", help="where run folders live (default runs/)")
-    parser.add_argument("--out", help="results folder for the report (default results/<scale>)")
+    parser.add_argument(
+        "--out",
+        help="results folder for the report (default results/<scale> for the scale's own recipe, "
+        "results/<scale>-<recipe> for any other budget, data or model)",
+    )
     parser.add_argument("--data-cache", default=".cache/data", help="prepared-data cache")
     lightning = parser.add_argument_group("passed to lightning.Trainer")
     lightning.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto, ...")
@@ -227,6 +148,29 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # Under DDP every process runs this whole command (Lightning's launcher, torchrun or SLURM); one writes results.
     main_process = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+    try:
+        with results_lock(c.out) if main_process else nullcontext():
+            return run_comparison(c, meta, refs, main_process)
+    except OSError as exc:
+        full = disk_full(exc, c.out, 16 * 2**20) if not isinstance(exc, DiskFull) else exc
+        if full is None:
+            raise
+        print(f"compare.py: {full.strerror}", file=sys.stderr)
+        return 1
+
+
+def results_lock(out: Path):
+    """The results folder's lock, held for the whole command: a second compare.py on the same folder waits, then
+    finds the runs the first one finished."""
+
+    def waiting() -> None:
+        print(f"compare.py: another process is writing {out}; waiting for it to end", flush=True)
+
+    return run_lock(out, wait=True, waiting=waiting)
+
+
+def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bool) -> int:
+    """Train what is not finished and write the report; the exit code."""
     if main_process:
         c.out.mkdir(parents=True, exist_ok=True)
         write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
@@ -239,11 +183,27 @@ def main(argv: list[str] | None = None) -> int:
         f"compare.py: {len(c.runs)} runs planned, {len(c.runs) - len(todo)} finished already, {len(todo)} to "
         f"train ({c.recipe.max_steps} steps of {c.data['batch_size']}x{c.data['seq_len']} tokens each) -> {c.out}"
     )
+    for folder, problems in c.damaged().items():
+        print(f"compare.py: {folder} is damaged ({'; '.join(problems)}); it will be trained again", file=sys.stderr)
+    others = c.other_recipes()
+    if others:
+        listed = ", ".join(f"{name} ({n} finished)" for name, n in others.items())
+        print(f"compare.py: {c.root} also holds runs of other recipes, not part of this comparison: {listed}")
+    elsewhere = [s for s in todo if is_locked(c.folder(s))]
+    if elsewhere:
+        print(f"compare.py: another process is training {', '.join(s.label for s in elsewhere)}; this one trains the "
+              "rest, then waits for those (and trains any the other left unfinished)")  # fmt: skip
     try:
-        (train_parallel if c.parallel > 1 and len(todo) > 1 else train_serial)(c, todo)
+        train(c, [s for s in todo if s not in elsewhere])
+        for spec in elsewhere:
+            with run_lock(c.folder(spec), wait=True):
+                pass
+        train(c, [s for s in elsewhere if c.status(s) != "finished"])
     except KeyboardInterrupt:
         print("\ncompare.py: interrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
         return 130
+    for setting, notes in c.data_notes().items():
+        print("\n".join(f"compare.py: {setting}: left out of the data: {note}" for note in notes))
     statuses = {s.label: c.status(s) for s in c.runs}
     unfinished = {label: status for label, status in statuses.items() if status != "finished"}
     if main_process:
@@ -268,6 +228,11 @@ def quiet() -> None:
 
 def steps_left(c: Comparison, todo: list[RunSpec]) -> dict[RunSpec, int]:
     return {spec: c.recipe.max_steps - c.steps_done(spec) for spec in todo}
+
+
+def train(c: Comparison, todo: list[RunSpec]) -> None:
+    if todo:
+        (train_parallel if c.parallel > 1 and len(todo) > 1 else train_serial)(c, todo)
 
 
 def train_serial(c: Comparison, todo: list[RunSpec]) -> None:

@@ -152,6 +152,7 @@ class LitMultiModalLM(L.LightningModule):
         # The row Lightning would write: the step that just ran (global_step is already past it) and the epoch.
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in self._step_row.values()]).tolist()
         row = dict(zip(self._step_row, values, strict=True)) | {"epoch": self.current_epoch}  # one sync for all
+        self.last_step_row = row  # what a progress bar shows
         for logger in self.loggers:
             logger.log_metrics(row, step=self.global_step - 1)
             logger.save()

@@ -7,19 +7,20 @@ choices; `Comparison.problems` lists the existing folders it would mix with. Bot
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import json
 import math
 import os
-from dataclasses import dataclass, fields, replace
+import typing
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from analysis.run_record import RunRecordError, read_summary, run_dir
+from analysis.run_record import RunRecordError, damage, read_summary
+from common import check_writable_folder, fits
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS, get_setting
-from experiments.recipes import RECIPES, Recipe
-from experiments.run import plain, recipe_conflicts
+from experiments.recipes import RECIPES, Recipe, plain, recipe_conflicts, recipe_id
+from experiments.run import check_trainer, run_folder
 from models import ARMS, SCALES, ModelConfig, get_arm
 
 
@@ -96,7 +97,7 @@ class Comparison:
     threads: int | None  # torch threads per run on the CPU (None: torch's default)
 
     def folder(self, spec: RunSpec) -> Path:
-        return run_dir(self.root, spec.setting, self.scale, spec.variant, spec.seed)
+        return run_folder(**self.run_kwargs(spec))
 
     def module(self, spec: RunSpec) -> dict:
         overrides = self.model_overrides | ({"decouple": list(spec.decouple)} if spec.decouple is not None else {})
@@ -120,9 +121,42 @@ class Comparison:
             variant=spec.variant,
         )
 
+    def other_recipes(self) -> dict[str, int]:
+        """Recipes other than this one with run folders in this comparison's settings: {name: finished runs}."""
+        own = {self.folder(spec).parents[1] for spec in self.runs}
+        found: dict[str, int] = {}
+        for setting in dict.fromkeys(spec.setting for spec in self.runs):
+            for recipe in sorted((self.root / setting / self.scale).glob("*/")):
+                if recipe in own or not recipe.is_dir():
+                    continue
+                finished = [p for p in recipe.glob("*/seed*/summary.json") if _finished(p.parent)]
+                found[recipe.name] = found.get(recipe.name, 0) + len(finished)
+        return found
+
+    def data_notes(self) -> dict[str, list[str]]:
+        """Per setting, what assembling its data left out (each run records it; seeds mostly agree)."""
+        notes: dict[str, dict[str, None]] = {}
+        for spec in self.runs:
+            summary = read_summary(self.folder(spec))
+            for note in summary.data_notes if summary else ():
+                notes.setdefault(spec.setting, {})[note] = None
+        return {setting: list(found) for setting, found in notes.items()}
+
     def status(self, spec: RunSpec) -> str | None:
+        """The run's status; "damaged" for a finished run whose files disagree with its summary (`damage`)."""
         summary = read_summary(self.folder(spec))
-        return summary.status if summary else None
+        if summary is None:
+            return None
+        return "damaged" if damage(self.folder(spec), summary) else summary.status
+
+    def damaged(self) -> dict[Path, list[str]]:
+        """The finished runs whose files disagree with their summaries, with how."""
+        found = {}
+        for spec in self.runs:
+            summary = read_summary(self.folder(spec))
+            if summary is not None and (problems := damage(self.folder(spec), summary)):
+                found[self.folder(spec)] = problems
+        return found
 
     def steps_done(self, spec: RunSpec) -> int:
         summary = read_summary(self.folder(spec))
@@ -171,6 +205,14 @@ class Comparison:
         return found
 
 
+def _finished(folder: Path) -> bool:
+    try:
+        summary = read_summary(folder)
+    except RunRecordError:
+        return False
+    return summary is not None and summary.finished
+
+
 def parse_list(text: str, valid, what: str, all_means=None) -> list[str]:
     """'a,b' -> ['a', 'b'], checked against `valid`; 'all' -> all_means."""
     if all_means is not None and text.strip() == "all":
@@ -182,24 +224,32 @@ def parse_list(text: str, valid, what: str, all_means=None) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def parse_overrides(items: list[str], flag: str, valid: set[str]) -> dict:
-    """['d_model=256', 'decouple=["in_proj"]'] -> {'d_model': 256, 'decouple': ['in_proj']} (JSON values, else text)."""
+def parse_overrides(items: list[str], flag: str, valid: dict[str, object]) -> dict:
+    """['d_model=256', 'decouple=["in_proj"]'] -> {'d_model': 256, 'decouple': ['in_proj']} (JSON values, else text),
+    each key one of `valid` ({name: type annotation}) and each value of its type."""
     out = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"{flag} takes KEY=VALUE; got {item!r}")
         if key not in valid:
             raise ValueError(f"{flag}: unknown key {key!r}; valid keys are {sorted(valid)}")
         try:
-            out[key] = json.loads(value)
+            value = json.loads(text)
         except json.JSONDecodeError:
-            out[key] = value
+            value = text
+        if not fits(value, valid[key]):
+            raise ValueError(f"{flag} {item}: {key} takes {_type_name(valid[key])}; got {value!r}")
+        out[key] = value
     return out
 
 
+def _type_name(hint: object) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'3' -> [0, 1, 2] (a count); '0,4' -> [0, 4] (explicit seeds)."""
+    """'3' -> [0, 1, 2] (a count); '0,4' -> [0, 4] (explicit seeds, each >= 0)."""
     try:
         values = [int(t) for t in text.split(",")]
     except ValueError:
@@ -208,6 +258,8 @@ def parse_seeds(text: str) -> list[int]:
         if values[0] < 1:
             raise ValueError(f"--seeds count must be >= 1; got {text!r}")
         return list(range(values[0]))
+    if min(values) < 0:
+        raise ValueError(f"--seeds: seeds must be >= 0; got {text!r}")
     return list(dict.fromkeys(values))
 
 
@@ -219,9 +271,11 @@ def resolve(args: argparse.Namespace) -> Comparison:
         raise ValueError(f"unknown scale {args.scale!r}; valid choices are {list(SCALES)}")
     get_setting(args.ablation_setting)  # checked even without --ablation: a typo never passes silently
     ablation_variants(args.ablation_arm)
-    data_args = set(inspect.signature(MultiModalDataModule).parameters) - {"self", "setting", "seed"}
+    data_args = typing.get_type_hints(MultiModalDataModule.__init__)
+    data_args = {k: v for k, v in data_args.items() if k not in ("return", "setting", "seed")}
+    model_args = {k: v for k, v in typing.get_type_hints(ModelConfig).items() if k != "arch"}
     data_overrides = parse_overrides(args.data, "--data", valid=data_args)
-    model_overrides = parse_overrides(args.model, "--model", valid={f.name for f in fields(ModelConfig)} - {"arch"})
+    model_overrides = parse_overrides(args.model, "--model", valid=model_args)
     recipe = RECIPES[args.scale]
     if args.val_every is not None:
         if args.val_every < 1:
@@ -252,18 +306,42 @@ def resolve(args: argparse.Namespace) -> Comparison:
         )
         if v is not None
     }
+    check_trainer(trainer | recipe.trainer())
+    for setting in settings:  # the classes' own checks, on the values every run will get
+        try:
+            MultiModalDataModule(setting=setting, **data)
+        except ValueError as exc:
+            raise ValueError(f"--data: {exc}") from None
+    for arm in dict.fromkeys([*arms, args.ablation_arm] if args.ablation else arms):
+        try:
+            ModelConfig.from_scale(args.scale, arch=arm, **model_overrides)
+        except ValueError as exc:
+            raise ValueError(f"--model: {exc} (arm {arm})") from None
+    for flag, folder in (("--root", args.root), ("--out", args.out), ("--data-cache", args.data_cache)):
+        if folder is not None:
+            check_writable_folder(flag, Path(folder))
+    recipe = replace(recipe, max_steps=max_steps)
+    name = recipe_name(args.scale, recipe, data, model_overrides)
+    default_out = f"results/{args.scale}" if name == recipe_name(args.scale, RECIPES[args.scale]) else f"results/{name}"
     return Comparison(
         runs=plan(settings, arms, seeds, args.ablation, args.ablation_setting, args.ablation_arm),
         scale=args.scale,
         root=Path(args.root),
-        out=Path(args.out or f"results/{args.scale}"),
-        recipe=replace(recipe, max_steps=max_steps),
+        out=Path(args.out or default_out),
+        recipe=recipe,
         data=data,
         model_overrides=model_overrides,
         trainer=trainer,
         parallel=parallel,
         threads=threads,
     )
+
+
+def recipe_name(scale: str, recipe: Recipe, data: dict | None = None, model_overrides: dict | None = None) -> str:
+    """The name of a comparison's recipe: its run folders' (experiments.run.recipe_id) with the scale in front."""
+    module = recipe.module() | ({"model_overrides": model_overrides} if model_overrides else {})
+    rid = recipe_id(scale, recipe.max_steps, recipe.val_every, recipe.data() | (data or {}), module, recipe.precision)
+    return f"{scale}-{rid}"
 
 
 MAX_STEPS = 10**9  # no recipe comes near it (the papers' is 250k): a budget above it is a typo

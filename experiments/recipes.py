@@ -1,13 +1,24 @@
 """Training recipes: the one place the step budget, batch, validation and optimiser of a run are defined.
 
 Every arm of a comparison at one scale trains with its scale's recipe (`RECIPES`); `train.py`, `train_run` and
-`compare.py` all start from it, and flags override single fields. The class defaults of `MultiModalDataModule` and
+`compare.py` all start from it (`with_recipe`), and flags override single fields. A run's recipe has a name
+(`recipe_id`), the folder its runs live in, and a run folder that disagrees with a request says how
+(`recipe_conflicts`). The class defaults of `MultiModalDataModule` and
 `LitMultiModalLM` and the shipped YAMLs under experiments/configs/ are tested equal to these recipes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import re
 from dataclasses import dataclass, fields
+from pathlib import Path
+
+from analysis.run_record import read_config
+from datamodules.multimodal import MultiModalDataModule
+from experiments.lit_module import LitMultiModalLM
 
 
 @dataclass(frozen=True)
@@ -81,3 +92,81 @@ RECIPES = {
 }
 
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe) if f.name != "seeds")  # what a run's config resolves
+
+
+def with_recipe(scale: str, max_steps, val_every, data, module, trainer, variant: str):
+    """train_run's arguments with the scale's recipe under them."""
+    recipe = RECIPES[scale]
+    return (
+        recipe.max_steps if max_steps is None else max_steps,
+        recipe.val_every if val_every is None else val_every,
+        recipe.data() | (data or {}),
+        recipe.module() | (module or {}),
+        recipe.trainer() | (trainer or {}),
+        variant,
+    )
+
+
+def recipe_conflicts(
+    folder: Path,
+    max_steps: int,
+    val_every: int,
+    data: dict | None = None,
+    module: dict | None = None,
+    precision: str | None = None,
+) -> list[str]:
+    """How the run recorded in `folder` differs from the requested recipe ([] when it matches or nothing is there).
+
+    Only what the caller asked for is compared (every `data` and `module` key given, the step budget and validation
+    cadence, the precision); the other Trainer settings are not part of a recipe, so a run may resume on other
+    hardware.
+    """
+    stored = read_config(folder)
+    if stored is None:
+        return []
+    wanted = {"max_steps": max_steps, "val_every": val_every}
+    wanted |= {f"data.{k}": v for k, v in (data or {}).items() if k != "cache_dir"}  # where, not what
+    wanted |= {f"module.{k}": v for k, v in (module or {}).items()}
+    wanted |= {"trainer.precision": precision} if precision is not None else {}
+    conflicts = []
+    for key, value in wanted.items():
+        section, _, name = key.rpartition(".")
+        have = (stored.get(section, {}) if section else stored).get(name)
+        if plain(have) != plain(value):
+            conflicts.append(f"{key}: recorded {have!r}, requested {value!r}")
+    return conflicts
+
+
+def plain(value):
+    """JSON round trip: tuples and lists, ints and floats compare as they are stored."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _defaults(cls: type) -> dict:
+    return {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items() if p.default is not p.empty}
+
+
+def recipe_id(scale: str, max_steps: int, val_every: int, data: dict, module: dict, precision: str) -> str:
+    """The run folder's recipe name: readable, and equal exactly for equal recipes.
+
+    It reads "<max_steps>steps", then every value that differs from the scale's recipe and the classes' defaults,
+    then a hash of all of it: "200steps-cb35ac" is the default tiny recipe, "200steps-d_model256-seq_len512-4c589c"
+    one with a wider model on longer sequences. Where the data comes from (`cache_dir`) is not part of it, and
+    neither is `decouple` in the model overrides: an ablation variant's folder name says which parts it decouples.
+    """
+    base = RECIPES[scale]
+    recipe = base.as_dict() | {"max_steps": max_steps, "val_every": val_every, "precision": precision}
+    extra = {}  # the other data and module arguments that differ from their class defaults
+    for values, defaults in ((data, _defaults(MultiModalDataModule)), (module, _defaults(LitMultiModalLM))):
+        for key, value in values.items():
+            if key in recipe:
+                recipe[key] = value
+            elif key not in ("cache_dir", "model_overrides") and plain(value) != plain(defaults.get(key)):
+                extra[key] = value
+    overrides = {k: v for k, v in (module.get("model_overrides") or {}).items() if k != "decouple"}
+    recipe, extra, overrides = plain(recipe), plain(extra), plain(overrides)
+    base_values = plain(base.as_dict())
+    changed = {k: v for k, v in recipe.items() if k != "max_steps" and v != base_values[k]} | extra | overrides
+    digest = hashlib.blake2b(json.dumps([recipe, extra, overrides], sort_keys=True).encode(), digest_size=3)
+    readable = re.sub(r"[^A-Za-z0-9._+=-]+", "_", "".join(f"-{k}{v}" for k, v in sorted(changed.items())))[:80]
+    return f"{max_steps}steps{readable}-{digest.hexdigest()}"

@@ -10,42 +10,43 @@ run interrupted and raises KeyboardInterrupt, so a sweep stops there and continu
 
 from __future__ import annotations
 
-import csv
-import json
+import logging
 import platform
 import signal
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from analysis.flops import analytic_flops, count_flops
 from analysis.run_record import (
     CHECKPOINT,
     FLOPS,
-    METRICS,
-    STEP,
     TENSORBOARD,
     TOKENS_PER_S,
     WALL,
     Summary,
+    damage,
+    file_record,
     parse_loss_name,
-    read_config,
     read_summary,
     run_dir,
     write_config,
     write_summary,
 )
-from common import atomic_write
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import get_setting
 from datamodules.vocab import PATCH
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss
-from experiments.recipes import RECIPES
+from experiments.recipes import recipe_conflicts, recipe_id, with_recipe
+from experiments.store import AtomicCheckpointIO, MetricsLogger, disk_full, resume_point, run_lock
 from models import SCALES, get_arm
 
 
@@ -55,7 +56,6 @@ class RunRecorder(L.Callback):
     def __init__(self, folder: Path, summary: Summary) -> None:
         self.folder, self.summary = folder, summary
         self.start = time.perf_counter()
-        self.earlier: list[dict] = []  # metrics.csv rows of earlier attempts, kept across a resume
 
     def on_train_start(self, trainer, lit) -> None:
         self.start = time.perf_counter() - self.summary.wall_clock_s  # resumed runs keep their clock
@@ -74,8 +74,6 @@ class RunRecorder(L.Callback):
 
     def finish(self, trainer, lit, status: str, reason: str | None = None) -> None:
         writer = trainer.is_global_zero  # DDP: every rank runs train_run; one of them writes the record
-        if writer:
-            _merge_metrics(self.folder, self.earlier)
         s = self.summary
         s.status, s.reason, s.wall_clock_s, s.steps = (
             status,
@@ -89,42 +87,24 @@ class RunRecorder(L.Callback):
             if (key := parse_loss_name(k)) and key.kind == "val"
         }
         if writer:
+            s.files = file_record(self.folder) if status == "finished" else {}
             write_summary(self.folder, s)
 
 
-def recipe_conflicts(
-    folder: Path,
-    max_steps: int,
-    val_every: int,
-    data: dict | None = None,
-    module: dict | None = None,
-    precision: str | None = None,
-) -> list[str]:
-    """How the run recorded in `folder` differs from the requested recipe ([] when it matches or nothing is there).
-
-    Only what the caller asked for is compared (every `data` and `module` key given, the step budget and validation
-    cadence, the precision); the other Trainer settings are not part of a recipe, so a run may resume on other
-    hardware.
-    """
-    stored = read_config(folder)
-    if stored is None:
-        return []
-    wanted = {"max_steps": max_steps, "val_every": val_every}
-    wanted |= {f"data.{k}": v for k, v in (data or {}).items() if k != "cache_dir"}  # where, not what
-    wanted |= {f"module.{k}": v for k, v in (module or {}).items()}
-    wanted |= {"trainer.precision": precision} if precision is not None else {}
-    conflicts = []
-    for key, value in wanted.items():
-        section, _, name = key.rpartition(".")
-        have = (stored.get(section, {}) if section else stored).get(name)
-        if plain(have) != plain(value):
-            conflicts.append(f"{key}: recorded {have!r}, requested {value!r}")
-    return conflicts
-
-
-def plain(value):
-    """JSON round trip: tuples and lists, ints and floats compare as they are stored."""
-    return json.loads(json.dumps(value, default=str))
+def check_trainer(flags: dict) -> None:
+    """ValueError naming the flag when Lightning would refuse these Trainer flags on this machine (an accelerator it
+    does not have, more devices than it has, an unknown precision or strategy), before anything is written."""
+    given = {k: v for k, v in flags.items() if k in ("accelerator", "devices", "num_nodes", "strategy", "precision")}
+    logging.disable(logging.INFO)  # the Trainer's notes on the hardware it found
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(**given, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
+        named = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+        raise ValueError(f"{named}: {exc}") from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def check_run(setting: str, arm: str, scale: str) -> None:
@@ -133,6 +113,27 @@ def check_run(setting: str, arm: str, scale: str) -> None:
     get_arm(arm)
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; valid choices are {list(SCALES)}")
+
+
+def run_folder(
+    setting: str,
+    arm: str,
+    scale: str = "tiny",
+    seed: int = 0,
+    max_steps: int | None = None,
+    root: str | Path = "runs",
+    val_every: int | None = None,
+    data: dict | None = None,
+    module: dict | None = None,
+    trainer: dict | None = None,
+    variant: str | None = None,
+) -> Path:
+    """The folder `train_run` with these arguments trains into."""
+    max_steps, val_every, data, module, trainer, variant = with_recipe(
+        scale, max_steps, val_every, data, module, trainer, variant or arm
+    )
+    recipe = recipe_id(scale, max_steps, val_every, data, module, trainer["precision"])
+    return run_dir(root, setting, scale, recipe, variant, seed)
 
 
 def train_run(
@@ -162,23 +163,57 @@ def train_run(
             the recipe's.
     """
     check_run(setting, arm, scale)
-    recipe = RECIPES[scale]
-    max_steps = recipe.max_steps if max_steps is None else max_steps
-    val_every = recipe.val_every if val_every is None else val_every
-    data, module, variant = recipe.data() | (data or {}), recipe.module() | (module or {}), variant or arm
-    trainer = recipe.trainer() | (trainer or {})
-    folder = run_dir(root, setting, scale, variant, seed)
+    max_steps, val_every, data, module, trainer, variant = with_recipe(
+        scale, max_steps, val_every, data, module, trainer, variant or arm
+    )
+    check_trainer(trainer)
+    recipe = recipe_id(scale, max_steps, val_every, data, module, trainer["precision"])
+    folder = run_dir(root, setting, scale, recipe, variant, seed)
     conflicts = recipe_conflicts(folder, max_steps, val_every, data, module, trainer["precision"])
     if conflicts:
         raise ValueError(
             f"{folder} holds a run of a different recipe ({'; '.join(conflicts)}); "
             "choose another root or delete the folder"
         )
+    writer = rank_zero_only.rank == 0  # DDP: every rank runs this function; one of them owns the folder
+    try:
+        with run_lock(folder) if writer else nullcontext():
+            return _train(folder, recipe, writer, setting, arm, scale, seed, max_steps, val_every, data, module,
+                          trainer, variant)  # fmt: skip
+    except OSError as exc:
+        full = disk_full(exc, folder, _checkpoint_bytes(folder))
+        if full is None:
+            raise
+        raise full from None
+
+
+def _checkpoint_bytes(folder: Path) -> int:
+    """A checkpoint's size: the last one's, or a guess for a run that has none yet."""
+    last = folder / CHECKPOINT
+    return last.stat().st_size if last.exists() else 64 * 2**20
+
+
+def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, max_steps, val_every, data, module,
+           trainer, variant) -> Summary:  # fmt: skip
+    """train_run's work in its folder, under the folder's lock."""
     previous = read_summary(folder)
     if previous and previous.finished:
-        print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
-        return previous
+        problems = damage(folder, previous)
+        if not problems:
+            print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
+            return previous
+        aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(aside)
+        print(f"{folder}: files disagree with the summary ({'; '.join(problems)}); moved to {aside}; training again")
+        previous = None
     folder.mkdir(parents=True, exist_ok=True)
+    if writer:
+        last, why = resume_point(folder)
+        if why:
+            print(f"{folder}: {why}")
+            previous = None
+    else:
+        last = folder / CHECKPOINT if (folder / CHECKPOINT).exists() else None
     L.seed_everything(seed, workers=True, verbose=False)
     dm = MultiModalDataModule(setting=setting, seed=seed, **data)
     dm.prepare_data()
@@ -195,7 +230,7 @@ def train_run(
     )
     if lit.cfg.routing == "token_hash":  # a fixed expert per token id, balanced on this training set
         lit.model.balance_token_experts(dm.token_counts())
-    summary = _summary_start(lit, dm, Summary(setting, arm, variant, scale, seed), previous)
+    summary = _summary_start(lit, dm, Summary(setting, arm, variant, scale, seed, recipe), previous)
     write_summary(folder, summary)
     recorder = RunRecorder(folder, summary)
     checkpoints = (folder / CHECKPOINT).parent
@@ -214,6 +249,7 @@ def train_run(
     )
     settings.update(trainer)
     extra_callbacks = list(settings.pop("callbacks", []))
+    plugins = [*(settings.pop("plugins", None) or []), AtomicCheckpointIO()]
     if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
         # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use.
         lit.flops_per_batch = summary.train_flops_per_step
@@ -223,7 +259,8 @@ def train_run(
     pl_trainer = L.Trainer(
         default_root_dir=folder,
         callbacks=[recorder, ckpt, *extra_callbacks],
-        logger=[CSVLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version=TENSORBOARD)],
+        logger=[MetricsLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version=TENSORBOARD)],
+        plugins=plugins,
         **settings,
     )
     # DDP / FSDP: batch_size is per device, so a step trains on world_size batches (ThroughputMonitor's
@@ -240,6 +277,7 @@ def train_run(
             "variant": variant,
             "scale": scale,
             "seed": seed,
+            "recipe": recipe,
             "max_steps": max_steps,
             "val_every": val_every,
             "model": lit.cfg.to_dict(),
@@ -248,13 +286,11 @@ def train_run(
             "trainer": settings,
         },
     )
-    last = folder / CHECKPOINT
-    recorder.earlier = _metrics_before(folder, last)
     try:
         with warnings.catch_warnings():
             # The datamodule's sampler resumes mid-epoch itself (EpochSampler.skip); Lightning cannot know that.
             warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
-            pl_trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
+            pl_trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last else None)
     except SystemExit:
         if not pl_trainer.interrupted:
             raise
@@ -267,7 +303,10 @@ def train_run(
         print(f"{folder}: failed - {exc}")
         return recorder.summary
     except Exception as exc:  # a crash: recorded, and the next call resumes from the last checkpoint
-        recorder.finish(pl_trainer, lit, "crashed", f"{type(exc).__name__}: {exc}")
+        try:
+            recorder.finish(pl_trainer, lit, "crashed", f"{type(exc).__name__}: {exc}")
+        except OSError:  # a full disk: summary.json keeps its last state, which resumes the same way
+            pass
         raise
     if pl_trainer.global_step < max_steps:  # stopped early (a callback asked to stop): resumable
         reason = f"stopped at step {pl_trainer.global_step}; run again to resume"
@@ -275,34 +314,6 @@ def train_run(
         return recorder.summary
     recorder.finish(pl_trainer, lit, "finished")
     return recorder.summary
-
-
-def _metrics_before(folder: Path, last: Path) -> list[dict]:
-    """Rows of metrics.csv logged before the checkpoint a resumed run restarts from (the logger rewrites the file)."""
-    path = folder / METRICS
-    if not (last.exists() and path.exists()):
-        return []
-    resume_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if row.get(STEP) and int(row[STEP]) < resume_step]
-
-
-def _merge_metrics(folder: Path, earlier: list[dict]) -> None:
-    """metrics.csv = the rows from before the resume point + the rows of this attempt (rows kept as written)."""
-    path = folder / METRICS
-    if not earlier or not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = earlier + list(csv.DictReader(f))
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
 
 
 def image_mix(dm: MultiModalDataModule) -> dict[str, dict[str, float]]:
@@ -328,6 +339,7 @@ def _summary_start(lit: LitMultiModalLM, dm: MultiModalDataModule, summary: Summ
     summary.backend = lit.model.backend
     summary.threads = torch.get_num_threads()
     summary.data_sources = list(dm.sources)
+    summary.data_notes = list(dm.notes)
     summary.image_mix = image_mix(dm)
     summary.versions = {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()}
     summary.device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"

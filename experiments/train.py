@@ -19,12 +19,16 @@ import sys
 
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.callbacks import TQDMProgressBar
 
+from analysis.run_record import TRAIN_LOSS, parse_loss_name
 from datamodules.multimodal import MultiModalDataModule
 from experiments import run
 from experiments.lit_module import LitMultiModalLM
 from experiments.recipes import RECIPES, Recipe
-from experiments.run import check_run, train_run
+from experiments.run import check_run, check_trainer, train_run
+from experiments.store import DiskFull, Locked
+from models import ModelConfig
 
 # Trainer arguments the run owns: its folder, loggers, checkpoints, step budget and validation cadence.
 RUN_OWNED = {
@@ -38,6 +42,19 @@ RUN_OWNED = {
 }
 # Set per run from the datamodule (stated once): not options of the model.
 LINKED = {"arch", "scale", "vocab_size", "n_modalities", "patch_dim", "val_names", "image_sources"}
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with the step's training losses, total and per modality (the module logs them to the
+    run's loggers, not through `self.log`, so the bar would not show them on its own)."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        for name, value in getattr(pl_module, "last_step_row", {}).items():
+            if name == TRAIN_LOSS or ((key := parse_loss_name(name)) and key.kind == "train" and not key.source):
+                metrics[name.removeprefix("train/")] = f"{value:.3f}"
+        return metrics
 
 
 def build_parser() -> ArgumentParser:
@@ -78,6 +95,11 @@ def parse(argv: list[str] | None = None):
             f"--val_every must be >= 1 and at most --max_steps ({cfg.max_steps}), or the run never validates; "
             f"got {cfg.val_every}"
         )
+    try:  # the classes' own checks, before anything is written
+        MultiModalDataModule(setting=cfg.setting, **cfg.data.as_dict())
+        ModelConfig.from_scale(cfg.scale, arch=cfg.arm, **(cfg.model.model_overrides or {}))
+    except ValueError as exc:
+        parser.error(str(exc))
     return parser, cfg
 
 
@@ -86,19 +108,28 @@ def main(argv: list[str] | None = None):
     defaults = parser.get_defaults()
     # Only the Trainer flags the user set: train_run has its own defaults for the rest (CPU, deterministic, ...).
     trainer = {k: v for k, v in cfg.trainer.as_dict().items() if v != defaults.trainer.as_dict()[k]}
-    summary = train_run(
-        setting=cfg.setting,
-        arm=cfg.arm,
-        scale=cfg.scale,
-        seed=cfg.seed,
-        max_steps=cfg.max_steps,
-        root=cfg.root,
-        val_every=cfg.val_every,
-        data=cfg.data.as_dict(),
-        module=cfg.model.as_dict(),
-        trainer=trainer,
-        variant=cfg.variant,
-    )
+    try:  # Lightning's checks of the Trainer flags against this machine
+        check_trainer({"precision": cfg.trainer.precision} | trainer)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if cfg.trainer.enable_progress_bar is not False:  # on unless --trainer.enable_progress_bar false
+        trainer |= {"enable_progress_bar": True, "callbacks": [LossProgressBar()]}
+    try:
+        summary = train_run(
+            setting=cfg.setting,
+            arm=cfg.arm,
+            scale=cfg.scale,
+            seed=cfg.seed,
+            max_steps=cfg.max_steps,
+            root=cfg.root,
+            val_every=cfg.val_every,
+            data=cfg.data.as_dict(),
+            module=cfg.model.as_dict(),
+            trainer=trainer,
+            variant=cfg.variant,
+        )
+    except (DiskFull, Locked) as exc:  # nothing half-written: the same command continues once the cause is gone
+        parser.exit(1, f"train.py: {exc.strerror if isinstance(exc, DiskFull) else exc}\n")
     print(f"{summary.status}: {summary.final_val_loss}")
     return summary
 

@@ -29,3 +29,12 @@ SMALL_DATA = dict(
 )
 # A model small enough to train dozens of steps in a test.
 TINY_MODEL = {"d_model": 32, "n_layer": 1, "n_head": 2, "mlp_multiple_of": 32, "d_state": 8}
+
+
+def trained_folder(root, setting: str, variant: str, seed: int = 0, scale: str = "tiny"):
+    """The one run folder of (setting, variant, seed) under `root`, whatever its recipe's name."""
+    from pathlib import Path
+
+    found = sorted(Path(root).glob(f"{setting}/{scale}/*/{variant}/seed{seed}"))
+    assert len(found) == 1, f"expected one run folder of {setting}/{variant}/seed{seed} under {root}: {found}"
+    return found[0]

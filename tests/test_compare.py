@@ -16,7 +16,7 @@ from analysis.run_record import TOKENS_PER_S, WALL, read_summary
 from experiments import plan as plan_module
 from experiments.compare import ProgressReporter, build_parser, main
 from experiments.plan import ablation_variants, plan, resolve, schedule
-from tests.helpers import SMALL_DATA, TINY_MODEL
+from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
 STEPS = 4
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,8 @@ def small(tmp, cache, *args):
 
 
 def summaries(root):
-    return {p.parent.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.glob("*/*/*/*/summary.json")}
+    """{setting/scale/recipe/variant/seed<k>: summary.json's mtime} of every run under root."""
+    return {p.parent.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.glob("*/*/*/*/*/summary.json")}
 
 
 def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path, cache, capsys):
@@ -60,7 +61,7 @@ def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path,
     assert "0 to train" in capsys.readouterr().out
     assert summaries(runs) == first
 
-    gone = "chameleon/tiny/mom/seed0"
+    gone = trained_folder(runs, "chameleon", "mom").relative_to(runs).as_posix()
     for path in sorted((runs / gone).rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     assert main(args) == 0
@@ -71,16 +72,67 @@ def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path,
 @pytest.mark.parametrize(
     "changed, field", [(["--max-steps", "3"], "max_steps"), (["--precision", "32-true"], "precision")]
 )
-def test_another_configuration_in_the_same_folders_is_refused_before_training(tmp_path, cache, capsys, changed, field):
-    """Another budget, or another precision (a float32 run is not a bf16 run), is another recipe."""
+def test_another_recipe_trains_beside_and_never_into_a_results_folder_of_another(
+    tmp_path, cache, capsys, changed, field
+):
+    """Another budget, or another precision (a float32 run is not a bf16 run), is another recipe: its runs get
+    folders of their own and the first recipe's finished runs are listed; only a results folder of the first recipe
+    is refused, before anything trains."""
     args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "2")
     assert main(args) == 0
     before = summaries(tmp_path / "runs")
     capsys.readouterr()
-    assert main([*args, *changed]) == 2
+    assert main([*args, *changed]) == 2  # into the same --out
     err = capsys.readouterr().err
-    assert field in err and "comparison.json" in err and "chameleon/tiny/mamba/seed0" in err
+    assert field in err and "comparison.json" in err
     assert summaries(tmp_path / "runs") == before
+
+    other = [*args, *changed, "--out", str(tmp_path / "other")]
+    assert main(other) == 0
+    out = capsys.readouterr().out
+    (first,) = {Path(k).parts[2] for k in before}
+    assert f"other recipes, not part of this comparison: {first} (1 finished)" in out
+    after = summaries(tmp_path / "runs")
+    assert {k: after[k] for k in before} == before and len(after) == 2  # the first run untouched, one new beside it
+    assert "2steps" in first and {Path(k).parts[2] for k in after} - {first}
+
+
+def readme_comparisons() -> list[list[str]]:
+    """The compare.py commands of the README, in order, as argument lists."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    found = [line.split("#")[0].split() for line in lines if line.startswith("python experiments/compare.py ")]
+    return [words[2:] for words in found]
+
+
+def test_the_readme_comparisons_never_refuse_each_other(tmp_path, cache):
+    """Run in the README's order on one machine, no command may be refused by an earlier one's results: commands
+    writing one results folder share one recipe, and different recipes never share a run folder."""
+    commands = readme_comparisons()
+    assert len(commands) >= 7
+    by_out: dict[Path, set[str]] = {}
+    by_folder: dict[Path, set[str]] = {}
+    for words in commands:
+        c = resolve(build_parser().parse_args([*words, "--root", str(tmp_path / "runs"), "--data-cache", cache]))
+        name = plan_module.recipe_name(c.scale, c.recipe, c.data, c.model_overrides)
+        by_out.setdefault(c.out, set()).add(name)
+        for spec in c.runs:
+            by_folder.setdefault(c.folder(spec), set()).add(name)
+    assert all(len(names) == 1 for names in by_out.values()), by_out
+    assert all(len(names) == 1 for names in by_folder.values())
+    assert len({n for names in by_out.values() for n in names}) == 3  # the default, 1M tokens, the wider model
+
+
+def test_the_default_results_folder_is_the_recipes_own(tmp_path, cache):
+    """Without --out, the scale's own recipe reports to results/<scale>, any other to results/<scale>-<recipe>."""
+    base = ["--settings", "chameleon", "--arms", "mamba", "--data-cache", cache, "--root", str(tmp_path / "runs")]
+    own, longer = (
+        resolve(build_parser().parse_args(base)),
+        resolve(build_parser().parse_args([*base, "--tokens", "1e6"])),
+    )
+    assert own.out == Path("results/tiny")
+    recipe = own.folder(own.runs[0]).parents[1].name
+    assert recipe.startswith("200steps-") and longer.out.name.startswith("tiny-489steps-")
+    assert longer.folder(longer.runs[0]).parents[1].name == longer.out.name.removeprefix("tiny-")
 
 
 def test_interrupted_comparison_continues_where_it_stopped(tmp_path, cache, monkeypatch):
@@ -88,22 +140,22 @@ def test_interrupted_comparison_continues_where_it_stopped(tmp_path, cache, monk
     args += ["--parallel", "1"]  # in this process, so that the patched callback runs
     original = ProgressReporter.on_train_batch_end
 
-    def ctrl_c_in_mom(self, trainer, *rest):
+    def ctrl_c_in_mamba(self, trainer, *rest):  # the second run: mom, the slower arm, trains first
         original(self, trainer, *rest)
-        if self.spec.arm == "mom" and trainer.global_step == 5:
+        if self.spec.arm == "mamba" and trainer.global_step == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ProgressReporter, "on_train_batch_end", ctrl_c_in_mom)
+    monkeypatch.setattr(ProgressReporter, "on_train_batch_end", ctrl_c_in_mamba)
     assert main(args) == 130
-    runs = tmp_path / "runs" / "chameleon" / "tiny"
-    assert read_summary(runs / "mom/seed0").status == "interrupted"
-    mamba_done = (runs / "mamba/seed0/summary.json").stat().st_mtime_ns
+    mom, mamba = (trained_folder(tmp_path / "runs", "chameleon", arm) for arm in ("mom", "mamba"))
+    assert read_summary(mamba).status == "interrupted"
+    mom_done = (mom / "summary.json").stat().st_mtime_ns
     monkeypatch.setattr(ProgressReporter, "on_train_batch_end", original)
 
     assert main(args) == 0
-    assert (runs / "mamba/seed0/summary.json").stat().st_mtime_ns == mamba_done
-    assert read_summary(runs / "mom/seed0").status == "finished"
-    with open(runs / "mom/seed0/metrics.csv", newline="") as f:
+    assert (mom / "summary.json").stat().st_mtime_ns == mom_done
+    assert read_summary(mamba).status == "finished"
+    with open(mamba / "metrics.csv", newline="") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
     assert steps == list(range(6))  # resumed from the step-4 checkpoint: every step logged exactly once
 
@@ -141,11 +193,22 @@ def test_bad_names_are_refused_before_anything_runs(tmp_path, capsys, flag, valu
         (["--tokens", "1e15"], ["--tokens", "1e+15", "steps"]),
         (["--val-every", "300"], ["--val-every", "300", "200", "never validate"]),
         (["--max-steps", "10", "--val-every", "20"], ["--val-every", "20", "10", "never validate"]),
+        (["--data", "seq_len=-1"], ["--data", "seq_len >= 2", "-1"]),
+        (["--data", "seq_len=abc"], ["--data", "seq_len takes int", "'abc'"]),
+        (["--data", "batch_size=0"], ["--data", "batch_size >= 1", "0"]),
+        (["--model", "d_model=-1"], ["--model", "d_model must be >= 1", "-1"]),
+        (["--model", "d_model=abc"], ["--model", "d_model takes int", "'abc'"]),
+        (["--accelerator", "gpu"], ["--accelerator gpu", "gpu"]),
+        (["--precision", "garbage"], ["--precision garbage", "Allowed precision values"]),
+        (["--devices", "abc"], ["--devices abc", "devices"]),
+        (["--strategy", "garbage"], ["--strategy garbage", "invalid strategy"]),
+        (["--seeds", "0,-1"], ["--seeds", "0,-1", ">= 0"]),
     ],
 )
 def test_bad_budgets_are_refused_before_anything_runs(tmp_path, capsys, args, words):
     """A budget that would train something else than asked (0 steps meant 200, a run that never validates, an
-    overflowing or absurd token count) fails with the flag, the value and what is valid, writing nothing."""
+    overflowing or absurd token count), a data or model value its class refuses, Trainer flags this machine or
+    Lightning refuses, a negative seed: each fails with the flag, the value and what is valid, writing nothing."""
     with pytest.raises(SystemExit) as exc:
         main(["--root", str(tmp_path / "runs"), "--out", str(tmp_path / "results"), *args])
     assert exc.value.code == 2
@@ -153,6 +216,32 @@ def test_bad_budgets_are_refused_before_anything_runs(tmp_path, capsys, args, wo
     assert all(w in err for w in words), err
     assert "Traceback" not in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_an_out_that_is_a_file_or_under_one_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out, words in ((blocker, "is a file"), (blocker / "results", "cannot write in")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--root", str(tmp_path / "runs"), "--out", str(out)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}" in err and words in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["summary.json", "config.json"])
+def test_a_corrupt_record_is_named_before_anything_runs(tmp_path, cache, capsys, name):
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "2")
+    assert main(args) == 0
+    path = trained_folder(tmp_path / "runs", "chameleon", "mamba") / name
+    path.write_text('{"setting": "chameleon", "arm"')
+    before = path.read_text()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "JSON" in err and "Traceback" not in err
+    assert path.read_text() == before
 
 
 def test_ablation_plans_the_projection_subsets_beside_mamba_and_mom():
@@ -178,10 +267,11 @@ def test_plan_puts_the_longest_runs_of_a_setting_first():
 def test_ablation_runs_train_their_subset(tmp_path, cache):
     args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "2", "--ablation")
     assert main(args) == 0
-    runs = tmp_path / "runs" / "chameleon" / "tiny"
-    config = json.loads((runs / "mom-in_proj+out_proj" / "seed0" / "config.json").read_text())
+    variant = trained_folder(tmp_path / "runs", "chameleon", "mom-in_proj+out_proj")
+    config = json.loads((variant / "config.json").read_text())
     assert config["arm"] == "mom" and config["model"]["decouple"] == ["in_proj", "out_proj"]
-    assert (runs / "mom" / "seed0" / "summary.json").exists()
+    assert (trained_folder(tmp_path / "runs", "chameleon", "mom") / "summary.json").exists()
+    assert variant.parents[1] == trained_folder(tmp_path / "runs", "chameleon", "mom").parents[1]  # one recipe
     assert "blation" in (tmp_path / "results" / "report.md").read_text()
 
 
@@ -201,7 +291,7 @@ def test_parallel_runs_are_bit_identical_to_runs_trained_alone(tmp_path, cache):
     assert main([*small(tmp_path / "side", cache, *args), "--parallel", "2"]) == 0
     assert main([*small(tmp_path / "alone", cache, *args), "--parallel", "1"]) == 0
     for arm in ("mamba", "mot"):
-        side, alone = (tmp_path / k / "runs" / "chameleon" / "tiny" / arm / "seed0" for k in ("side", "alone"))
+        side, alone = (trained_folder(tmp_path / k / "runs", "chameleon", arm) for k in ("side", "alone"))
         assert read_summary(side).threads == 1 and read_summary(alone).threads == torch.get_num_threads()
         (side_rows, side_weights), (alone_rows, alone_weights) = trained_state(side), trained_state(alone)
         assert side_rows == alone_rows and len(side_rows) > 4
@@ -248,18 +338,19 @@ def test_ctrl_c_stops_parallel_runs_resumably(tmp_path, cache):
                  "--parallel", "2")  # fmt: skip
     command = [sys.executable, "experiments/compare.py", *args]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    runs = tmp_path / "runs" / "chameleon" / "tiny"
+    c = resolve(build_parser().parse_args(args))
+    folders = {spec.arm: c.folder(spec) for spec in c.runs}
     deadline = time.monotonic() + 300
-    while not all((runs / arm / "seed0" / "checkpoints" / "last.ckpt").exists() for arm in ("mamba", "mom")):
+    while not all((folders[arm] / "checkpoints" / "last.ckpt").exists() for arm in ("mamba", "mom")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, output
-    assert {read_summary(runs / arm / "seed0").status for arm in ("mamba", "mom")} == {"interrupted"}, output
+    assert {read_summary(folders[arm]).status for arm in ("mamba", "mom")} == {"interrupted"}, output
     assert main(args) == 0
     for arm in ("mamba", "mom"):
-        assert read_summary(runs / arm / "seed0").status == "finished"
-        with open(runs / arm / "seed0" / "metrics.csv", newline="") as f:
+        assert read_summary(folders[arm]).status == "finished"
+        with open(folders[arm] / "metrics.csv", newline="") as f:
             steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
         assert steps == list(range(STEPS_CTRL_C))

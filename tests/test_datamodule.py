@@ -228,3 +228,50 @@ def test_own_data_uses_the_same_code_path(tmp_path):
 
     with pytest.raises(CorruptSource, match=r"documents.jsonl:1"):
         load_own_data(tmp_path)
+
+
+def _own_folder(tmp_path, captions, n_text=40):
+    """A corpus of text and 8x8 images with the given captions (no split marks)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir(parents=True)
+    lines = [{"text": f"passage number {i} about gardens, weather and tea."} for i in range(n_text)]
+    for i, caption in enumerate(captions):
+        np.save(tmp_path / "img" / f"{i}.npy", (rng.random((8, 8)) * 255).astype(np.uint8))
+        lines.append({"text": caption, "image": f"img/{i}.npy"})
+    (tmp_path / "documents.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    return tmp_path
+
+
+def test_own_data_with_one_repeated_caption_still_validates_images(tmp_path):
+    """The probe: the split hashed the caption alone, so 60 images captioned "a photo" all went to training and the
+    report had no image validation."""
+    from datamodules.own import load_own_data
+
+    own = load_own_data(_own_folder(tmp_path, ["a photo"] * 60))
+    (images,) = own.images
+    assert 0 < (images.split == "val").sum() < 60
+    assert own.text.val  # text keeps its validation documents too
+
+
+def test_own_data_gives_every_modality_a_validation_document_or_says_how(tmp_path):
+    from datamodules.errors import SourceUnavailable
+    from datamodules.own import VAL_FRACTION, load_own_data
+
+    own = load_own_data(_own_folder(tmp_path / "few", ["one", "two", "three"], n_text=3))
+    assert (own.images[0].split == "val").sum() >= 1 and len(own.text.val) >= 1 and VAL_FRACTION < 1
+    with pytest.raises(
+        SourceUnavailable, match=r'no (validation|training) document for the images of own:8x8x1.*mark one with "split"'
+    ):
+        load_own_data(_own_folder(tmp_path / "single", ["lonely"], n_text=5))
+
+
+def test_truncations_are_noted_for_the_console_and_the_run_record(tmp_path):
+    """The probe: text_ratio cut the training text to a sixth and validation had 6 of the 32 sequences asked for,
+    both silently."""
+    folder = _own_folder(tmp_path, [f"a square number {i}" for i in range(60)], n_text=200)
+    own = dict(own_data=str(folder), cache_dir=str(tmp_path / "cache"), text_vocab_size=300, image_codebook=16)
+    dm = MultiModalDataModule(setting="chameleon", seq_len=64, batch_size=2, val_sequences=32, text_ratio=0.2, **own)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert any(n.startswith("train: text_ratio=0.2") and "text-only tokens" in n for n in dm.notes), dm.notes
+    assert any(n.startswith("val: ") and "validation sequences of the 32 requested" in n for n in dm.notes), dm.notes

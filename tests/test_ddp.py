@@ -39,14 +39,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.run_record import read_summary, run_dir
-from datamodules.multimodal import EpochSampler, GlobalBatchShard, MultiModalDataModule
+from analysis.run_record import read_summary
+from datamodules.multimodal import MultiModalDataModule
+from datamodules.samplers import EpochSampler, GlobalBatchShard
 from datamodules.vocab import PATCH
 from experiments.losses import multimodal_losses
 from experiments.run import train_run
 from models import ModelConfig, build_model
 from models.layers import ModalityLinear
-from tests.helpers import SMALL_DATA, TINY_MODEL
+from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTING, ARM, STEPS, VAL_EVERY, SEED = "transfusion", "mom", 8, 4, 0
@@ -150,7 +151,7 @@ def runs(tmp_path_factory, small_cache):
     start = time.perf_counter()
     rc = _run_isolated(_ddp_command(tmp / "ddp", {**data, "batch_size": GLOBAL_BATCH // WORLD}), log, DDP_TIMEOUT_S)
     ddp_s = time.perf_counter() - start
-    folders = {name: run_dir(tmp / name, SETTING, "tiny", ARM, SEED) for name in ("single", "ddp")}
+    folders = {name: trained_folder(tmp / name, SETTING, ARM, SEED) for name in ("single", "ddp")}
     return dict(single=single, rc=rc, log=log, folders=folders, data=data, seconds=(single_s, ddp_s))
 
 

@@ -172,12 +172,14 @@ def test_a_token_hash_run_balances_its_experts_on_its_training_data(tmp_path, sm
     from datamodules.multimodal import MultiModalDataModule
     from experiments.run import train_run
     from models.lm import balanced_token_table
-    from tests.helpers import SMALL_DATA, TINY_MODEL
+    from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
     data = {**SMALL_DATA, "cache_dir": small_cache}
     train_run("chameleon", "mom_idhash", max_steps=2, val_every=2, root=tmp_path, data=data,
               module={"model_overrides": TINY_MODEL})  # fmt: skip
-    state = torch.load(tmp_path / "chameleon/tiny/mom_idhash/seed0/checkpoints/last.ckpt", weights_only=False)
+    state = torch.load(
+        trained_folder(tmp_path, "chameleon", "mom_idhash") / "checkpoints/last.ckpt", weights_only=False
+    )
     dm = MultiModalDataModule(setting="chameleon", **data)
     dm.setup("fit")
     counts = dm.token_counts()

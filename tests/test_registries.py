@@ -7,10 +7,11 @@ from matplotlib.colors import to_rgba
 from analysis.pairs import match_runs
 from analysis.plots import curve_figure
 from analysis.results import evaluation_grid, load_results
-from analysis.run_record import read_config, read_summary, run_dir
+from analysis.run_record import read_config, read_summary
 from datamodules.settings import SETTINGS, Setting, get_setting, register_setting
 from experiments.compare import main
 from models import ARMS, MAMBA, Arm, ModelConfig, get_arm, register_arm
+from tests.helpers import trained_folder
 from tests.test_compare import small
 
 ARM = Arm("mom_io", MAMBA, "MoM-io", "tab:pink", dense="mamba", routing="modality", decouple=("in_proj", "out_proj"))
@@ -29,9 +30,9 @@ def test_new_arm_and_setting_run_end_to_end(registered, tmp_path, small_cache):
     args = small(tmp_path, small_cache, "--settings", SETTING.name, "--arms", "mamba,mom_io", "--max-steps", "4")
     assert main(args) == 0
     runs = tmp_path / "runs"
-    sparse, dense = (read_summary(run_dir(runs, SETTING.name, "tiny", arm, 0)) for arm in ("mom_io", "mamba"))
+    sparse, dense = (read_summary(trained_folder(runs, SETTING.name, arm)) for arm in ("mom_io", "mamba"))
     assert sparse.status == dense.status == "finished" and sparse.steps == 4
-    config = read_config(run_dir(runs, SETTING.name, "tiny", "mom_io", 0))
+    config = read_config(trained_folder(runs, SETTING.name, "mom_io"))
     assert config["model"]["decouple"] == ["in_proj", "out_proj"] and config["model"]["n_modalities"] == 3
     # Counted: fvcore agrees with the family's formula, and the sparse arm costs exactly its dense partner.
     assert sparse.flops_per_token == pytest.approx(sparse.flops_per_token_analytic, rel=1e-9)

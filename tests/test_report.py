@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def write_run(
     """
     speedups = speedups or {}
     variant = variant or arm
-    folder = run_dir(root / "runs", setting, "tiny", variant, seed)
+    folder = run_dir(root / "runs", setting, "tiny", "8steps-test", variant, seed)
     folder.mkdir(parents=True)
     valsets = {"val": MODALITIES[setting]}
     if setting == "three_modality":
@@ -376,6 +377,46 @@ def test_every_file_exists_and_plots_are_images(out):
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (out / "report.md").read_text())
     assert len(links) == len(expected) + 1 and all((out / link).exists() for link in links)
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_a_re_render_removes_figures_it_no_longer_draws(out, tmp_path):
+    """A figure of an earlier render (a setting since dropped) would sit in plots/ looking current."""
+    folder = tmp_path / "results"
+    shutil.copytree(out, folder)
+    stale = folder / "plots" / "speech_only_val_vs_flops.png"
+    stale.write_bytes((folder / "plots" / "ablation_chameleon.png").read_bytes())
+    assert main([str(folder)]) == 0
+    assert not stale.exists()
+    assert sorted(p.name for p in (folder / "plots").glob("*.png")) == sorted(
+        p.name for p in (out / "plots").glob("*.png")
+    )
+
+
+def test_own_data_reports_drop_the_papers_columns_and_few_evaluations_are_flagged(out, tmp_path):
+    """Beside own-data results the papers' 1.4B numbers would read as a comparison; a match from 3 evaluations
+    would read as exact."""
+    assert "(paper)" in (out / "report.md").read_text() and "Warning: each curve" not in (out / "report.md").read_text()
+    folder = tmp_path / "results"
+    shutil.copytree(out, folder)
+    comparison = json.loads((folder / "comparison.json").read_text())
+    for run in comparison["runs"]:
+        path = Path(run["folder"]) / "summary.json"
+        if path.exists():
+            summary = json.loads(path.read_text())
+            summary["data_sources"] = ["own data: my-corpus"]
+            summary["data_notes"] = ["train: text_ratio=1.0 used 1,678 of the 10,441 text-only tokens"]
+            run["folder"] = str(tmp_path / "runs" / path.parent.name / run["variant"] / run["setting"])
+            Path(run["folder"]).mkdir(parents=True)
+            for name in ("metrics.csv", "config.json"):
+                shutil.copy(path.parent / name, Path(run["folder"]) / name)
+            (Path(run["folder"]) / "summary.json").write_text(json.dumps(summary))
+    comparison["meta"]["max_steps"] = 3 * VAL_EVERY
+    (folder / "comparison.json").write_text(json.dumps(comparison))
+    assert main([str(folder)]) == 0
+    text = (folder / "report.md").read_text()
+    assert "(paper)" not in text and "Papers' sources" not in text and "Trained on own data" in text
+    assert "Warning: each curve has 3 evaluations" in text
+    assert "left out of the data: train: text_ratio=1.0 used 1,678 of the 10,441 text-only tokens" in text
 
 
 def test_report_states_units_rules_and_setup(out):

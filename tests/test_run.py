@@ -7,9 +7,9 @@ import lightning as L
 import pytest
 import torch
 
-from analysis.run_record import Summary, read_summary, run_dir
+from analysis.run_record import Summary, read_summary
 from experiments.run import train_run
-from tests.helpers import SMALL_DATA, TINY_MODEL
+from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
 MODULE = dict(model_overrides=TINY_MODEL)
 
@@ -44,7 +44,7 @@ class _PoisonAt(L.Callback):
 def test_run_folder_records_everything_and_is_never_redone(tmp_path, data):
     """config, metrics, TensorBoard, checkpoint and summary exist; FLOPs agree; a rerun is a no-op."""
     summary = run(tmp_path, data)
-    folder = run_dir(tmp_path, "chameleon", "tiny", "mom", 0)
+    folder = trained_folder(tmp_path, "chameleon", "mom")
     for name in ("config.json", "metrics.csv", "summary.json", "checkpoints/last.ckpt"):
         assert (folder / name).exists(), name
     assert list((folder / "tb").glob("events.out.tfevents.*"))
@@ -77,11 +77,11 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, data):
     straight = run(tmp_path / "a", data)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path / "b", data, trainer={"callbacks": [_Crash()]})
-    b_folder = run_dir(tmp_path / "b", "chameleon", "tiny", "mom", 0)
+    b_folder = trained_folder(tmp_path / "b", "chameleon", "mom")
     assert read_summary(b_folder).status == "crashed"
     resumed = run(tmp_path / "b", data)
     assert resumed.status == "finished" and resumed.final_val_loss == straight.final_val_loss
-    a_folder = run_dir(tmp_path / "a", "chameleon", "tiny", "mom", 0)
+    a_folder = trained_folder(tmp_path / "a", "chameleon", "mom")
     load = lambda f: torch.load(f / "checkpoints/last.ckpt", weights_only=False)["state_dict"]  # noqa: E731
     sa, sb = load(a_folder), load(b_folder)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -92,7 +92,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, data):
 def test_non_finite_loss_fails_that_run_only(tmp_path, data):
     """A NaN marks its run failed with the step and modality; a finished sibling run is untouched."""
     run(tmp_path, data, arm="mamba")
-    sibling = run_dir(tmp_path, "chameleon", "tiny", "mamba", 0) / "summary.json"
+    sibling = trained_folder(tmp_path, "chameleon", "mamba") / "summary.json"
     before = sibling.read_text()
     summary = run(tmp_path, data, arm="mom", trainer={"callbacks": [_PoisonAt()]})
     assert summary.status == "failed"

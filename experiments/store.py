@@ -1,0 +1,200 @@
+"""What keeps a run folder whole when processes crash, race or run out of disk (the run record's files,
+analysis/run_record.py):
+
+    AtomicCheckpointIO   Lightning's checkpoint plugin writing each checkpoint whole or not at all
+    MetricsLogger        Lightning's CSVLogger, keeping metrics.csv across a resume and rewriting it atomically
+    resume_point         where an unfinished run continues: its last checkpoint if readable and matched by
+                         metrics.csv's rows, else step 0, saying why
+    run_lock, is_locked  an OS lock on a folder, released when its process ends however it ends
+    DiskFull             no space left: the folder, the space free and the space a run needs
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from analysis.run_record import CHECKPOINT, METRICS, STEP, TRAIN_LOSS
+from common import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written into a temporary file beside the target, flushed to disk, then renamed over it: a crash
+    or a full disk leaves the previous checkpoint, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        def write(tmp: Path) -> None:
+            try:
+                torch.save(checkpoint, tmp)
+            except RuntimeError as exc:
+                # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos"); the filesystem says.
+                if shutil.disk_usage(tmp.parent).free < FULL_BELOW:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+                raise
+
+        atomic_write(path, write)
+
+
+FULL_BELOW = 2**20  # bytes free under which a failed write is taken for a full disk
+
+
+class _MetricsWriter(ExperimentWriter):
+    """Appends to the metrics.csv `resume_point` left (Lightning's writer deletes it, with a warning), and rewrites
+    it atomically when a new column appears (Lightning rewrites it in place)."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with open(path, newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+    def _check_log_dir_exists(self) -> None:
+        pass
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        _write_rows(Path(self.metrics_file_path), fieldnames, rows)
+
+
+class MetricsLogger(CSVLogger):
+    """Lightning's CSVLogger with `_MetricsWriter`: one metrics.csv per run folder, whole across resumes."""
+
+    @property
+    def experiment(self) -> _MetricsWriter:
+        if self._experiment is None:
+            self._experiment = _MetricsWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _write_rows(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _aside(path: Path, why: str) -> Path:
+    moved = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(moved)
+    return moved
+
+
+def _complete_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """metrics.csv's header and rows, without a last line cut short by a crash (it lacks its line end)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(text.splitlines())
+    return list(reader.fieldnames or []), list(reader)
+
+
+def resume_point(folder: Path) -> tuple[Path | None, str | None]:
+    """Where the unfinished run in `folder` continues: (its last checkpoint, None), or (None, why it restarts).
+
+    The checkpoint is used when it loads and metrics.csv holds a training row for every step before it; metrics.csv
+    is then cut to those rows (the steps after the checkpoint are trained again). Otherwise the checkpoint is moved
+    aside (named in the message), metrics.csv removed, and the run restarts from step 0. (None, None): nothing to
+    resume from.
+    """
+    last, metrics = folder / CHECKPOINT, folder / METRICS
+    if not last.exists():
+        metrics.unlink(missing_ok=True)
+        return None, None
+    try:
+        step = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means it cannot be resumed from
+        moved = _aside(last, "unreadable")
+        metrics.unlink(missing_ok=True)
+        return None, f"{last} is unreadable ({type(exc).__name__}: {exc}); moved to {moved.name}, restarting at step 0"
+    try:
+        header, rows = _complete_rows(metrics)
+    except FileNotFoundError:
+        header, rows = [], []
+    rows = [r for r in rows if r.get(STEP) and int(float(r[STEP])) < step]
+    trained = {int(float(r[STEP])) for r in rows if r.get(TRAIN_LOSS)}
+    if trained != set(range(step)):
+        moved = _aside(last, "unmatched")
+        metrics.unlink(missing_ok=True)
+        return None, (
+            f"{metrics} holds {len(trained)} of the {step} training rows before the checkpoint of step {step}; "
+            f"checkpoint moved to {moved.name}, restarting at step 0"
+        )
+    _write_rows(metrics, header, rows)
+    return last, None
+
+
+def _lock_file(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.lock"  # beside the folder, so that the folder can be moved aside
+
+
+@contextmanager
+def run_lock(folder: Path, wait: bool = False, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an OS lock on `folder` (the file `.<name>.lock` beside it) while the block runs; the OS releases it when
+    the process ends, however it ends. If another process holds it: with `wait`, call `waiting` (to say so) and
+    wait for it; without, raise `Locked`."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(_lock_file(folder))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise Locked(f"{folder} is in use by another process") from None
+        if waiting is not None:
+            waiting()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether another process holds `folder`'s lock now."""
+    if not _lock_file(folder).exists():
+        return False
+    try:
+        with run_lock(folder):
+            return False
+    except Locked:
+        return True
+
+
+class Locked(RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+class DiskFull(OSError):
+    """No space left on the device of a run folder; the message says how much is free and needed."""
+
+
+def disk_full(exc: BaseException, folder: Path, needed_bytes: int) -> DiskFull | None:
+    """A DiskFull naming the folder, the free and the needed space if `exc` (or its cause) is ENOSPC, else None."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            free = shutil.disk_usage(folder).free
+            return DiskFull(
+                errno.ENOSPC,
+                f"no space left on the device of {folder}: {free / 1e6:.0f} MB free, a run of this size needs about "
+                f"{needed_bytes / 1e6:.0f} MB more (a checkpoint is written beside the previous one before it "
+                "replaces it). Nothing was left half-written; free some space and run the same command again to "
+                "continue",
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
