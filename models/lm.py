@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -83,6 +84,15 @@ class LMOutput(NamedTuple):
     patch_pred: Tensor | None  # (n, P): predicted noise at each patch position, in patch_mask's row-major order
 
 
+@dataclass
+class InferenceCache:
+    """Generation state of a `MultiModalLM`: one cache per block (Mamba: conv and SSM states; transformer: keys and
+    values) and the positions consumed so far (mamba-ssm's `InferenceParams.seqlen_offset`)."""
+
+    layers: list
+    seqlen_offset: int = 0
+
+
 class MultiModalLM(nn.Module):
     """The suite's language model over interleaved modalities, for every arm.
 
@@ -130,8 +140,13 @@ class MultiModalLM(nn.Module):
         patches: Tensor | None = None,
         patch_mask: Tensor | None = None,
         timesteps: Tensor | None = None,
+        cache: InferenceCache | None = None,
     ) -> LMOutput:
         """Per-position outputs for a batch of interleaved sequences.
+
+        With a `cache` (`allocate_inference_cache`) the tokens continue the cached sequences and the cache advances:
+        a prompt, then one token at a time, gives the logits the whole sequence would get in one call (Mamba and
+        MoM step their recurrence, mamba-ssm's `step`; transformers and MoT attend over cached keys and values).
 
         Args:
             tokens: (B, L) int64 ids in the joint vocabulary (ignored at patch positions).
@@ -160,7 +175,10 @@ class MultiModalLM(nn.Module):
             validate_modality_ids(modality_ids, cfg.n_modalities)  # every arm rejects bad ids
         elif cfg.routing == "modality" and cfg.n_modalities > 1:
             raise ValueError(f"arch {cfg.arch!r} routes by modality: modality_ids (B, L) are required")
-        expert_ids = self.expert_ids(tokens, modality_ids)
+        if cache is not None and patches is not None:
+            raise ValueError("cached generation takes tokens only; continuous patches are not supported with a cache")
+        start = 0 if cache is None else cache.seqlen_offset
+        expert_ids = self.expert_ids(tokens, modality_ids, start)
         routing = ModalityRouting(expert_ids, cfg.n_modalities) if expert_ids is not None else None  # the one sort
 
         h = self.embedding(tokens)  # (B, L, D)
@@ -170,14 +188,25 @@ class MultiModalLM(nn.Module):
         # Transfusion: attention is bidirectional within each image, in the families that attend (transformers).
         image_mask = patches is not None and cfg.family.image_attention
         attn_mask = image_attention_mask(patch_mask) if image_mask else None
-        for layer in self.layers:
-            h = layer(h, routing) if attn_mask is None else layer(h, routing, attn_mask)
+        if cache is not None:
+            for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
+                h = layer(h, routing, cache=layer_cache)
+            cache.seqlen_offset += tokens.shape[1]
+        else:
+            for layer in self.layers:
+                h = layer(h, routing) if attn_mask is None else layer(h, routing, attn_mask)
         h = self.norm_f(h)
         logits = self.lm_head(h)
         patch_pred = self.patch_head(h[patch_mask]) if patches is not None else None
         return LMOutput(logits, patch_pred)
 
-    def expert_ids(self, tokens: Tensor, modality_ids: Tensor | None) -> Tensor | None:
+    def allocate_inference_cache(
+        self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None
+    ) -> InferenceCache:
+        """Empty generation state for `batch_size` sequences of up to `max_seqlen` positions (mamba-ssm's name)."""
+        return InferenceCache([layer.allocate_inference_cache(batch_size, max_seqlen, dtype) for layer in self.layers])
+
+    def expert_ids(self, tokens: Tensor, modality_ids: Tensor | None, start: int = 0) -> Tensor | None:
         """(B, L) the expert every sparse part uses for each token, or None (dense arms: nothing to route).
 
         cfg.routing "modality" (mom, mot): the token's modality. "position_hash" (mom_hash, mot_hash): a fixed hash
@@ -186,8 +215,9 @@ class MultiModalLM(nn.Module):
         `balance_token_experts`). Only expert choice reads this; everything else (validation, patch layers, the losses
         outside the model) keeps the real modalities.
         """
-        if self.cfg.routing == "position_hash":
-            return position_hash_ids(*tokens.shape, self.cfg.n_modalities, device=tokens.device)
+        if self.cfg.routing == "position_hash":  # positions start.. (a continued sequence)
+            batch, seqlen = tokens.shape
+            return position_hash_ids(batch, start + seqlen, self.cfg.n_modalities, device=tokens.device)[:, start:]
         if self.cfg.routing == "token_hash":
             return self.token_experts.index_select(0, tokens.reshape(-1)).view(tokens.shape)
         if self.cfg.routing == "modality":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from models.layers import (
     upcast,
     validate_parts,
 )
-from models.scan import BACKENDS, resolve_backend, scan_flops, selective_scan
+from models.scan import BACKENDS, resolve_backend, scan_flops, selective_scan, selective_state_update
 
 if TYPE_CHECKING:
     from models.config import ModelConfig
@@ -183,6 +183,34 @@ class MambaMixer(nn.Module):
         )  # (B, E, L)
         return self.out_proj(y.transpose(1, 2), routing)  # (B, L, D)
 
+    def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """mamba-ssm's name: zero states for `step`, (conv_state (B, E, d_conv), ssm_state (B, E, N)); the SSM state is
+        kept in at least float32, as the scan computes."""
+        weight = self.conv1d.weight
+        conv = weight.new_zeros(batch_size, self.d_inner, self.d_conv, dtype=dtype or weight.dtype)
+        ssm = weight.new_zeros(batch_size, self.d_inner, self.d_state, dtype=upcast(self.A_log).dtype)
+        return conv, ssm
+
+    def step(
+        self, x: Tensor, modality_ids: Tensor | ModalityRouting | None, conv_state: Tensor, ssm_state: Tensor
+    ) -> Tensor:
+        """One new token per sequence, mamba-ssm's `Mamba.step`: x (B, 1, D), modality_ids (B, 1) -> (B, 1, D), routed
+        by that token's modality; conv_state and ssm_state advance in place."""
+        routing = as_routing(modality_ids, self.n_modalities)
+        xs, z = self.in_proj(x, routing)[:, 0].chunk(2, dim=-1)  # (B, E) each
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = xs
+        xs = (conv_state * self.conv1d.weight[:, 0]).sum(-1)
+        xs = F.silu(xs if self.conv1d.bias is None else xs + self.conv1d.bias)
+        R, N = self.dt_rank, self.d_state
+        x_dbl = self.x_proj(xs[:, None], routing)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # as in forward
+            dt = self.dt_proj(upcast(x_dbl[..., :R]), routing)[:, 0]  # (B, E), bias included
+        Bm, Cm = x_dbl[:, 0, R:].split([N, N], dim=-1)
+        A = -torch.exp(upcast(self.A_log))
+        y = selective_state_update(ssm_state, xs, dt, A, Bm, Cm, D=upcast(self.D), z=z, dt_softplus=True)
+        return self.out_proj(y[:, None], routing)
+
     def _conv(self, xs: Tensor, seqlen: int, backend: str) -> Tensor:
         """Causal depthwise conv over time, then SiLU: (B, E, L) -> (B, E, L)."""
         conv_fn = _causal_conv1d_fn() if backend == "cuda" else None
@@ -224,8 +252,27 @@ class MambaBlock(nn.Module):
             scan_backend=cfg.scan_backend,
         )
 
-    def forward(self, x: Tensor, routing: ModalityRouting | None) -> Tensor:
-        return x + self.mixer(self.norm(x), routing)
+    def forward(self, x: Tensor, routing: ModalityRouting | None, cache: MambaCache | None = None) -> Tensor:
+        """x (B, L, D) -> (B, L, D). With a `cache` the L tokens continue the cached sequences, one recurrent step
+        each (generation: a prompt, then a token at a time)."""
+        if cache is None:
+            return x + self.mixer(self.norm(x), routing)
+        ids = routing.modality_ids if routing is not None else None
+        steps = [
+            self.mixer.step(self.norm(x[:, t : t + 1]), None if ids is None else ids[:, t : t + 1], *cache)
+            for t in range(x.shape[1])
+        ]
+        return x + torch.cat(steps, dim=1)
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None):
+        return MambaCache(*self.mixer.allocate_inference_cache(batch_size, dtype))
+
+
+class MambaCache(NamedTuple):
+    """A Mamba block's generation state: the conv window (B, E, d_conv) and the SSM state (B, E, N)."""
+
+    conv_state: Tensor
+    ssm_state: Tensor
 
 
 class MambaFamily(Family):

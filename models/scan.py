@@ -117,6 +117,42 @@ def selective_scan_ref(
     return out.to(dtype_in)
 
 
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One step of the recurrence for generation, with mamba-ssm's name and semantics: the state advances in place.
+
+    Args:
+        state: [B, E, N], float32 (or float64), updated to exp(Δ·A)·state + Δ·B·x.
+        x, dt: [B, E]; z: optional gate [B, E]; B, C: [B, N]; A: [E, N]; D, dt_bias: optional [E].
+        dt_softplus: apply softplus to dt (after the bias).
+
+    Returns:
+        y = C·state (+ D·x) (· silu(z)), [B, E], in x's dtype; computed in the state's dtype.
+    """
+    ct = state.dtype
+    dt = dt.to(ct) if dt_bias is None else dt.to(ct) + dt_bias.to(ct)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    xf = x.to(ct)
+    state.mul_(torch.exp(dt[..., None] * A.to(ct))).add_(dt[..., None] * B.to(ct)[:, None, :] * xf[..., None])
+    y = (state * C.to(ct)[:, None, :]).sum(-1)
+    if D is not None:
+        y = y + xf * D.to(ct)
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y.to(x.dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Fast pure-PyTorch backend
 # ----------------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -85,8 +86,11 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = ModalityRMSNorm(self.head_dim, n_norm, eps=norm_eps) if qk_norm else None
         self.k_norm = ModalityRMSNorm(self.head_dim, n_norm, eps=norm_eps) if qk_norm else None
 
-    def forward(self, x: Tensor, routing: ModalityRouting | None, attn_mask: Tensor | None = None) -> Tensor:
-        """x (B, L, D), attn_mask (B, 1, L, L) bool or None (causal) -> (B, L, D)."""
+    def forward(
+        self, x: Tensor, routing: ModalityRouting | None, attn_mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """x (B, L, D), attn_mask (B, 1, L, L) bool or None (causal) -> (B, L, D). With a `cache` the L tokens
+        continue the cached sequences: their keys and values are appended and they attend causally to all of them."""
         batch, seqlen, _ = x.shape
         projections = (self.wq, self.wk, self.wv)
         if routing is not None and any(p.n_modalities > 1 for p in projections):
@@ -99,8 +103,15 @@ class CausalSelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q, routing), self.k_norm(k, routing)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, K)
-        cos, sin = rotary_cos_sin(seqlen, self.head_dim, self.rope_theta, x.device, upcast(q).dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        start = 0 if cache is None else cache.length
+        cos, sin = rotary_cos_sin(start + seqlen, self.head_dim, self.rope_theta, x.device, upcast(q).dtype)
+        q, k = apply_rotary(q, cos[start:], sin[start:]), apply_rotary(k, cos[start:], sin[start:])
+        if cache is not None:
+            k, v = cache.append(k, v)
+            if seqlen > 1:  # new token i sits at start + i and sees the keys up to it
+                attn_mask = torch.ones(seqlen, start + seqlen, dtype=torch.bool, device=x.device).tril(start)
+            elif attn_mask is None:
+                attn_mask = torch.ones(1, start + 1, dtype=torch.bool, device=x.device)
         # torch's CPU attention is slower in bf16 than in float32 (benchmarks/README.md, "Precision"), so on the CPU
         # it runs in float32 also under bf16 autocast; on GPUs in the autocast dtype.
         cpu = x.device.type == "cpu"
@@ -112,6 +123,24 @@ class CausalSelfAttention(nn.Module):
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.wo(y.transpose(1, 2).reshape(batch, seqlen, self.d_model), routing)
+
+
+@dataclass
+class KVCache:
+    """An attention layer's keys and values of the sequences so far, (B, H, max_seqlen, K) each, filled to `length`."""
+
+    k: Tensor
+    v: Tensor
+    length: int = 0
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new keys and values (B, H, T, K); return all of them so far."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"the cache holds {self.k.shape[2]} positions; {end} were asked for")
+        self.k[:, :, self.length : end], self.v[:, :, self.length : end] = k, v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class SwiGLU(nn.Module):
@@ -169,15 +198,24 @@ class TransformerBlock(nn.Module):
         self.mlp_norm = ModalityRMSNorm(d_model, n_norm, eps=norm_eps)
         self.mlp = SwiGLU(d_model, mlp_hidden, n_modalities if "mlp" in decouple else 1)
 
-    def forward(self, x: Tensor, routing: ModalityRouting | None, attn_mask: Tensor | None = None) -> Tensor:
-        """x (B, L, D), attn_mask (B, 1, L, L) bool or None (causal) -> (B, L, D)."""
-        attn = functools.partial(self.attn, attn_mask=attn_mask)
+    def forward(
+        self, x: Tensor, routing: ModalityRouting | None, attn_mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
+        """x (B, L, D), attn_mask (B, 1, L, L) bool or None (causal) -> (B, L, D); a `cache` continues the cached
+        sequences (generation)."""
+        attn = functools.partial(self.attn, attn_mask=attn_mask, cache=cache)
         for norm, sublayer in ((self.attn_norm, attn), (self.mlp_norm, self.mlp)):
             if self.norm_placement == "pre":
                 x = x + sublayer(norm(x, routing), routing)
             else:
                 x = x + norm(sublayer(x, routing), routing)
         return x
+
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None) -> KVCache:
+        weight = self.attn.wq.weight
+        shape = (batch_size, self.attn.n_head, max_seqlen, self.attn.head_dim)
+        dtype = dtype or upcast(weight).dtype  # keys and values as attention computes them on the CPU
+        return KVCache(weight.new_zeros(shape, dtype=dtype), weight.new_zeros(shape, dtype=dtype))
 
 
 class TransformerFamily(Family):
