@@ -1,0 +1,77 @@
+"""Generation speed and state size against generated length: recurrent state (Mamba, MoM) against a growing KV cache
+(transformer, MoT).
+
+    python benchmarks/bench_generate.py --lengths 256,1024,4096,8192 --threads 1
+
+For every arm and length it builds the tiny model (three modalities, random weights: speed and memory do not depend
+on training), feeds a one-token prompt, then generates `length` tokens one at a time through the cache (greedy,
+each new token routed by a modality that switches every 64 tokens) and prints: tokens/s over the whole generation,
+the bytes the generation state holds at the end (conv + SSM states, or keys + values: what grows with length), and
+the process's peak RSS. Arms run in one process one after the other, so tokens/s compare side by side; no timed
+asserts anywhere (the numbers and the date go into benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import ModelConfig, build_model  # noqa: E402
+
+VOCAB, MODALITIES = 2624, 3  # the three-modality setting's joint vocabulary
+
+
+def used_state_bytes(cache) -> int:
+    """The state a generation of this length needs: a KV cache's filled part, a Mamba state whole."""
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, tuple):
+            total += sum(t.numel() * t.element_size() for t in layer)
+        else:
+            total += 2 * layer.k[:, :, : layer.length].numel() * layer.k.element_size()
+    return total
+
+
+@torch.no_grad()
+def generate(model, length: int) -> tuple[float, int]:
+    """Seconds per generated token and the state's bytes after `length` tokens."""
+    cache = model.allocate_inference_cache(1, length + 1)
+    token = torch.zeros(1, 1, dtype=torch.long)
+    logits = model(token, token, cache=cache).logits
+    start = time.perf_counter()
+    for t in range(length):
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        modality = torch.full_like(token, (t // 64) % MODALITIES)
+        logits = model(token, modality, cache=cache).logits
+    return (time.perf_counter() - start) / length, used_state_bytes(cache)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", default="mamba,mom,transformer,mot")
+    parser.add_argument("--lengths", default="256,1024,4096,8192")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lengths = [int(n) for n in args.lengths.split(",")]
+    print(f"torch {torch.__version__}, {args.threads} thread(s), tiny models, {MODALITIES} modalities, batch 1")
+    print(f"{'arm':<12} {'length':>7} {'tokens/s':>9} {'state MB':>9} {'peak RSS MB':>12}")
+    for arm in args.arms.split(","):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.from_scale("tiny", arch=arm, vocab_size=VOCAB, n_modalities=MODALITIES))
+        model.eval()
+        for length in lengths:
+            seconds, state = generate(model, length)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"{arm:<12} {length:>7} {1 / seconds:>9.0f} {state / 1e6:>9.3f} {rss:>12.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
