@@ -19,6 +19,7 @@ not finished are listed with their status and left out of every number; the repo
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from analysis.tables import (
     ablation_table,
     field_table,
     final_loss_table,
+    markdown_table,
     match_table,
     paper_sources,
     runs_table,
@@ -144,10 +146,35 @@ def render_report(
             "",
             *[_image(results, p) for p in plots if p.section == "ablation"],
         ]
+    out += samples_section(results)
     out += ["", *how_to_read(results, points, val_every)]
     out += ["", "## Runs", "", runs_table(results)]
     out += ["", *setup_lines(results)]
     return "\n".join(out) + "\n"
+
+
+def samples_section(results: Results) -> list[str]:
+    """The samples compare.py drew from each arm (experiments/sample.py), if it did: one grid per setting."""
+    path = results.out / "samples" / "samples.json"
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    out = [
+        "",
+        "## Samples",
+        "",
+        f"Every arm of a setting continues the same prompt and draws the same captions (the first validation image of "
+        f"each image source), seed {record['seed']}, temperature {record['temperature']}, top-k {record['top_k']}, "
+        f"{record['diffusion_steps']} DDIM steps for continuous images. At tiny scale they are rough: they show the "
+        "pieces fit, not what the papers' models draw. `python experiments/sample.py <run folder>` draws more.",
+    ]
+    for setting, entry in record["settings"].items():
+        out += ["", f"### {setting}", "", f"Prompt: *{entry['prompt']}*", ""]
+        rows = [[arm_label(arm), text.replace("\n", " ").replace("|", "/")] for arm, text in entry["texts"].items()]
+        out += [markdown_table(["arm", "continuation"], rows)]
+        if entry["grid"]:
+            out += ["", f"![{setting}: {' / '.join(entry['captions'])}]({entry['grid']})"]
+    return out
 
 
 def _image(results: Results, plot: Plot) -> str:

@@ -43,6 +43,7 @@ from datamodules.settings import SETTINGS
 from experiments.plan import Comparison, RunSpec, resolve
 from experiments.progress import MatrixProgress, ProgressReporter
 from experiments.run import train_run
+from experiments.sample import write_comparison_samples
 from experiments.store import DiskFull, disk_full, is_locked, run_lock
 from models import ARMS, SCALES
 
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         "results/<scale>-<recipe> for any other budget, data or model)",
     )
     parser.add_argument("--data-cache", default=".cache/data", help="prepared-data cache")
+    parser.add_argument(
+        "--no-samples", action="store_true", help="skip the report's samples (text and images from every arm)"
+    )
     lightning = parser.add_argument_group("passed to lightning.Trainer")
     lightning.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto, ...")
     lightning.add_argument("--devices", default=None, help="e.g. 1, 8, 'auto'")
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     main_process = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
     try:
         with results_lock(c.out) if main_process else nullcontext():
-            return run_comparison(c, meta, refs, main_process)
+            return run_comparison(c, meta, refs, main_process, samples=not args.no_samples)
     except OSError as exc:
         full = disk_full(exc, c.out, 16 * 2**20) if not isinstance(exc, DiskFull) else exc
         if full is None:
@@ -169,8 +173,9 @@ def results_lock(out: Path):
     return run_lock(out, wait=True, waiting=waiting)
 
 
-def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bool) -> int:
-    """Train what is not finished and write the report; the exit code."""
+def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bool, samples: bool = True) -> int:
+    """Train what is not finished, sample from the first seed's runs (`samples`) and write the report; the exit
+    code."""
     if main_process:
         c.out.mkdir(parents=True, exist_ok=True)
         write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
@@ -209,6 +214,11 @@ def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bo
     if main_process:
         meta["wall_clock_s"] = time.perf_counter() - started
         write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
+        if samples:
+            seed = c.runs[0].seed
+            done = [(s.setting, s.arm, c.folder(s)) for s in c.runs
+                    if s.decouple is None and s.seed == seed and statuses[s.label] == "finished"]  # fmt: skip
+            write_comparison_samples(c.out, done, seed)
         report = write_report(c.out)
         print(f"compare.py: report written to {report}" + (f"; not finished: {unfinished}" if unfinished else ""))
     return 1 if unfinished else 0

@@ -190,6 +190,51 @@ def image_grid(images: list[np.ndarray], captions: list[str], scale: int = 4) ->
     return grid
 
 
+SAMPLES = "samples"  # a results folder's samples: <setting>.png and samples.json
+REPORT_PROMPT = "It is a truth universally acknowledged"
+
+
+def write_comparison_samples(out: Path, runs: list[tuple[str, str, Path]], seed: int = 0) -> Path | None:
+    """For every setting, the same prompt continued and the same captions drawn by each of its arms' runs
+    (setting, arm, folder): <out>/samples/<setting>.png (a row per arm) and samples.json, for the report. The
+    captions are the first validation images' own; every arm samples with one seed (temperature 0.8, top-k 50)."""
+    settings = {}
+    for setting in dict.fromkeys(s for s, _, _ in runs):
+        samplers = {arm: load_sampler(folder, temperature=0.8, top_k=50, seed=seed)
+                    for s, arm, folder in runs if s == setting}  # fmt: skip
+        first = next(iter(samplers.values()))
+        captions = [first.tokenizer.decode(list(src.captions[int(np.flatnonzero(src.is_val)[0])]))
+                    for src in first.dm.corpus.images][:3]  # fmt: skip
+        entry = {"prompt": REPORT_PROMPT, "captions": captions, "texts": {}, "grid": None}
+        rows = []
+        for arm, sampler in samplers.items():
+            entry["texts"][arm] = sampler.text(REPORT_PROMPT, 32)
+            if captions:
+                rows.append((arm, image_grid([sampler.image(c, k, 20) for k, c in enumerate(captions)], captions)))
+        if rows:
+            grid = _stack(rows)
+            atomic_write(out / SAMPLES / f"{setting}.png", lambda tmp, grid=grid: grid.save(tmp, format="png"))
+            entry["grid"] = f"{SAMPLES}/{setting}.png"
+        settings[setting] = entry
+    if not settings:
+        return None
+    record = {"seed": seed, "temperature": 0.8, "top_k": 50, "diffusion_steps": 20, "settings": settings}
+    return write_json(out / SAMPLES / "samples.json", record)
+
+
+def _stack(rows: list[tuple[str, Image.Image]]) -> Image.Image:
+    """Labelled rows, one under the other."""
+    label = 90
+    width, height = label + max(r.width for _, r in rows), sum(r.height for _, r in rows)
+    grid, y = Image.new("RGB", (width, height), "white"), 0
+    draw = ImageDraw.Draw(grid)
+    for name, row in rows:
+        draw.text((4, y + row.height // 2), name, fill="black")
+        grid.paste(row, (label, y))
+        y += row.height
+    return grid
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

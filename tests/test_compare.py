@@ -28,12 +28,13 @@ def cache(small_cache):
     return small_cache
 
 
-def small(tmp, cache, *args):
-    """Arguments of a comparison at test size (small data, a tiny model) in tmp/runs and tmp/results."""
+def small(tmp, cache, *args, samples=False):
+    """Arguments of a comparison at test size (small data, a tiny model) in tmp/runs and tmp/results; without the
+    report's samples unless asked (the full-matrix test draws them)."""
     data = [f"--data={k}={v}" for k, v in SMALL_DATA.items()]
     model = [f"--model={k}={v}" for k, v in TINY_MODEL.items()]
     return ["--root", str(tmp / "runs"), "--out", str(tmp / "results"), "--data-cache", cache, "--val-every", "2",
-            "--seeds", "1", *data, *model, *args]  # fmt: skip
+            "--seeds", "1", *data, *model, *args, *([] if samples else ["--no-samples"])]  # fmt: skip
 
 
 def summaries(root):
@@ -42,7 +43,7 @@ def summaries(root):
 
 
 def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path, cache, capsys):
-    args = small(tmp_path, cache, "--settings", "all", "--max-steps", str(STEPS))
+    args = small(tmp_path, cache, "--settings", "all", "--max-steps", str(STEPS), samples=True)
     assert main(args) == 0
     runs = tmp_path / "runs"
     first = summaries(runs)
@@ -55,6 +56,12 @@ def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path,
     assert len(comparison["runs"]) == 12 and comparison["meta"]["max_steps"] == STEPS
     assert (results / "report.md").exists() and (results / "flops_to_match.csv").exists()
     assert list(results.rglob("*.png"))
+    samples = json.loads((results / "samples" / "samples.json").read_text())["settings"]  # every arm, every setting
+    assert set(samples) == {"transfusion", "chameleon", "three_modality"}
+    assert all(set(entry["texts"]) == {"mamba", "mom", "transformer", "mot"} for entry in samples.values())
+    assert all((results / entry["grid"]).is_file() and entry["captions"] for entry in samples.values())
+    report = (results / "report.md").read_text()
+    assert "## Samples" in report and all(f"({entry['grid']})" in report for entry in samples.values())
 
     capsys.readouterr()
     assert main(args) == 0  # nothing new to train
