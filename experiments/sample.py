@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from analysis.run_record import CHECKPOINT, CONFIG, RunRecordError, read_config
+from analysis.run_record import CONFIG, RunRecordError, read_config
 from common import atomic_write, write_json
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import cosine_alpha_bar
 from datamodules.vocab import BOI, BOS, EOS, IMAGE, PATCH, TEXT
-from experiments.lit_module import LitMultiModalLM
+from experiments.export import ExportError, load_checkpoint_model
 from models.lm import MultiModalLM
 
 
@@ -158,12 +158,10 @@ def ddim_sample(predict_noise, x: torch.Tensor, steps: int, low: torch.Tensor, h
 def load_sampler(run_dir: str | Path, **settings) -> Sampler:
     """The run's final checkpoint and its data (the prepared cache, built if missing) as a Sampler."""
     folder = Path(run_dir)
-    checkpoint = folder / CHECKPOINT
-    if not checkpoint.is_file():
-        raise SampleError(f"{folder}: no checkpoint at {checkpoint} (is it a run folder, and has the run trained?)")
     try:
+        model = load_checkpoint_model(folder)
         config = read_config(folder)
-    except RunRecordError as exc:
+    except (ExportError, RunRecordError) as exc:
         raise SampleError(str(exc)) from None
     if config is None:
         raise SampleError(f"{folder}: no {CONFIG}; not a run folder")
@@ -171,8 +169,7 @@ def load_sampler(run_dir: str | Path, **settings) -> Sampler:
     dm = MultiModalDataModule(setting=config["setting"], seed=config["seed"], **data)
     dm.prepare_data()
     dm.setup("fit")
-    lit = LitMultiModalLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
-    return Sampler(lit.model.float().eval(), dm, **settings)
+    return Sampler(model, dm, **settings)
 
 
 def image_grid(images: list[np.ndarray], captions: list[str], scale: int = 4) -> Image.Image:

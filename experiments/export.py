@@ -1,0 +1,127 @@
+"""Export a trained run's model so that it loads without the run folder or this suite's training code.
+
+    python experiments/export.py runs/chameleon/tiny/<recipe>/mamba/seed0 --out exports/mamba     # dense Mamba
+    python experiments/export.py runs/chameleon/tiny/<recipe>/mom/seed0 --out exports/mom         # any arm
+
+A dense Mamba run (no patch layers) becomes a Hugging Face `MambaForCausalLM` folder (`save_pretrained`: config.json
+and model.safetensors; its keys are ours under `backbone.`, mamba-ssm's names). Every other arm (MoM, MoT, the
+transformer, Transfusion models) is written in the suite's own layout: config.json (the `ModelConfig`) and
+model.safetensors, loaded by `load_exported(folder)` into a `MultiModalLM`. `--format own` writes a dense Mamba run
+in the own layout too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from analysis.run_record import CHECKPOINT
+from common import atomic_write
+from experiments.lit_module import LitMultiModalLM
+from models import ModelConfig, build_model
+from models.lm import MultiModalLM
+
+OWN_FORMAT = "mixture-of-mamba-suite"
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported as asked; the message says why and what is possible."""
+
+
+def load_checkpoint_model(run_dir: str | Path) -> MultiModalLM:
+    """The model of a run folder's final checkpoint (float32, eval mode)."""
+    checkpoint = Path(run_dir) / CHECKPOINT
+    if not checkpoint.is_file():
+        raise ExportError(f"{run_dir}: no checkpoint at {checkpoint} (is it a run folder, and has the run trained?)")
+    lit = LitMultiModalLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    return lit.model.float().eval()
+
+
+def hf_mamba_config(cfg: ModelConfig):
+    """transformers' MambaConfig of a dense Mamba model."""
+    from transformers import MambaConfig
+
+    return MambaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        state_size=cfg.d_state,
+        num_hidden_layers=cfg.n_block,
+        expand=cfg.expand,
+        intermediate_size=cfg.expand * cfg.d_model,
+        conv_kernel=cfg.d_conv,
+        time_step_rank=cfg.dt_rank_value,
+        use_bias=cfg.bias,
+        use_conv_bias=cfg.conv_bias,
+        layer_norm_epsilon=cfg.norm_eps,
+        tie_word_embeddings=False,
+        residual_in_fp32=True,
+    )
+
+
+def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
+    """A dense Mamba model as a Hugging Face MambaForCausalLM folder; the keys map by prefix."""
+    cfg = model.cfg
+    if cfg.arch != "mamba" or cfg.patch_dim:
+        raise ExportError(f"only a dense Mamba model without patch layers exports to MambaForCausalLM; this is "
+                          f"{cfg.arch!r}{' with patch layers' if cfg.patch_dim else ''}: use --format own")  # fmt: skip
+    try:
+        from transformers import MambaForCausalLM
+    except ImportError as exc:
+        raise ExportError(f"the Hugging Face export needs transformers ({exc}); pip install transformers") from None
+    state = {("lm_head.weight" if k == "lm_head.weight" else f"backbone.{k}"): v for k, v in model.state_dict().items()}
+    state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")
+    hf = MambaForCausalLM(hf_mamba_config(cfg))
+    hf.load_state_dict(state, strict=True)
+    hf.save_pretrained(out)
+    return out
+
+
+def export_own(model: MultiModalLM, out: Path) -> Path:
+    """config.json (the ModelConfig) and model.safetensors, loaded by `load_exported`."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.json", json.dumps({"format": OWN_FORMAT, "model": model.cfg.to_dict()}, indent=1))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    return out
+
+
+def load_exported(folder: str | Path) -> MultiModalLM:
+    """A model exported in the own layout (`export_own`)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{folder}: no readable config.json ({exc})") from None
+    if meta.get("format") != OWN_FORMAT:
+        raise ExportError(f"{folder}: not an export of this suite (a Hugging Face folder loads with transformers)")
+    cfg = meta["model"]
+    model = build_model(ModelConfig(**{**cfg, "decouple": tuple(cfg["decouple"])}))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", help="a run folder (runs/<setting>/<scale>/<recipe>/<variant>/seed<k>)")
+    parser.add_argument("--out", required=True, help="the folder to write")
+    parser.add_argument("--format", choices=("auto", "hf", "own"), default="auto",
+                        help="auto: Hugging Face for a dense Mamba run, the own layout otherwise")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        model = load_checkpoint_model(args.run)
+        hf = args.format == "hf" or (args.format == "auto" and model.cfg.arch == "mamba" and not model.cfg.patch_dim)
+        out = (export_hf_mamba if hf else export_own)(model, Path(args.out))
+    except ExportError as exc:
+        parser.error(str(exc))
+    print(f"export.py: wrote {out} ({'Hugging Face MambaForCausalLM' if hf else 'config.json + model.safetensors'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

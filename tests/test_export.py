@@ -1,0 +1,62 @@
+"""experiments/export.py: a dense Mamba run round-trips through Hugging Face's MambaForCausalLM (same logits), every
+other arm through the suite's own config + safetensors layout (same logits, patches included), without the run."""
+
+import pytest
+import torch
+
+from experiments.export import load_checkpoint_model, load_exported, main
+from experiments.run import train_run
+from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_cache):
+    root = tmp_path_factory.mktemp("export")
+    data = {**SMALL_DATA, "cache_dir": small_cache}
+    plan = (("chameleon", "mamba"), ("chameleon", "mot"), ("transfusion", "mom"))
+    for setting, arm in plan:
+        train_run(setting, arm, max_steps=2, val_every=2, root=root, data=data, module={"model_overrides": TINY_MODEL})
+    return {arm: trained_folder(root, setting, arm) for setting, arm in plan}
+
+
+def test_dense_mamba_round_trips_through_hugging_face(runs, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    assert main([str(runs["mamba"]), "--out", str(tmp_path / "hf")]) == 0
+    ours = load_checkpoint_model(runs["mamba"])
+    theirs = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tokens = torch.randint(0, ours.cfg.vocab_size, (2, 33))
+    with torch.no_grad():
+        a, b = ours(tokens, torch.zeros_like(tokens)).logits, theirs(tokens).logits
+    assert (a - b).norm() / a.norm() < 1e-5
+
+
+@pytest.mark.parametrize("arm", ["mot", "mom"])
+def test_sparse_arms_round_trip_through_the_own_layout(runs, tmp_path, arm):
+    assert main([str(runs[arm]), "--out", str(tmp_path / arm)]) == 0
+    ours, back = load_checkpoint_model(runs[arm]), load_exported(tmp_path / arm)
+    assert back.cfg == ours.cfg
+    tokens = torch.randint(0, ours.cfg.vocab_size, (2, 33))
+    ids = torch.randint(0, ours.cfg.n_modalities, (2, 33))
+    extra = {}
+    if ours.cfg.patch_dim:  # Transfusion: the patch layers come along
+        mask = torch.zeros(2, 33, dtype=torch.bool)
+        mask[:, 5:9] = True
+        extra = dict(patches=torch.randn(2, 33, ours.cfg.patch_dim), patch_mask=mask,
+                     timesteps=torch.full((2, 33), 500))  # fmt: skip
+    with torch.no_grad():
+        a, b = ours(tokens, ids, **extra), back(tokens, ids, **extra)
+    assert torch.equal(a.logits, b.logits)
+    assert (a.patch_pred is None) == (b.patch_pred is None) and (
+        a.patch_pred is None or torch.equal(a.patch_pred, b.patch_pred)
+    )
+
+
+def test_bad_exports_say_why(runs, tmp_path, capsys):
+    for args, words in (
+        ([str(runs["mot"]), "--format", "hf"], "only a dense Mamba model without patch layers"),
+        ([str(tmp_path)], "no checkpoint at"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--out", str(tmp_path / "x")])
+        assert exc.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
