@@ -58,11 +58,13 @@ def main() -> None:
     parser.add_argument("--arms", default="mamba,mom,transformer,mot")
     parser.add_argument("--lengths", default="256,1024,4096,8192")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--plot", help="also draw tokens/s and state size against length into this PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lengths = [int(n) for n in args.lengths.split(",")]
     print(f"torch {torch.__version__}, {args.threads} thread(s), tiny models, {MODALITIES} modalities, batch 1")
     print(f"{'arm':<12} {'length':>7} {'tokens/s':>9} {'state MB':>9} {'peak RSS MB':>12}")
+    rows = []
     for arm in args.arms.split(","):
         torch.manual_seed(0)
         model = build_model(ModelConfig.from_scale("tiny", arch=arm, vocab_size=VOCAB, n_modalities=MODALITIES))
@@ -71,6 +73,32 @@ def main() -> None:
             seconds, state = generate(model, length)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"{arm:<12} {length:>7} {1 / seconds:>9.0f} {state / 1e6:>9.3f} {rss:>12.0f}", flush=True)
+            rows.append((arm, length, 1 / seconds, state / 1e6))
+    if args.plot:
+        plot(rows, Path(args.plot))
+
+
+def plot(rows: list[tuple[str, int, float, float]], path: Path) -> None:
+    """tokens/s and the generation state's MB against generated length, one line per arm (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for arm in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == arm]
+        for ax, column in zip(axes, (2, 3), strict=True):
+            ax.plot([r[1] for r in mine], [r[column] for r in mine], marker="o", label=arm)
+    lengths = sorted({r[1] for r in rows})
+    for ax, label in zip(axes, ("tokens/s (batch 1, 1 thread)", "generation state (MB)"), strict=True):
+        ax.set(xscale="log", yscale="log", xlabel="generated tokens", ylabel=label)
+        ax.set_xticks(lengths, [str(n) for n in lengths], minor=False)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
