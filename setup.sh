@@ -33,9 +33,10 @@ if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
 # torch==2.13.0 (requirements.txt) resolves to the CPU build on this kind of machine; see README "GPU install".
-# uv installs the same versions as pip in a fraction of the time (15 s against 81 s here, cold caches). It does not
+# uv installs the same versions as pip in a fraction of the time (here 15 s from an empty uv cache, pip 81 s from a
+# filled pip cache). It does not
 # read pip's configuration, so the indexes, find-links and constraints pip would use are passed to it; if uv cannot
-# be installed or fails, pip does the install.
+# be installed or fails, pip does the install (pip's own notes while installing uv are not shown).
 pip_settings_for_uv() {
     .venv/bin/python - <<'PY'
 import subprocess
@@ -51,7 +52,7 @@ for line in sorted(listed.splitlines(), key=lambda line: line.startswith(":env:"
 print(" ".join(f"{flags[k]} {v}" for k, value in settings.items() for v in value.split()))
 PY
 }
-if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check uv \
+if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check uv 2>/dev/null \
     && .venv/bin/uv pip install --quiet --python .venv/bin/python --index-strategy unsafe-best-match \
         $(pip_settings_for_uv) -e ".[dev]"; }; then
     echo "setup.sh: uv could not install the project; installing with pip" >&2
