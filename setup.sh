@@ -34,9 +34,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch==2.13.0 (requirements.txt) resolves to the CPU build on this kind of machine; see README "GPU install".
 # uv installs the same versions as pip in a fraction of the time (here 15 s from an empty uv cache, pip 81 s from a
-# filled pip cache). It does not
-# read pip's configuration, so the indexes, find-links and constraints pip would use are passed to it; if uv cannot
-# be installed or fails, pip does the install (pip's own notes while installing uv are not shown).
+# filled pip cache). It does not read pip's configuration, so the indexes, find-links and constraints pip would use
+# are passed to it; if uv cannot be installed or fails, pip does the install (pip's own notes while installing uv
+# are not shown).
 pip_settings_for_uv() {
     .venv/bin/python - <<'PY'
 import subprocess
