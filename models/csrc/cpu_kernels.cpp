@@ -1,7 +1,7 @@
 // The compiled CPU kernels of models/cpu_kernels.py, one extension (one translation unit, so torch's headers are
 // compiled once): the selective scan and the mixer's conv + SiLU (selective_scan.h), the cross-entropy of the
 // training loss (cross_entropy.h). The kernels include only the ATen headers they use and this file torch's pybind
-// header: torch/extension.h alone takes 27 s to compile here, these 9 s.
+// header: compiled alone here, torch/extension.h takes 26.8 s, these headers 9.5 s.
 
 #include <torch/csrc/utils/pybind.h>
 
