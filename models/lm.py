@@ -147,6 +147,8 @@ class MultiModalLM(nn.Module):
         With a `cache` (`allocate_inference_cache`) the tokens continue the cached sequences and the cache advances:
         a prompt, then one token at a time, gives the logits the whole sequence would get in one call (Mamba and
         MoM step their recurrence, mamba-ssm's `step`; transformers and MoT attend over cached keys and values).
+        Patches work the same way; a transformer's patches attend to each other within an image only when the
+        whole image comes in one call.
 
         Args:
             tokens: (B, L) int64 ids in the joint vocabulary (ignored at patch positions).
@@ -175,8 +177,6 @@ class MultiModalLM(nn.Module):
             validate_modality_ids(modality_ids, cfg.n_modalities)  # every arm rejects bad ids
         elif cfg.routing == "modality" and cfg.n_modalities > 1:
             raise ValueError(f"arch {cfg.arch!r} routes by modality: modality_ids (B, L) are required")
-        if cache is not None and patches is not None:
-            raise ValueError("cached generation takes tokens only; continuous patches are not supported with a cache")
         start = 0 if cache is None else cache.seqlen_offset
         expert_ids = self.expert_ids(tokens, modality_ids, start)
         routing = ModalityRouting(expert_ids, cfg.n_modalities) if expert_ids is not None else None  # the one sort
@@ -189,8 +189,11 @@ class MultiModalLM(nn.Module):
         image_mask = patches is not None and cfg.family.image_attention
         attn_mask = image_attention_mask(patch_mask) if image_mask else None
         if cache is not None:
+            if attn_mask is not None:  # the new positions also see every cached one (an image lies in one call)
+                attn_mask = F.pad(attn_mask, (start, 0), value=True)
+            extra = {} if attn_mask is None else {"attn_mask": attn_mask}
             for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
-                h = layer(h, routing, cache=layer_cache)
+                h = layer(h, routing, cache=layer_cache, **extra)
             cache.seqlen_offset += tokens.shape[1]
         else:
             for layer in self.layers:

@@ -90,7 +90,8 @@ class CausalSelfAttention(nn.Module):
         self, x: Tensor, routing: ModalityRouting | None, attn_mask: Tensor | None = None, cache: KVCache | None = None
     ) -> Tensor:
         """x (B, L, D), attn_mask (B, 1, L, L) bool or None (causal) -> (B, L, D). With a `cache` the L tokens
-        continue the cached sequences: their keys and values are appended and they attend causally to all of them."""
+        continue the cached sequences: their keys and values are appended and they attend to all of them, causally
+        unless `attn_mask` (B, 1, L, start + L) says otherwise."""
         batch, seqlen, _ = x.shape
         projections = (self.wq, self.wk, self.wv)
         if routing is not None and any(p.n_modalities > 1 for p in projections):
@@ -108,10 +109,8 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rotary(q, cos[start:], sin[start:]), apply_rotary(k, cos[start:], sin[start:])
         if cache is not None:
             k, v = cache.append(k, v)
-            if seqlen > 1:  # new token i sits at start + i and sees the keys up to it
+            if attn_mask is None:  # new token i sits at start + i and sees the keys up to it
                 attn_mask = torch.ones(seqlen, start + seqlen, dtype=torch.bool, device=x.device).tril(start)
-            elif attn_mask is None:
-                attn_mask = torch.ones(1, start + 1, dtype=torch.bool, device=x.device)
         # torch's CPU attention is slower in bf16 than in float32 (benchmarks/README.md, "Precision"), so on the CPU
         # it runs in float32 also under bf16 autocast; on GPUs in the autocast dtype.
         cpu = x.device.type == "cpu"

@@ -60,14 +60,40 @@ def test_the_step_is_the_reference_recurrence():
     torch.testing.assert_close(torch.stack(ys, dim=-1), want, rtol=1e-12, atol=1e-12)
 
 
-def test_a_cache_refuses_positions_beyond_its_size_and_patches():
+def test_a_cache_refuses_positions_beyond_its_size():
     model = small_model("mot")
     cache = model.allocate_inference_cache(1, 4)
     tokens, ids = torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long)
     with pytest.raises(ValueError, match="the cache holds 4 positions; 5 were asked for"):
         model(tokens, ids, cache=cache)
-    patchy = small_model("mom", patch_dim=4)
-    mask = torch.zeros(1, 5, dtype=torch.bool)
-    with pytest.raises(ValueError, match="continuous patches are not supported with a cache"):
-        patchy(tokens, ids, torch.zeros(1, 5, 4), mask, torch.zeros(1, 5, dtype=torch.long),
-               cache=patchy.allocate_inference_cache(1, 5))  # fmt: skip
+
+
+@pytest.mark.parametrize("arm", ["mamba", "mom", "transformer", "mot"])
+def test_transfusion_patches_through_the_cache_equal_the_full_forward(arm):
+    """Text, a continuous image (7 patches, bidirectional within it for the transformers), text: in pieces through
+    the cache, the logits and the patch predictions equal one full forward. Mamba steps every position; a
+    transformer takes the image in one call, the only way its patches can see each other."""
+    model, width = small_model(arm, patch_dim=6), 6
+    torch.manual_seed(3)
+    length, image = 20, slice(8, 15)
+    tokens = torch.randint(0, VOCAB, (BATCH, length))
+    mask = torch.zeros(BATCH, length, dtype=torch.bool)
+    mask[:, image] = True
+    ids = mask.long()  # text 0, the image 1
+    patches, times = torch.randn(BATCH, length, width), torch.full((BATCH, length), 300)
+    with torch.no_grad():
+        full = model(tokens, ids, patches, mask, times)
+        cache = model.allocate_inference_cache(BATCH, length)
+        pieces = (
+            [(0, 8), (8, 15)] if model.cfg.family.image_attention else [(0, 8), *((t, t + 1) for t in range(8, 15))]
+        )
+        pieces += [(t, t + 1) for t in range(15, length)]
+        logits, preds = [], []
+        for a, b in pieces:
+            out = model(tokens[:, a:b], ids[:, a:b], patches[:, a:b], mask[:, a:b], times[:, a:b], cache=cache)
+            logits.append(out.logits)
+            if mask[:, a:b].any():
+                preds.append(out.patch_pred.view(BATCH, -1, width))
+    assert (torch.cat(logits, 1) - full.logits).norm() / full.logits.norm() < 1e-5
+    got = torch.cat(preds, 1).reshape(-1, width)
+    assert (got - full.patch_pred).norm() / full.patch_pred.norm() < 1e-5
