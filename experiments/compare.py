@@ -215,6 +215,7 @@ def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bo
         meta["wall_clock_s"] = time.perf_counter() - started
         write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
         if samples:
+            quiet()  # each run's data notes were printed above, once per setting
             seed = c.runs[0].seed
             done = [(s.setting, s.arm, c.folder(s)) for s in c.runs
                     if s.decouple is None and s.seed == seed and statuses[s.label] == "finished"]  # fmt: skip
