@@ -248,7 +248,9 @@ def setup_lines(results: Results) -> list[str]:
         mine = runs.loc[runs["setting"] == setting, "data_sources"] if "data_sources" in runs else []
         sources = sorted({s for value in mine if isinstance(value, list) for s in value})
         lines.append(f"- Data, {setting}: {'; '.join(sources) or 'not recorded (no summary.json)'}")
-        notes = runs.loc[runs["setting"] == setting, "data_notes"] if "data_notes" in runs else []
+        # the first seed's runs: other seeds differ by a few tokens
+        first = (runs["setting"] == setting) & (runs["seed"] == runs["seed"].min())
+        notes = runs.loc[first, "data_notes"] if "data_notes" in runs else []
         for note in dict.fromkeys(n for value in notes if isinstance(value, list) for n in value):
             lines.append(f"  - left out of the data: {note}")
         mixes = runs.loc[runs["setting"] == setting, "image_mix"] if "image_mix" in runs else []

@@ -134,9 +134,10 @@ class Comparison:
         return found
 
     def data_notes(self) -> dict[str, list[str]]:
-        """Per setting, what assembling its data left out (each run records it; seeds mostly agree)."""
+        """Per setting, what assembling its data left out, as its first seed's runs recorded it (every run records
+        its own; other seeds differ by a few tokens)."""
         notes: dict[str, dict[str, None]] = {}
-        for spec in self.runs:
+        for spec in (s for s in self.runs if s.seed == self.runs[0].seed):
             summary = read_summary(self.folder(spec))
             for note in summary.data_notes if summary else ():
                 notes.setdefault(spec.setting, {})[note] = None
