@@ -129,11 +129,15 @@ def run_folder(
     variant: str | None = None,
 ) -> Path:
     """The folder `train_run` with these arguments trains into."""
-    max_steps, val_every, data, module, trainer, variant = with_recipe(
-        scale, max_steps, val_every, data, module, trainer, variant or arm
-    )
+    return _locate(setting, arm, scale, seed, max_steps, root, val_every, data, module, trainer, variant)[0]
+
+
+def _locate(setting, arm, scale, seed, max_steps, root, val_every, data, module, trainer, variant):
+    """(folder, recipe name, the arguments with the scale's recipe under them) of a run."""
+    resolved = with_recipe(scale, max_steps, val_every, data, module, trainer, variant or arm)
+    max_steps, val_every, data, module, trainer, variant = resolved
     recipe = recipe_id(scale, max_steps, val_every, data, module, trainer["precision"])
-    return run_dir(root, setting, scale, recipe, variant, seed)
+    return run_dir(root, setting, scale, recipe, variant, seed), recipe, resolved
 
 
 def train_run(
@@ -163,12 +167,10 @@ def train_run(
             the recipe's.
     """
     check_run(setting, arm, scale)
-    max_steps, val_every, data, module, trainer, variant = with_recipe(
-        scale, max_steps, val_every, data, module, trainer, variant or arm
-    )
+    folder, recipe, resolved = _locate(setting, arm, scale, seed, max_steps, root, val_every, data, module, trainer,
+                                       variant)  # fmt: skip
+    max_steps, val_every, data, module, trainer, variant = resolved
     check_trainer(trainer)
-    recipe = recipe_id(scale, max_steps, val_every, data, module, trainer["precision"])
-    folder = run_dir(root, setting, scale, recipe, variant, seed)
     conflicts = recipe_conflicts(folder, max_steps, val_every, data, module, trainer["precision"])
     if conflicts:
         raise ValueError(

@@ -4,7 +4,6 @@ requests fail with a message naming the value."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -82,4 +81,4 @@ def test_bad_requests_name_the_value(runs, tmp_path, capsys):
     with pytest.raises(SampleError, match="no images: ask for text only"):
         sampler.image("a shirt")
     recurrent = load_sampler(runs["transfusion"], temperature=0)  # a recurrent state has no position limit
-    assert isinstance(recurrent.text("It is", 200), str) and np.isfinite(len(recurrent.text("It is", 3)))
+    assert isinstance(recurrent.text("It is", 200), str)
