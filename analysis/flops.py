@@ -92,13 +92,6 @@ IGNORED_OPS: dict[str, str] = {
     "aten::outer": "rotary angle table: L·K/2 products of positions and frequencies, independent of the model",
     "aten::cos": "rotary / timestep tables",
     "aten::sin": "rotary / timestep tables",
-    # recorded by the tracer from inside _SelectiveScanFn.forward; the scan's work is priced once by its handle
-    "aten::softplus": "inside the scan (priced by the scan handle)",
-    "aten::exp2_": "inside the scan (priced by the scan handle)",
-    "aten::addcmul_": "inside the scan (priced by the scan handle)",
-    "aten::mul_": "inside the scan (priced by the scan handle)",
-    "aten::exp2": "inside the scan (priced by the scan handle)",
-    "aten::sigmoid": "inside the scan (priced by the scan handle)",
 }
 
 

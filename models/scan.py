@@ -18,8 +18,10 @@ Backends:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -233,6 +235,18 @@ def _dot_n(V: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return torch.matmul(V[:, :, None, :], H.transpose(-1, -2)).squeeze(2)
 
 
+@contextlib.contextmanager
+def _untraced() -> Iterator[None]:
+    """Stop torch.jit's tracer (fvcore's FLOP count) recording ops: it records the scan as one op, priced by its
+    shapes, and tracing the chunk loop inside it (~250 ops per call) cost ~1 s per count and counted nothing."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
 class _SelectiveScanFn(torch.autograd.Function):
     """The whole selective scan, processed in chunks of T time steps with a hand-written backward.
 
@@ -250,6 +264,11 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct):
+        with _untraced():
+            return _SelectiveScanFn._forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct):
         batch, _, L = u.shape
         A_ct, D_ct, bias_ct = (None if t is None else t.to(ct) for t in (A, D, delta_bias))
         A2 = A_ct * _LOG2E

@@ -70,6 +70,16 @@ def test_no_silent_zeros(arch):
         assert counted.by_operator.get(op, 0) > 0, (op, counted.by_operator)
 
 
+@pytest.mark.parametrize("arch", [name for name, arm in ARMS.items() if arm.family.name == "mamba"])
+def test_the_scan_traces_as_one_op(arch):
+    """The tracer records the scan as one op, priced by its shapes: none of the chunk loop's own ops reach the graph
+    (tracing them cost about a second per count at the tiny recipe's shapes, and counted nothing)."""
+    counted, _ = counted_and_analytic(arch, patches=False)
+    inside = {"aten::addcmul_", "aten::exp2_", "aten::softplus", "aten::sigmoid", "aten::mul_", "aten::matmul"}
+    assert not inside & set(counted.unsupported), counted.unsupported
+    assert counted.by_operator["selective_scan"] > 0
+
+
 def test_unknown_unpriced_op_raises(monkeypatch):
     """An unpriced op that IGNORED_OPS does not explain is an error, not a silent zero."""
     monkeypatch.delitem(IGNORED_OPS, "aten::rms_norm")
