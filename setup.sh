@@ -58,6 +58,12 @@ if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check uv 2>
     echo "setup.sh: uv could not install the project; installing with pip" >&2
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 fi
+# Python keeps the compiled bytecode of each module it imports beside the module, unless PYTHONDONTWRITEBYTECODE is
+# set (as in some CI images and sandboxes): then every process compiles torch's and Lightning's modules anew, about
+# 6 s per process here. Setup's own Python steps run with it unset, starting with one that imports what a comparison,
+# sampling and the tests import, so they leave that bytecode behind; nothing else is compiled.
+unset PYTHONDONTWRITEBYTECODE
+.venv/bin/python -c "import experiments.compare, experiments.sample, experiments.train, torch.utils.tensorboard, pytest"
 # Build the compiled CPU kernels (selective scan, loss; once per machine, torch caches them) and prepare the default
 # data (.cache/data: the text/image corpus of Transfusion and Chameleon, and the one with speech of three-modality,
 # each with its tokenizers, image codebook and speech units) side by side, so that runs pay for none of it. If the
