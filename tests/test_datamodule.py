@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules import multimodal
 from datamodules.errors import SourceUnavailable
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import cosine_alpha_bar
@@ -133,6 +134,22 @@ def test_same_seed_same_batches_other_seed_differs(modules, cache_dir):
     assert list(sampler)[:5] != first  # a new epoch, a new order
 
 
+def test_cached_training_patches_give_the_batches_of_a_fresh_encoding(modules, cache_dir, monkeypatch):
+    """Transfusion's training patches, encoded once per process and shared by later runs, give every later seed the
+    batches it gets from a process that never encoded them; the shared array cannot be written."""
+    seed1 = {**SMALL_DATA, "seed": 1}
+    monkeypatch.setattr("datamodules.multimodal._TRAIN_PATCHES", {})
+    fresh = MultiModalDataModule(setting="transfusion", cache_dir=cache_dir, **seed1)
+    fresh.setup("fit")
+    shared = MultiModalDataModule(setting="transfusion", cache_dir=cache_dir, **seed1)
+    shared.setup("fit")  # reads the patches `fresh` encoded
+    for x, y in zip(fresh.train_dataloader(), shared.train_dataloader(), strict=True):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    cached = next(iter(multimodal._TRAIN_PATCHES.values()))
+    with pytest.raises(ValueError, match="read-only"):
+        cached[0, 0, 0] = 1.0
+
+
 def test_train_and_validation_are_disjoint(modules):
     """No text document, image or utterance of validation is also in training."""
     c = modules["three_modality"].corpus
@@ -254,7 +271,8 @@ def test_own_data_with_one_repeated_caption_still_validates_images(tmp_path):
 
 
 def test_own_data_gives_every_modality_a_validation_document_or_says_how(tmp_path):
-    from datamodules.errors import SourceUnavailable
+    from datamodules import multimodal
+from datamodules.errors import SourceUnavailable
     from datamodules.own import VAL_FRACTION, load_own_data
 
     own = load_own_data(_own_folder(tmp_path / "few", ["one", "two", "three"], n_text=3))
