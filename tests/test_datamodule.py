@@ -271,8 +271,7 @@ def test_own_data_with_one_repeated_caption_still_validates_images(tmp_path):
 
 
 def test_own_data_gives_every_modality_a_validation_document_or_says_how(tmp_path):
-    from datamodules import multimodal
-from datamodules.errors import SourceUnavailable
+    from datamodules.errors import SourceUnavailable
     from datamodules.own import VAL_FRACTION, load_own_data
 
     own = load_own_data(_own_folder(tmp_path / "few", ["one", "two", "three"], n_text=3))
