@@ -20,6 +20,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
+
 CACHE_VERSION = 3  # bump whenever preparation code changes what a cache holds
 
 
@@ -66,28 +68,41 @@ def build_or_load(root: str | Path, params: dict, build: Callable[[Path], None])
     """Return (folder, manifest) of the cache for `params`, building it with `build(tmp_folder)` when needed.
 
     `build` writes its files into the folder it is given. A corrupt existing folder is moved aside and rebuilt with a
-    warning; if the rebuilt folder still fails its check the error says how to clear the cache.
+    warning; if the rebuilt folder still fails its check the error says how to clear the cache. One process builds a
+    folder while others asking for it wait (an OS file lock beside it), then use it.
     """
     path = cache_path(root, params)
-    if path.exists():
-        try:
-            return path, verify(path)
-        except CorruptCache as exc:
-            warnings.warn(f"rebuilding the data cache: {exc}", RuntimeWarning, stacklevel=2)
-            shutil.rmtree(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    start = time.perf_counter()
-    build(tmp)
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    manifest = {"version": CACHE_VERSION, "params": params, "files": files, "build_s": time.perf_counter() - start}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process finished the same build first: keep theirs
+    manifest = _intact(path)
+    if manifest is not None:
+        return path, manifest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        manifest = _intact(path)  # built by the process that held the lock
+        if manifest is not None:
+            return path, manifest
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        start = time.perf_counter()
+        build(tmp)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = {"version": CACHE_VERSION, "params": params, "files": files, "build_s": time.perf_counter() - start}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        os.replace(tmp, path)
     try:
         return path, verify(path)
     except CorruptCache as exc:
         raise CorruptCache(f"{exc}; delete {path} (or the whole {Path(root)}) and run again") from exc
+
+
+def _intact(path: Path) -> dict | None:
+    """The manifest of the cache folder `path` if it exists and passes its check; a corrupt one is removed, with a
+    warning, and None returned, as for a missing one."""
+    if not path.exists():
+        return None
+    try:
+        return verify(path)
+    except CorruptCache as exc:
+        warnings.warn(f"rebuilding the data cache: {exc}", RuntimeWarning, stacklevel=3)
+        shutil.rmtree(path, ignore_errors=True)
+        return None

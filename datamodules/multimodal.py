@@ -25,15 +25,21 @@ uses a fixed set of sequences with fixed timesteps and noise.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.prepare import Corpus, PrepareParams, as_float, as_rgb, load_corpus, prepare_corpus
+from datamodules.prepare import (
+    Corpus,
+    PrepareParams,
+    as_float,
+    as_rgb,
+    image_text_params,
+    load_corpus,
+    prepare_corpus,
+)
 from datamodules.samplers import EpochSampler, GlobalBatchShard
 from datamodules.sequences import (
     Document,
@@ -163,7 +169,7 @@ class MultiModalDataModule(L.LightningDataModule):
             prefer_debian=prefer_debian,
         )
         if not self.spec.speech:  # speech is only built when it is used
-            self.params = replace(self.params, speech_train_utterances=0, speech_val_utterances=0)
+            self.params = image_text_params(self.params)
         self.corpus: Corpus | None = None
 
     # -- Lightning hooks ------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ it in a verified cache folder (datamodules/cache.py) with a dataset card. `load_
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -147,14 +148,70 @@ def _encode_speech(units: SpeechUnits, utts: list[Utterance], tok, source: str) 
     )
 
 
-def _build(folder: Path, p: PrepareParams) -> None:
-    """Everything prepare_corpus caches, written into `folder`."""
+def _build(folder: Path, p: PrepareParams, cache_root: Path) -> None:
+    """Everything prepare_corpus caches, written into `folder`.
+
+    A corpus with speech from the default sources is the image-text corpus of the same parameters (the settings
+    without speech use it) plus speech: its tokenizer, text and images are taken from that corpus, which is prepared
+    first if no process has (another process preparing it is waited for), while the speech is synthesised.
+    """
     times: dict[str, float] = {}
     start = time.perf_counter()
     loaded = _load_sources(p)
-    text, image_sets, sources, warns = loaded.text, loaded.images, loaded.sources, loaded.text.warnings
     times["load_sources_s"] = time.perf_counter() - start
+    speech = bool(loaded.speech_train) or (not p.own_data and p.speech_train_utterances > 0)
+    if speech and not p.own_data:
+        t = time.perf_counter()
+        card: dict = {"sources": list(loaded.sources), "warnings": list(loaded.text.warnings)}
+        splits = _speech_splits(p, loaded, card["sources"], card["warnings"])
+        units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
+        times["speech_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tok, arrays, base = _image_text_from(prepare_corpus(image_text_params(p), cache_root, verbose=False), folder)
+        card = {**base, "sources": card["sources"], "warnings": card["warnings"], "params": _params_dict(p)}
+        times["image_text_s"] = time.perf_counter() - t
+    else:
+        tok, arrays, card = _build_image_text(folder, p, loaded, times)
+        splits = units = None
+        if speech:
+            t = time.perf_counter()
+            splits = _speech_splits(p, loaded, card["sources"], card["warnings"])
+            units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
+            times["speech_s"] = time.perf_counter() - t
+    if splits is not None:
+        t = time.perf_counter()
+        card["speech"] = _build_speech(folder, p, splits, units, tok, arrays)
+        times["speech_encoding_s"] = time.perf_counter() - t
+    np.savez(
+        folder / "ragged.npz",
+        **{f"{n}_{part}": getattr(r, part) for n, r in arrays.items() for part in ("values", "offsets")},
+    )
+    card["build_time_s"] = {**times, "total_s": time.perf_counter() - start}
+    (folder / "card.json").write_text(json.dumps(card, indent=1, default=float))
 
+
+def image_text_params(p: PrepareParams) -> PrepareParams:
+    """The parameters of the corpus without speech that the settings without speech use (MultiModalDataModule)."""
+    return replace(p, speech_train_utterances=0, speech_val_utterances=0)
+
+
+def _image_text_from(source: Path, folder: Path) -> tuple[object, dict[str, Ragged], dict]:
+    """The tokenizer, text and images of the prepared corpus `source`, copied into `folder`: (tokenizer, its text and
+    caption arrays, its card without the build times)."""
+    for name in ["tokenizer.json", *(f.name for f in sorted(source.glob("image*.npz")))]:
+        shutil.copyfile(source / name, folder / name)
+    with np.load(source / "ragged.npz") as z:
+        names = [n[: -len("_values")] for n in z.files if n.endswith("_values")]
+        arrays = {n: Ragged(z[f"{n}_values"], z[f"{n}_offsets"]) for n in names}
+    card = json.loads((source / "card.json").read_text())
+    card.pop("build_time_s", None)
+    return load_tokenizer(folder / "tokenizer.json"), arrays, card
+
+
+def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData, times: dict) -> tuple[object, dict, dict]:
+    """Fit the tokenizer and the image codebooks and encode the text and images into `folder`: (tokenizer, the text
+    and caption arrays, the card so far)."""
+    text, image_sets = loaded.text, loaded.images
     t = time.perf_counter()
     # Captions and transcripts are text too: the BPE sees them beside the passages (training split only).
     captions = [c for s in image_sets for c, split in zip(s.captions, s.split, strict=True) if split == "train"]
@@ -166,8 +223,8 @@ def _build(folder: Path, p: PrepareParams) -> None:
     arrays = {"text_train": text_train, "text_val": text_val}
     times["text_s"] = time.perf_counter() - t
     card: dict = {
-        "sources": sources,
-        "warnings": warns,
+        "sources": list(loaded.sources),
+        "warnings": list(text.warnings),
         "params": _params_dict(p),
         "text": {
             "train_documents": len(text.train),
@@ -208,18 +265,7 @@ def _build(folder: Path, p: PrepareParams) -> None:
             }
         )
     times["images_s"] = time.perf_counter() - t
-
-    if loaded.speech_train or (not p.own_data and p.speech_train_utterances > 0):
-        t = time.perf_counter()
-        splits = _speech_splits(p, loaded, card["sources"], card["warnings"])
-        card["speech"] = _build_speech(folder, p, splits, tok, arrays)
-        times["speech_s"] = time.perf_counter() - t
-    np.savez(
-        folder / "ragged.npz",
-        **{f"{n}_{part}": getattr(r, part) for n, r in arrays.items() for part in ("values", "offsets")},
-    )
-    card["build_time_s"] = {**times, "total_s": time.perf_counter() - start}
-    (folder / "card.json").write_text(json.dumps(card, indent=1, default=float))
+    return tok, arrays, card
 
 
 def _speech_splits(p: PrepareParams, loaded: OwnData, sources: list, warns: list) -> dict[str, list[Utterance]]:
@@ -244,9 +290,9 @@ def _speech_splits(p: PrepareParams, loaded: OwnData, sources: list, warns: list
     return splits
 
 
-def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utterance]], tok, arrays: dict) -> dict:
-    """Fit the unit codebook on the training utterances; encode every split (transcripts and units)."""
-    units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
+def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utterance]], units: SpeechUnits, tok,
+                  arrays: dict) -> dict:  # fmt: skip
+    """Save the unit codebook (fitted on the training utterances); encode every split (transcripts and units)."""
     np.savez(folder / "speech_units.npz", **units.state())
     info = {"units": p.speech_units}
     for name, utts in splits.items():
@@ -271,7 +317,7 @@ def prepare_corpus(p: PrepareParams, cache_root: str | Path, verbose: bool = Tru
     built = []
 
     def build(folder: Path) -> None:
-        _build(folder, p)
+        _build(folder, p, Path(cache_root))
         built.append(True)
 
     folder, _ = cache.build_or_load(cache_root, {"corpus": _params_dict(p)}, build)

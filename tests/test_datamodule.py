@@ -1,6 +1,8 @@
 """MultiModalDataModule on the real default sources: build, batch contract, determinism, splits, bad input, own data."""
 
 import json
+import multiprocessing
+import os
 import socket
 import time
 import warnings
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import multimodal
+from datamodules import cache, multimodal
 from datamodules.errors import SourceUnavailable
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import cosine_alpha_bar
@@ -200,6 +202,46 @@ def test_corrupt_cache_is_detected_and_rebuilt(modules, cache_dir):
     fresh = MultiModalDataModule(setting="chameleon", cache_dir=cache_dir, **SMALL_DATA)
     fresh.setup("fit")
     assert again == folder and np.array_equal(fresh.train_set.packed.ids, dm.train_set.packed.ids)
+
+
+def test_a_speech_corpus_takes_its_text_and_images_from_the_image_text_corpus(modules, tmp_path):
+    """three_modality's corpus holds the tokenizer, text and images of the one the settings without speech use (copied,
+    not fitted again), and they equal what fitting them afresh on its own parameters gives."""
+    from datamodules.prepare import _build_image_text, _load_sources, load_tokenizer
+
+    speech, image_text = modules["three_modality"], modules["chameleon"]
+    assert speech.corpus_folder != image_text.corpus_folder
+    shared = ["tokenizer.json", *(f.name for f in image_text.corpus_folder.glob("image*.npz"))]
+    assert len(shared) == 3
+    for name in shared:
+        assert (speech.corpus_folder / name).read_bytes() == (image_text.corpus_folder / name).read_bytes(), name
+    tok, arrays, card = _build_image_text(tmp_path, speech.params, _load_sources(speech.params), {})
+    assert tok.get_vocab() == load_tokenizer(speech.corpus_folder / "tokenizer.json").get_vocab()
+    assert np.array_equal(arrays["text_train"].values, speech.corpus.text_train.values)
+    for k, src in enumerate(speech.corpus.images):
+        with np.load(tmp_path / f"image{k}.npz") as fresh:
+            assert np.array_equal(fresh["codes"], src.codes) and np.array_equal(fresh["vq_codebook"], src.vq.codebook)
+    assert card["images"] == speech.corpus.card["images"] and card["text"] == speech.corpus.card["text"]
+    assert speech.corpus.card["speech"]["speech_train"]["utterances"] > 0
+
+
+def _build_after_a_pause(root: str, log: str) -> str:
+    def build(folder):
+        time.sleep(1.0)
+        (folder / "data.txt").write_text("built")
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    return str(cache.build_or_load(root, {"probe": 1}, build)[0])
+
+
+def test_two_processes_preparing_one_cache_build_it_once(tmp_path):
+    """A process asking for a cache folder another one is building waits for it and uses it: one build, one folder."""
+    log = tmp_path / "builds.log"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        folders = pool.starmap(_build_after_a_pause, [(str(tmp_path / "cache"), str(log))] * 2)
+    assert folders[0] == folders[1]
+    assert len(log.read_text().splitlines()) == 1
 
 
 def test_own_data_uses_the_same_code_path(tmp_path):
