@@ -21,18 +21,21 @@ the reference in float64 would add minutes per size.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.scan import selective_scan, selective_scan_ref  # noqa: E402  (needs the repo root on sys.path)
+from models import scan as scan_module  # noqa: E402  (needs the repo root on sys.path)
+from models.scan import selective_scan, selective_scan_ref  # noqa: E402
 
 DEFAULT_SIZES = ("4,64,16,128", "8,256,16,256", "8,512,16,1024")
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -136,6 +139,28 @@ def rss_child(impl: str, size: str) -> None:
     print((_status_kib("VmHWM") - before) / 1024)
 
 
+def compare_chunks(chunks: list[int], sizes: list[str], repeats: int) -> None:
+    """The kernel's forward + backward with each chunk length (the steps between the boundary states its backward
+    recomputes from), interleaved, and each one's gap to the first in its output and gradients."""
+    print("| B | E | N | L | " + " | ".join(f"chunk {c} ms" for c in chunks) + " | max rel. difference to the first |")
+    print("|" + "---|" * (5 + len(chunks)))
+    for size in sizes:
+        inputs = [t.float() for t in make_inputs(*map(int, size.split(",")))]
+        cotangent = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(1))
+        fns = [functools.partial(_chunked_scan, chunk) for chunk in chunks]
+        times = time_interleaved(fns, inputs, cotangent, repeats)
+        first = fwd_bwd(fns[0], inputs, cotangent)
+        gaps = [errors(*fwd_bwd(fn, inputs, cotangent)[1:], first[1].double(), [g.double() for g in first[2]])
+                for fn in fns[1:]]  # fmt: skip
+        gap = max((max(g) for g in gaps), default=0.0)
+        print(f"| {' | '.join(size.split(','))} | " + " | ".join(f"{t * 1e3:.1f}" for t in times) + f" | {gap:.1e} |")
+
+
+def _chunked_scan(chunk: int, *args: torch.Tensor) -> torch.Tensor:
+    with mock.patch.object(scan_module, "CPU_CHUNK", chunk):
+        return cpu_scan(*args)
+
+
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo where there is one."""
     try:
@@ -152,6 +177,7 @@ def main() -> None:
     parser.add_argument("--skip-ref-above", type=int, default=None, metavar="L", help="skip the reference for L > this")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--memory", action="store_true", help="also report peak RSS growth (fresh process per run)")
+    parser.add_argument("--chunks", help="instead: the kernel with these chunk lengths side by side, e.g. 16,32,64")
     parser.add_argument("--_rss-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -161,6 +187,9 @@ def main() -> None:
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}")
+    if args.chunks:
+        compare_chunks([int(c) for c in args.chunks.split(",")], args.sizes, args.repeats)
+        return
     header = "| B | E | N | L | ref ms | torch ms | cpu ms | cpu vs torch | cpu vs ref | err out cpu / torch / ref |"
     header += " err grads cpu / torch / ref |"
     if args.memory:
