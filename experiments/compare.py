@@ -27,8 +27,9 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -43,7 +44,7 @@ from datamodules.settings import SETTINGS
 from experiments.plan import Comparison, RunSpec, resolve
 from experiments.progress import MatrixProgress, ProgressReporter
 from experiments.run import train_run
-from experiments.sample import write_comparison_samples
+from experiments.sample import ReportSample, draw_report_sample, write_comparison_samples
 from experiments.store import DiskFull, disk_full, is_locked, run_lock
 from models import ARMS, SCALES
 
@@ -198,12 +199,16 @@ def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bo
     if elsewhere:
         print(f"compare.py: another process is training {', '.join(s.label for s in elsewhere)}; this one trains the "
               "rest, then waits for those (and trains any the other left unfinished)")  # fmt: skip
+    # The report's samples come from each arm's first-seed run; a worker draws them once the run is finished, beside
+    # the training of the others.
+    to_draw = [s for s in c.runs if s.decouple is None and s.seed == c.runs[0].seed] if samples and main_process else []
+    drawn: dict[RunSpec, ReportSample] = {}
     try:
-        train(c, [s for s in todo if s not in elsewhere])
+        train(c, [s for s in todo if s not in elsewhere], to_draw, drawn)
         for spec in elsewhere:
             with run_lock(c.folder(spec), wait=True):
                 pass
-        train(c, [s for s in elsewhere if c.status(s) != "finished"])
+        train(c, [s for s in elsewhere if c.status(s) != "finished"], to_draw, drawn)
     except KeyboardInterrupt:
         print("\ncompare.py: interrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
         return 130
@@ -216,10 +221,11 @@ def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bo
         write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
         if samples:
             quiet()  # each run's data notes were printed above, once per setting
-            seed = c.runs[0].seed
-            done = [(s.setting, s.arm, c.folder(s)) for s in c.runs
-                    if s.decouple is None and s.seed == seed and statuses[s.label] == "finished"]  # fmt: skip
-            write_comparison_samples(c.out, done, seed)
+            done = [s for s in to_draw if statuses[s.label] == "finished"]
+            for spec in done:  # those no worker drew: trained here, or by another process
+                if spec not in drawn:
+                    drawn[spec] = draw_report_sample(c.folder(spec), spec.seed)
+            write_comparison_samples(c.out, {(s.setting, s.arm): drawn[s] for s in done}, c.runs[0].seed)
         report = write_report(c.out)
         print(f"compare.py: report written to {report}" + (f"; not finished: {unfinished}" if unfinished else ""))
     return 1 if unfinished else 0
@@ -241,9 +247,13 @@ def steps_left(c: Comparison, todo: list[RunSpec]) -> dict[RunSpec, int]:
     return {spec: c.recipe.max_steps - c.steps_done(spec) for spec in todo}
 
 
-def train(c: Comparison, todo: list[RunSpec]) -> None:
-    if todo:
-        (train_parallel if c.parallel > 1 and len(todo) > 1 else train_serial)(c, todo)
+def train(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], drawn: dict[RunSpec, ReportSample]) -> None:
+    """Train `todo`; with workers, they also draw the report samples of the runs in `to_draw` once those are finished
+    (into `drawn`)."""
+    if c.parallel > 1 and len(todo) > 1:
+        train_parallel(c, todo, to_draw, drawn)
+    elif todo:
+        train_serial(c, todo)
 
 
 def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
@@ -257,9 +267,10 @@ def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
             display.end(spec, outcome(train_run(**kwargs)))
 
 
-def train_parallel(c: Comparison, todo: list[RunSpec]) -> None:
+def train_parallel(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], drawn: dict[RunSpec, ReportSample]):
     """`c.parallel` runs at a time, each in a worker process (single-threaded on the CPU, one GPU each on GPUs),
-    under one progress display; a run's own output goes to train.log in its folder.
+    under one progress display; a run's own output goes to train.log in its folder. A run of `to_draw` is sampled
+    for the report by a worker as soon as it is finished (those finished before: at once).
 
     Ctrl-C reaches this process alone (the workers have a process group of their own); it forwards it once to every
     worker that is training, waits for them to record their runs as interrupted, and stops. A worker whose parent
@@ -283,8 +294,10 @@ def train_parallel(c: Comparison, todo: list[RunSpec]) -> None:
         ) as pool,
     ):
         futures = {pool.submit(_train_in_worker, c.run_kwargs(spec, gpu), spec, c.folder(spec)): spec for spec in todo}
+        draws = {pool.submit(_draw_in_worker, c.folder(spec), spec.seed): spec
+                 for spec in to_draw if spec not in todo and c.status(spec) == "finished"}  # fmt: skip
         try:
-            while futures:
+            while futures or draws:
                 _drain(events, display, workers)
                 for future in [f for f in futures if f.done()]:
                     spec = futures.pop(future)
@@ -292,6 +305,10 @@ def train_parallel(c: Comparison, todo: list[RunSpec]) -> None:
                     error = future.exception()
                     display.end(spec, outcome(future.result()) if error is None else f"{type(error).__name__}: "
                                 f"{error} (log: {c.folder(spec) / 'train.log'})")  # fmt: skip
+                    if error is None and future.result().finished and spec in to_draw:
+                        draws[pool.submit(_draw_in_worker, c.folder(spec), spec.seed)] = spec
+                for future in [f for f in draws if f.done()]:
+                    drawn[draws.pop(future)] = future.result()
         except KeyboardInterrupt:
             for pid in workers.values():
                 os.kill(pid, signal.SIGINT)
@@ -345,14 +362,27 @@ def _train_in_worker(kwargs: dict, spec: RunSpec, folder: Path) -> Summary:
         _WORKER["events"].put((os.getpid(), *event))
 
     kwargs["trainer"] = kwargs["trainer"] | {"callbacks": [ProgressReporter(spec, send), _StopIfOrphaned()]}
+    with _output_to(folder / "train.log"):
+        return train_run(**kwargs)
+
+
+def _draw_in_worker(folder: Path, seed: int) -> ReportSample:
+    """A finished run's report samples, drawn in a worker (its output appended to the run's train.log)."""
+    with _output_to(folder / "train.log"):
+        return draw_report_sample(folder, seed)
+
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """This process's output, Python's and the libraries' (file descriptors 1 and 2), appended to `path`."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(folder / "train.log", "a") as log:
+    with open(path, "a") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            return train_run(**kwargs)
+            yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

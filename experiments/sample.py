@@ -191,23 +191,42 @@ SAMPLES = "samples"  # a results folder's samples: <setting>.png and samples.jso
 REPORT_PROMPT = "It is a truth universally acknowledged"
 
 
-def write_comparison_samples(out: Path, runs: list[tuple[str, str, Path]], seed: int = 0) -> Path | None:
-    """For every setting, the same prompt continued and the same captions drawn by each of its arms' runs
-    (setting, arm, folder): <out>/samples/<setting>.png (a row per arm) and samples.json, for the report. The
-    captions are the first validation images' own; every arm samples with one seed (temperature 0.8, top-k 50)."""
+@dataclass
+class ReportSample:
+    """What one run draws for the report: its continuation of `REPORT_PROMPT` and, where the setting has images, the
+    captions it drew and a row of those images."""
+
+    text: str
+    captions: list[str]
+    images: Image.Image | None
+
+
+def draw_report_sample(folder: Path, seed: int = 0) -> ReportSample:
+    """The report's samples from one run (temperature 0.8, top-k 50, one seed): the prompt continued, and an image
+    drawn for each of the first validation images' own captions (one per image source). Every arm of a setting draws
+    the same prompt and captions, each with a generator of its own, so the runs can be sampled in any order or
+    process."""
+    sampler = load_sampler(folder, temperature=0.8, top_k=50, seed=seed)
+    captions = [sampler.tokenizer.decode(list(src.captions[int(np.flatnonzero(src.is_val)[0])]))
+                for src in sampler.dm.corpus.images][:3]  # fmt: skip
+    text = sampler.text(REPORT_PROMPT, 32)
+    images = image_grid([sampler.image(c, k, 20) for k, c in enumerate(captions)], captions) if captions else None
+    return ReportSample(text, captions, images)
+
+
+def write_comparison_samples(out: Path, drawn: dict[tuple[str, str], ReportSample], seed: int = 0) -> Path | None:
+    """Every setting's samples, drawn by each of its arms' runs ({(setting, arm): `draw_report_sample`}):
+    <out>/samples/<setting>.png (a row per arm) and samples.json, for the report."""
     settings = {}
-    for setting in dict.fromkeys(s for s, _, _ in runs):
-        samplers = {arm: load_sampler(folder, temperature=0.8, top_k=50, seed=seed)
-                    for s, arm, folder in runs if s == setting}  # fmt: skip
-        first = next(iter(samplers.values()))
-        captions = [first.tokenizer.decode(list(src.captions[int(np.flatnonzero(src.is_val)[0])]))
-                    for src in first.dm.corpus.images][:3]  # fmt: skip
-        entry = {"prompt": REPORT_PROMPT, "captions": captions, "texts": {}, "grid": None}
+    for setting in dict.fromkeys(s for s, _ in drawn):
+        samples = {arm: sample for (s, arm), sample in drawn.items() if s == setting}
+        first = next(iter(samples.values()))
+        entry = {"prompt": REPORT_PROMPT, "captions": first.captions, "texts": {}, "grid": None}
         rows = []
-        for arm, sampler in samplers.items():
-            entry["texts"][arm] = sampler.text(REPORT_PROMPT, 32)
-            if captions:
-                rows.append((arm, image_grid([sampler.image(c, k, 20) for k, c in enumerate(captions)], captions)))
+        for arm, sample in samples.items():
+            entry["texts"][arm] = sample.text
+            if sample.images is not None:
+                rows.append((arm, sample.images))
         if rows:
             grid = _stack(rows)
             atomic_write(out / SAMPLES / f"{setting}.png", lambda tmp, grid=grid: grid.save(tmp, format="png"))
