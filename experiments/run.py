@@ -250,6 +250,12 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
         num_sanity_val_steps=0,
     )
     settings.update(trainer)
+    if settings["deterministic"] is True:
+        # Deterministic algorithms also fill every new tensor with NaN (torch's fill_uninitialized_memory), a check
+        # that no op reads memory it did not write, which cost 4-6% of a tiny Mamba step on the CPU
+        # (benchmarks/README.md). The tests that compare bits (a resumed run, 1 and 2 threads, runs side by side
+        # against runs alone) guard determinism instead. The setting is the process's, as torch has it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
     extra_callbacks = list(settings.pop("callbacks", []))
     plugins = [*(settings.pop("plugins", None) or []), AtomicCheckpointIO()]
     if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
