@@ -1,7 +1,7 @@
 """What a training step costs per arm on the CPU: the four arms' tiny models side by side, 1 and 2 threads.
 
     python benchmarks/bench_step.py [--rounds 15 --threads 1,2 --backends cpu,torch --precisions bf16-mixed,32-true
-                                     --batches 1]
+                                     --batches 1 --nan-fill]
 
 One step = forward, the multimodal loss, backward and an AdamW step (what the Lightning module does per batch, less
 logging), at the tiny scale's shapes: batch 8 x 256 tokens, vocabulary 2,560, two modalities in interleaved runs
@@ -11,7 +11,8 @@ arms on other scan backends ("torch": the pure-PyTorch scan, the backend before 
 `--precisions` runs every arm in each of Lightning's precisions (the first is the recipe's: bf16-mixed, bf16 autocast
 over float32 weights; 32-true: float32), and prints each arm's speed-up of the first over the others. `--batches K`
 cycles through K batches of different modality runs, so each modality's token count changes from step to step as in
-training (1: the same batch every step).
+training (1: the same batch every step). `--nan-fill` runs every arm under deterministic algorithms, as the runs'
+Trainer does, with and without torch filling each new tensor with NaN.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def make_step(arch: str, backend: str, batches: list[dict[str, torch.Tensor]], p
     return step
 
 
+def with_nan_fill(step, fill: bool):
+    """The step with torch's fill_uninitialized_memory set as given (under deterministic algorithms it fills every
+    new tensor with NaN; runs turn it off, experiments/run.py)."""
+
+    def run() -> None:
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        step()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -78,6 +90,11 @@ def main() -> None:
     parser.add_argument("--backends", default="cpu", help="scan backends for the Mamba arms (first = the default)")
     parser.add_argument("--precisions", default="bf16-mixed", help="bf16-mixed, 32-true (first = the default)")
     parser.add_argument("--batches", type=int, default=1, help="batches cycled through (1: the same every step)")
+    parser.add_argument(
+        "--nan-fill",
+        action="store_true",
+        help="under deterministic algorithms (the runs' Trainer), also each arm filling new tensors with NaN",
+    )
     args = parser.parse_args()
     backends, precisions = args.backends.split(","), args.precisions.split(",")
     batches = [make_batch(seed) for seed in range(args.batches)]
@@ -89,6 +106,10 @@ def main() -> None:
             tags = [b] if b not in ("auto", backends[0]) else []
             tags += [precision] if precision != precisions[0] else []
             steps[arch + "".join(f" ({t})" for t in tags)] = make_step(arch, b, batches, precision)
+    if args.nan_fill:
+        torch.use_deterministic_algorithms(True)
+        steps = {f"{name}{tag}": with_nan_fill(step, fill) for name, step in steps.items()
+                 for tag, fill in (("", False), (" (NaN fill)", True))}  # fmt: skip
     print(f"torch {torch.__version__}, batch {BATCH}x{SEQLEN}, tiny models, {args.rounds} rounds, scan {backends}, "
           f"precision {precisions}, {args.batches} batch(es)")  # fmt: skip
     for threads in map(int, args.threads.split(",")):
@@ -109,6 +130,9 @@ def main() -> None:
         for name in steps:
             print(f"{name:<26}{statistics.median(times[name]) * 1e3:>10.0f}{ratio(name, 'transformer'):>15.2f}x")
         print(f"mom / mamba {ratio('mom', 'mamba'):.2f}x, mot / transformer {ratio('mot', 'transformer'):.2f}x")
+        if args.nan_fill:
+            gains = ", ".join(f"{a} {ratio(f'{a} (NaN fill)', a):.2f}x" for a in ("transformer", "mot", "mamba", "mom"))
+            print(f"without the NaN fill: {gains} faster")
         for other in precisions[1:]:
             gains = ", ".join(f"{a} {ratio(f'{a} ({other})', a):.2f}x" for a in ("transformer", "mot", "mamba", "mom"))
             print(f"{precisions[0]} vs {other}: {gains} faster")

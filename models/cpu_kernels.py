@@ -84,8 +84,9 @@ class _Scan(torch.autograd.Function):
                 None if delta_bias is None else gbias, None, None)  # fmt: skip
 
 
-def selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct: torch.dtype, chunk: int = 64):
-    """`selective_scan` on the compiled kernel, in compute dtype `ct` (float32, or float64 if an input is).
+def selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct: torch.dtype, chunk: int):
+    """`selective_scan` on the compiled kernel, in compute dtype `ct` (float32, or float64 if an input is), keeping a
+    boundary state every `chunk` steps for the backward (`models.scan.CPU_CHUNK`).
 
     The output is laid out time-major ([B, L, E] memory, seen as [B, E, L]), as a Mamba mixer's out_proj reads it.
     """
