@@ -252,7 +252,7 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
     settings.update(trainer)
     if settings["deterministic"] is True:
         # Deterministic algorithms also fill every new tensor with NaN (torch's fill_uninitialized_memory), a check
-        # that no op reads memory it did not write, which cost 4-6% of a tiny Mamba step on the CPU
+        # that no op reads memory it did not write, which cost 1-6% of a tiny training step on the CPU
         # (benchmarks/README.md). The tests that compare bits (a resumed run, 1 and 2 threads, runs side by side
         # against runs alone) guard determinism instead. The setting is the process's, as torch has it.
         torch.utils.deterministic.fill_uninitialized_memory = False
