@@ -60,7 +60,7 @@ if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check uv 2>
 fi
 # Python keeps the compiled bytecode of each module it imports beside the module, unless PYTHONDONTWRITEBYTECODE is
 # set (as in some CI images and sandboxes): then every process compiles torch's and Lightning's modules anew, about
-# 6 s per process here. Setup's own Python steps run with it unset, starting with one that imports what a comparison,
+# 7 s per process here. Setup's own Python steps run with it unset, starting with one that imports what a comparison,
 # sampling and the tests import, so they leave that bytecode behind; nothing else is compiled.
 unset PYTHONDONTWRITEBYTECODE
 .venv/bin/python -c "import experiments.compare, experiments.sample, experiments.train, torch.utils.tensorboard, pytest"

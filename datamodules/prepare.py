@@ -160,24 +160,16 @@ def _build(folder: Path, p: PrepareParams, cache_root: Path) -> None:
     loaded = _load_sources(p)
     times["load_sources_s"] = time.perf_counter() - start
     speech = bool(loaded.speech_train) or (not p.own_data and p.speech_train_utterances > 0)
+    sources, warns = list(loaded.sources), list(loaded.text.warnings)
     if speech and not p.own_data:
-        t = time.perf_counter()
-        card: dict = {"sources": list(loaded.sources), "warnings": list(loaded.text.warnings)}
-        splits = _speech_splits(p, loaded, card["sources"], card["warnings"])
-        units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
-        times["speech_s"] = time.perf_counter() - t
+        splits, units = _speech(p, loaded, sources, warns, times)
         t = time.perf_counter()
         tok, arrays, base = _image_text_from(prepare_corpus(image_text_params(p), cache_root, verbose=False), folder)
-        card = {**base, "sources": card["sources"], "warnings": card["warnings"], "params": _params_dict(p)}
+        card = {**base, "sources": sources, "warnings": warns, "params": _params_dict(p)}
         times["image_text_s"] = time.perf_counter() - t
     else:
-        tok, arrays, card = _build_image_text(folder, p, loaded, times)
-        splits = units = None
-        if speech:
-            t = time.perf_counter()
-            splits = _speech_splits(p, loaded, card["sources"], card["warnings"])
-            units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
-            times["speech_s"] = time.perf_counter() - t
+        tok, arrays, card = _build_image_text(folder, p, loaded, sources, warns, times)
+        splits, units = _speech(p, loaded, sources, warns, times) if speech else (None, None)
     if splits is not None:
         t = time.perf_counter()
         card["speech"] = _build_speech(folder, p, splits, units, tok, arrays)
@@ -188,6 +180,15 @@ def _build(folder: Path, p: PrepareParams, cache_root: Path) -> None:
     )
     card["build_time_s"] = {**times, "total_s": time.perf_counter() - start}
     (folder / "card.json").write_text(json.dumps(card, indent=1, default=float))
+
+
+def _speech(p: PrepareParams, loaded: OwnData, sources: list, warns: list, times: dict):
+    """The speech splits (synthesised, or the own data's) and the unit codebook fitted on the training split."""
+    t = time.perf_counter()
+    splits = _speech_splits(p, loaded, sources, warns)
+    units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
+    times["speech_s"] = time.perf_counter() - t
+    return splits, units
 
 
 def image_text_params(p: PrepareParams) -> PrepareParams:
@@ -208,9 +209,9 @@ def _image_text_from(source: Path, folder: Path) -> tuple[object, dict[str, Ragg
     return load_tokenizer(folder / "tokenizer.json"), arrays, card
 
 
-def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData, times: dict) -> tuple[object, dict, dict]:
+def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData, sources: list, warns: list, times: dict):
     """Fit the tokenizer and the image codebooks and encode the text and images into `folder`: (tokenizer, the text
-    and caption arrays, the card so far)."""
+    and caption arrays, the card so far, whose sources and warnings are the lists given)."""
     text, image_sets = loaded.text, loaded.images
     t = time.perf_counter()
     # Captions and transcripts are text too: the BPE sees them beside the passages (training split only).
@@ -223,8 +224,8 @@ def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData, times: di
     arrays = {"text_train": text_train, "text_val": text_val}
     times["text_s"] = time.perf_counter() - t
     card: dict = {
-        "sources": list(loaded.sources),
-        "warnings": list(text.warnings),
+        "sources": sources,
+        "warnings": warns,
         "params": _params_dict(p),
         "text": {
             "train_documents": len(text.train),

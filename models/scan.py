@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from models import cpu_kernels
 
 BACKENDS = ("auto", "torch", "ref", "cpu", "cuda")
-# Steps between the boundary states the "cpu" kernel keeps for its backward: 16 measured 5-10% faster forward +
+# Steps between the boundary states the "cpu" kernel keeps for its backward: 16 measured 6-9% faster forward +
 # backward than 64 at the tiny recipe's shapes (benchmarks/bench_scan.py --chunks), for 4x the boundary states.
 CPU_CHUNK = 16
 
@@ -240,7 +240,7 @@ def _dot_n(V: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def _untraced() -> Iterator[None]:
     """Stop torch.jit's tracer (fvcore's FLOP count) recording ops: it records the scan as one op, priced by its
-    shapes, and tracing the chunk loop inside it (~250 ops per call) cost ~1 s per count and counted nothing."""
+    shapes, and tracing the chunk loop inside it (hundreds of ops per call) cost ~1 s per count and counted nothing."""
     state = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:

@@ -215,7 +215,8 @@ def test_a_speech_corpus_takes_its_text_and_images_from_the_image_text_corpus(mo
     assert len(shared) == 3
     for name in shared:
         assert (speech.corpus_folder / name).read_bytes() == (image_text.corpus_folder / name).read_bytes(), name
-    tok, arrays, card = _build_image_text(tmp_path, speech.params, _load_sources(speech.params), {})
+    loaded = _load_sources(speech.params)
+    tok, arrays, card = _build_image_text(tmp_path, speech.params, loaded, loaded.sources, loaded.text.warnings, {})
     assert tok.get_vocab() == load_tokenizer(speech.corpus_folder / "tokenizer.json").get_vocab()
     assert np.array_equal(arrays["text_train"].values, speech.corpus.text_train.values)
     for k, src in enumerate(speech.corpus.images):
