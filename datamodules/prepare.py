@@ -223,17 +223,13 @@ def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData, sources: 
     text_train, text_val = encode(text.train), encode(text.val)
     arrays = {"text_train": text_train, "text_val": text_val}
     times["text_s"] = time.perf_counter() - t
-    card: dict = {
-        "sources": sources,
-        "warnings": warns,
-        "params": _params_dict(p),
-        "text": {
-            "train_documents": len(text.train),
-            "val_documents": len(text.val),
-            "train_tokens": text_train.total(),
-            "val_tokens": text_val.total(),
-            "train_chars_per_token": sum(map(len, text.train)) / max(text_train.total(), 1),
-        },
+    card: dict = {"sources": sources, "warnings": warns, "params": _params_dict(p)}
+    card["text"] = {
+        "train_documents": len(text.train),
+        "val_documents": len(text.val),
+        "train_tokens": text_train.total(),
+        "val_tokens": text_val.total(),
+        "train_chars_per_token": sum(map(len, text.train)) / max(text_train.total(), 1),
     }
 
     t = time.perf_counter()
