@@ -29,9 +29,6 @@ SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # includes the ke
 # would switch the whole process to flush-to-zero.
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]
 FLAGS += ["-fno-signed-zeros", "-fassociative-math"]
-# GCC tunes most AVX-512 CPUs to 256-bit vectors; the kernels' loops are W = 16 float32 lanes, one 512-bit register,
-# and run 10-15% faster as such (benchmarks/bench_kernel_flags.py). Where AVX-512 is absent it does nothing.
-FLAGS += ["-mprefer-vector-width=512"]
 
 
 @functools.cache
