@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import os
 import shutil
 import time
@@ -52,22 +53,34 @@ FULL_BELOW = 2**20  # bytes free under which a failed write is taken for a full 
 
 class _MetricsWriter(ExperimentWriter):
     """Appends to the metrics.csv `resume_point` left (Lightning's writer deletes it, with a warning), and rewrites
-    it atomically when a new column appears (Lightning rewrites it in place)."""
+    it atomically when a new column appears (Lightning rewrites it in place).
 
-    def __init__(self, log_dir: str) -> None:
-        super().__init__(log_dir)
-        path = Path(self.metrics_file_path)
-        if path.is_file():
-            with open(path, newline="") as f:
-                self.metrics_keys = next(csv.reader(f), [])
+    Each save starts from what the file holds, not from what this writer last did: Ctrl-C inside a save raises
+    KeyboardInterrupt there, and Lightning's teardown then saves again. Lightning's own writer would by then count
+    the new columns as written and append rows longer than the file's header. Here an interrupted rewrite leaves the
+    old header, which the next save rewrites; the rows go out in one write and leave the writer just before it, so
+    a save interrupted there loses its rows (a resume then finds them missing) and never writes them twice.
+    """
 
     def _check_log_dir_exists(self) -> None:
         pass
 
-    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-        with open(self.metrics_file_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        _write_rows(Path(self.metrics_file_path), fieldnames, rows)
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        path = Path(self.metrics_file_path)
+        header = _header(path)
+        keys = set().union(*self.metrics)
+        if header is None:
+            fieldnames = sorted(keys)
+        elif keys <= set(header) and _ends_whole(path):
+            fieldnames = header
+        else:  # new columns, or a last line cut short (a crash in an earlier process)
+            fieldnames = sorted(keys.union(header))
+            _write_rows(path, fieldnames, _complete_rows(path)[1])
+        rows, self.metrics = self.metrics, []
+        self.metrics_keys = fieldnames
+        _append(path, fieldnames, rows, with_header=header is None)
 
 
 class MetricsLogger(CSVLogger):
@@ -88,6 +101,35 @@ def _write_rows(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
             writer.writerows(rows)
 
     atomic_write(path, write)
+
+
+def _header(path: Path) -> list[str] | None:
+    """metrics.csv's column names; None if there is no file."""
+    try:
+        with open(path, newline="") as f:
+            return next(csv.reader(f), [])
+    except FileNotFoundError:
+        return None
+
+
+def _ends_whole(path: Path) -> bool:
+    """Whether the file's last line has its line end (an empty file counts as whole)."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _append(path: Path, fieldnames: list[str], rows: list[dict], with_header: bool) -> None:
+    """`rows` appended to metrics.csv in one write (an interrupt lands before it or after it)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fieldnames)
+    if with_header:
+        writer.writeheader()
+    writer.writerows(rows)
+    with open(path, "a", newline="") as f:
+        f.write(text.getvalue())
 
 
 def _aside(path: Path, why: str) -> Path:

@@ -148,6 +148,37 @@ def test_resume_drops_a_cut_last_line_and_never_warns_of_deleted_logs(tmp_path, 
     assert not [w for w in recwarn if "will be deleted" in str(w.message)]
 
 
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["atomic_write", "_append"])
+def test_ctrl_c_inside_a_metrics_save_leaves_a_file_the_next_save_continues(tmp_path, monkeypatch, where):
+    """Ctrl-C while metrics.csv is being saved (`where`: in the atomic rewrite a new column needs, the first
+    validation row's; or in the append), then the save Lightning's teardown makes: metrics.csv is still one header
+    and rows that parse under it, and resume_point reads it. Each save's rows are written once or not at all."""
+    w = store._MetricsWriter(str(tmp_path))
+    w.log_metrics({"train/loss": 1.0}, step=0)
+    w.save()
+    w.log_metrics({"val/loss": 2.0}, step=0)
+    with monkeypatch.context() as m:
+        m.setattr(store, where, _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            w.save()
+    w.log_metrics({"train/loss": 3.0}, step=1)
+    w.save()
+    with open(tmp_path / METRICS, newline="") as f:
+        header, *body = list(csv.reader(f))
+    assert all(len(row) == len(header) for row in body), (header, body)
+    assert sorted(header) == ["step", "train/loss", "val/loss"]
+    got = [(r["step"], r["train/loss"], r["val/loss"]) for r in rows(tmp_path)]
+    val = [("0", "", "2.0")] if where == "atomic_write" else []  # the interrupted save's row: kept, or never written
+    assert got in ([("0", "1.0", ""), *val, ("1", "3.0", "")], [("0", "1.0", ""), ("1", "3.0", "")]), got
+    (tmp_path / CHECKPOINT).parent.mkdir()
+    torch.save({"global_step": 2}, tmp_path / CHECKPOINT)
+    assert store.resume_point(tmp_path) == (tmp_path / CHECKPOINT, None)
+
+
 def test_missing_rows_before_the_checkpoint_restart_the_run(tmp_path, data, straight, capsys):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path, data, trainer={"callbacks": [_CrashAt(5)]})
