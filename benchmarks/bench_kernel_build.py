@@ -2,19 +2,19 @@
 with models.cpu_kernels.FLAGS, against a variant with that line or that flag left out, side by side in one process,
 on the selective scan, the mixer's conv + SiLU and the cross-entropy alone and on whole training steps per arm.
 
-    python benchmarks/bench_kernel_build.py [--drop-line 'prefer-vector-width=512'] [--drop-flag -fassociative-math]
+    python benchmarks/bench_kernel_build.py [--drop-line 'prefer-vector-width=512'] [--drop-flag=-fassociative-math]
                                             [--rounds 15 --threads 1]
 
-`--drop-line TEXT` copies models/csrc to a temporary folder without the lines that contain TEXT (by default the
-pragma that compiles the scan for 512-bit vectors); `--drop-flag F` builds without F of FLAGS. Both builds are loaded
-under their own names (compiled once, then cached by torch like the real one). Each round runs every (what, build)
-pair once, interleaved, every other round in reverse order, and a speed-up is the median over rounds of the
-per-round ratio, so load that drifts between rounds cancels. The kernels run at the tiny model's shapes: scan and
-conv (8, 256, 16, 256) forward + backward, their inputs time-major as a mixer hands them over; cross-entropy over
-2,048 x 2,560 bf16 logits; the steps are benchmarks/bench_step.py's. A kernel the variant leaves as it is (the
-cross-entropy, for the default) is the control: its speed-up away from 1 is what this shared machine's noise does
-to a few-millisecond kernel. It also prints how far apart the two builds' scan outputs and gradients are
-(max |a - b| / max |b| over the output and the eight gradients): 0 means the variant changes no bit.
+`--drop-line TEXT` copies models/csrc to a temporary folder without the lines that contain TEXT; `--drop-flag=F`
+builds without F of FLAGS; with neither, the variant leaves out the pragma that compiles the scan for 512-bit
+vectors. Both builds are loaded under their own names (compiled once, then cached by torch like the real one). Each
+round runs every (what, build) pair once, interleaved, every other round in reverse order, and a speed-up is the
+median over rounds of the per-round ratio, so load that drifts between rounds cancels. The kernels run at the tiny
+model's shapes: scan and conv (8, 256, 16, 256) forward + backward, their inputs time-major as a mixer hands them
+over; cross-entropy over 2,048 x 2,560 bf16 logits; the steps are benchmarks/bench_step.py's. A kernel the variant
+leaves as it is (the cross-entropy, for the default) is the control: its speed-up away from 1 is what this shared
+machine's noise does to a few-millisecond kernel. It also prints how far apart the two builds' scan outputs and
+gradients are (max |a - b| / max |b| over the output and the eight gradients): 0 means the variant changes no bit.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from benchmarks.bench_scan import fwd_bwd, make_inputs  # noqa: E402  (needs the
 from benchmarks.bench_step import make_batch, make_step  # noqa: E402
 from models import cpu_kernels  # noqa: E402
 from models.scan import selective_scan  # noqa: E402
+
+DEFAULT_DROP = "prefer-vector-width=512"  # the pragma compiling the scan for 512-bit vectors
 
 
 def variant_source(folder: Path, drop_line: str | None) -> tuple[Path, int]:
@@ -78,7 +80,7 @@ def kernel_jobs() -> dict:
     return {
         "scan fwd+bwd": lambda: fwd_bwd(
             lambda *x: selective_scan(*x, delta_softplus=True, backend="cpu"), inputs, cotangent
-        ),  # fmt: skip
+        ),
         "conv fwd+bwd": lambda: fwd_bwd(cpu_kernels.causal_conv1d_silu_cpu, conv_inputs, cotangent),
         "cross-entropy": cross_entropy,
     }
@@ -86,11 +88,13 @@ def kernel_jobs() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--drop-line", default="prefer-vector-width=512", help="leave out source lines with this text")
+    parser.add_argument("--drop-line", help=f"leave out source lines with this text (default {DEFAULT_DROP!r})")
     parser.add_argument("--drop-flag", default=None, help="leave out this flag of models.cpu_kernels.FLAGS")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.drop_line is None and args.drop_flag is None:
+        args.drop_line = DEFAULT_DROP
     if args.drop_flag is not None and args.drop_flag not in cpu_kernels.FLAGS:
         parser.error(f"--drop-flag {args.drop_flag!r} is not one of models.cpu_kernels.FLAGS: {cpu_kernels.FLAGS}")
     torch.set_num_threads(args.threads)
@@ -105,10 +109,10 @@ def main() -> None:
                 [str(cpu_kernels.SOURCE)],
                 extra_cflags=cpu_kernels.FLAGS,
                 extra_ldflags=["-fopenmp"],
-            ),  # fmt: skip
+            ),
             "variant": load(
                 "mom_cpu_kernels_bench_variant", [str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"]
-            ),  # fmt: skip
+            ),
         }
     kernels = kernel_jobs()
     jobs = {(what, b): using(m, fn) for what, fn in kernels.items() for b, m in builds.items()}

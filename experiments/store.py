@@ -79,7 +79,6 @@ class _MetricsWriter(ExperimentWriter):
             fieldnames = sorted(keys.union(header))
             _write_rows(path, fieldnames, _complete_rows(path)[1])
         rows, self.metrics = self.metrics, []
-        self.metrics_keys = fieldnames
         _append(path, fieldnames, rows, with_header=header is None)
 
 
