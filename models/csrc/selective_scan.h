@@ -34,8 +34,9 @@
 namespace mom_cpu {
 
 // GCC tunes most AVX-512 CPUs to 256-bit vectors. The scan's loops are W = 16 float32 lanes, one 512-bit register,
-// and ran 10-22% faster as such in six side-by-side runs; the conv below was 8% slower in the least noisy one, so it
-// keeps the default (benchmarks/bench_kernel_build.py). Where AVX-512 is absent this does nothing.
+// and ran 10-22% faster as such in each side-by-side run with a mixer's inputs; the conv below was 8% slower in the
+// least noisy one, so it keeps the default (benchmarks/bench_kernel_build.py). Where AVX-512 is absent this does
+// nothing.
 #pragma GCC push_options
 #pragma GCC target("prefer-vector-width=512")
 
