@@ -2,7 +2,9 @@
 
 Every finished sparse run (main arms, control arms, ablation variants) is paired with the finished dense run of its
 setting and seed (the arm registry's dense partner) on every loss both have, on the evaluation grid
-(analysis/results.py). Every number comes from analysis/matching.py: one smoothing rule, one interpolation.
+(analysis/results.py), unless the two trained different batches (`order_mismatches`: their summaries' batch-order
+digests differ), which leaves the pair out of every number. Every number comes from analysis/matching.py: one
+smoothing rule, one interpolation.
 """
 
 from __future__ import annotations
@@ -52,17 +54,38 @@ def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, points
     }
 
 
+def _pairs(results: Results) -> list[tuple]:
+    """(sparse run, its dense run) of every finished sparse run whose dense partner of the same seed finished."""
+    finished = results.finished
+    dense_runs = {(r.setting, r.arm, r.seed): r for r in finished.itertuples() if r.variant == r.arm}
+    pairs = [(run, dense_runs.get((run.setting, dense_partner(run.arm), run.seed))) for run in finished.itertuples()]
+    return [(run, dense) for run, dense in pairs if dense is not None]
+
+
+def _same_batches(run, dense) -> bool:
+    """Whether two runs trained the same batches, as far as they recorded (runs finished before summaries held the
+    digest of their batch order cannot be checked)."""
+    return not (run.batch_order and dense.batch_order) or run.batch_order == dense.batch_order
+
+
+def order_mismatches(results: Results) -> list[str]:
+    """Each pair whose runs trained different batches, named: "chameleon mom seed 0 vs mamba"."""
+    return [
+        f"{run.setting} {run.variant} seed {run.seed} vs {dense.variant}"
+        for run, dense in _pairs(results)
+        if not _same_batches(run, dense)
+    ]
+
+
 def match_runs(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POINTS) -> pd.DataFrame:
     """One row per finished sparse run and loss (IDENTITY, seed, `match_pair`'s numbers), sorted for tables: by
-    setting, loss, arm, variant and seed."""
+    setting, loss, arm, variant and seed. Pairs that trained different batches (`order_mismatches`) are left out."""
     curves = run_curves(grid)
-    finished = results.finished
-    dense_runs = {(r.setting, r.arm, r.seed) for r in finished.itertuples() if r.variant == r.arm}
     rows = []
-    for run in finished.itertuples():
-        dense = dense_partner(run.arm)
-        if (run.setting, dense, run.seed) not in dense_runs:
+    for run, dense_run in _pairs(results):
+        if not _same_batches(run, dense_run):
             continue
+        dense = dense_run.variant
         mine, theirs = curves.get((run.setting, run.variant, run.seed), {}), curves[(run.setting, dense, run.seed)]
         for key in mine.keys() & theirs.keys():
             identity = dict(zip(IDENTITY, (run.setting, *key, run.variant, run.arm, dense), strict=True))

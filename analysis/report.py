@@ -27,7 +27,7 @@ import pandas as pd
 
 from analysis.labels import arm_label, dense_partner, percent
 from analysis.matching import MIN_EVALUATIONS, SMOOTHING_POINTS
-from analysis.pairs import final_losses, match_runs, summarise
+from analysis.pairs import final_losses, match_runs, order_mismatches, summarise
 from analysis.plots import Plot, write_plots
 from analysis.results import ReportError, Results, evaluation_grid, load_results
 from analysis.tables import (
@@ -83,6 +83,13 @@ def render_report(
         out += [
             "",
             f"**{unfinished} of {n_runs} runs are not finished** and are left out of every number (see [Runs](#runs)).",
+        ]
+    if mismatched := order_mismatches(results):
+        out += [
+            "",
+            f"**{len(mismatched)} {'pair' if len(mismatched) == 1 else 'pairs'} of runs did not train the same "
+            "batches** (their summaries' `batch_order` digests differ) and are left out of every number: "
+            f"{'; '.join(mismatched)}. Delete those run folders and run the comparison again.",
         ]
     sources = "" if own else paper_sources(results)
     out += ["", "## Verdict", "", "On training loss (the papers' measure):", "", *verdicts(results, summary, "train")]

@@ -7,7 +7,7 @@
         config.json             the resolved configuration: model, data, module, trainer, step budget
         metrics.csv             one row per logged step (Lightning's CSVLogger), columns named below
         tb/                     TensorBoard events (the same metrics)
-        checkpoints/last.ckpt   the resume point
+        checkpoints/last.ckpt   the resume point (with its SHA-256 beside it in last.ckpt.sha256)
         summary.json            `Summary`: identity, sizes, FLOPs, backend, versions, status, final losses
 
 metrics.csv: a row with `step = s` was logged after s + 1 optimizer steps. Training rows hold the per-step
@@ -113,6 +113,9 @@ class Summary:
     image_mix: dict[str, dict[str, float]] = field(default_factory=dict)
     # what a finished run's files hold (`file_record`), checked by `damage` before the run is used
     files: dict[str, dict] = field(default_factory=dict)
+    # a finished run's batches: SHA-256 chained over the (epoch, index) keys of every batch it trained, in order
+    # (datamodules.samplers.order_digest; rank 0's under DDP). Runs of one seed and data see the same batches.
+    batch_order: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -176,28 +179,33 @@ def write_summary(folder: Path, summary: Summary) -> None:
     write_json(Path(folder) / SUMMARY, summary.to_dict())
 
 
-def file_record(folder: Path) -> dict[str, dict]:
-    """What a finished run's files hold: metrics.csv's rows, last step and SHA-256, and the checkpoint's size (a
-    checksum of a multi-GB checkpoint would cost more than a check is worth; its size catches a truncated copy)."""
+def file_record(folder: Path, checkpoint_sha256: bool = True) -> dict[str, dict]:
+    """What a finished run's files hold: metrics.csv's rows, last step and SHA-256, and the checkpoint's size and
+    SHA-256 (left out when `checkpoint_sha256` is False: it reads the whole checkpoint)."""
     folder = Path(folder)
     data = (folder / METRICS).read_bytes()
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     steps = [int(float(row[STEP])) for row in rows if row.get(STEP)]
+    checkpoint = {"bytes": (folder / CHECKPOINT).stat().st_size}
+    if checkpoint_sha256:
+        with open(folder / CHECKPOINT, "rb") as f:
+            checkpoint["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
     return {
         METRICS: {"rows": len(rows), "last_step": max(steps, default=-1), "sha256": hashlib.sha256(data).hexdigest()},
-        CHECKPOINT: {"bytes": (folder / CHECKPOINT).stat().st_size},
+        CHECKPOINT: checkpoint,
     }
 
 
-def damage(folder: Path, summary: Summary) -> list[str]:
+def damage(folder: Path, summary: Summary, checkpoint_sha256: bool = False) -> list[str]:
     """How a finished run's files disagree with what its summary recorded of them ([] when they agree), each
-    naming the file. Runs recorded before summaries held `files` cannot be checked and give []."""
+    naming the file. The checkpoint's SHA-256 is compared only when asked (before the checkpoint is loaded: sample,
+    export); its size always. Runs recorded before summaries held `files` cannot be checked and give []."""
     if not summary.finished or not summary.files:
         return []
     folder = Path(folder)
     expected = summary.files
     try:
-        found = file_record(folder)
+        found = file_record(folder, checkpoint_sha256)
     except FileNotFoundError as exc:
         return [f"{exc.filename}: missing"]
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
@@ -205,7 +213,7 @@ def damage(folder: Path, summary: Summary) -> list[str]:
     problems = []
     for name, record in expected.items():
         for key, value in record.items():
-            have = found.get(name, {}).get(key)
+            have = found.get(name, {}).get(key, value)  # a value not computed (the checkpoint's SHA) is not compared
             if have != value:
                 problems.append(f"{folder / name}: {key} {have}, the summary recorded {value}")
     return problems

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.run_record import CHECKPOINT, CONFIG, METRICS, STEP, TRAIN_LOSS, WALL, run_dir  # noqa: E402
+from analysis.run_record import CONFIG, METRICS, STEP, TRAIN_LOSS, WALL, run_dir  # noqa: E402
 from datamodules.multimodal import MultiModalDataModule  # noqa: E402
-from experiments.lit_module import LitMultiModalLM  # noqa: E402
+from experiments.export import load_run_module  # noqa: E402
 from experiments.losses import loss_positions  # noqa: E402
 from experiments.recipes import RECIPES, recipe_id  # noqa: E402
 
@@ -42,7 +42,7 @@ def per_sequence_losses(folder: Path) -> pd.DataFrame:
     dm = MultiModalDataModule(**config["data"])
     dm.prepare_data()
     dm.setup("validate")
-    lit = LitMultiModalLM.load_from_checkpoint(folder / CHECKPOINT, map_location="cpu").eval()
+    lit = load_run_module(folder).eval()
     rows = []
     dm.batch_size = 1  # the validation loader, one sequence per batch
     for valset, loader in zip(dm.val_sets, dm.val_dataloader(), strict=True):

@@ -3,6 +3,7 @@
 atomic_write(path, text_or_bytes_or_writer)   a reader sees the old file or the new one, never part of one
 stable_fraction(key)                           a number in [0, 1) fixed by the key alone, in every process
 fits(value, annotation)                        whether a decoded JSON value fits a type annotation
+parse_overrides(["k=v"], flag, valid)          repeatable KEY=VALUE flags -> {key: JSON value}, checked by type
 check_writable_folder(flag, folder)            ValueError naming the flag unless the folder can be written
 """
 
@@ -75,6 +76,30 @@ def fits(value: object, hint: object) -> bool:
     if kind in (tuple, list):
         return isinstance(value, tuple | list)
     return isinstance(value, int | float if kind is float else kind) if isinstance(kind, type) else True
+
+
+def parse_overrides(items: list[str], flag: str, valid: dict[str, object]) -> dict:
+    """['d_model=256', 'decouple=["in_proj"]'] -> {'d_model': 256, 'decouple': ['in_proj']} (JSON values, else text),
+    each key one of `valid` ({name: type annotation}) and each value of its type."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE; got {item!r}")
+        if key not in valid:
+            raise ValueError(f"{flag}: unknown key {key!r}; valid keys are {sorted(valid)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if not fits(value, valid[key]):
+            raise ValueError(f"{flag} {item}: {key} takes {_type_name(valid[key])}; got {value!r}")
+        out[key] = value
+    return out
+
+
+def _type_name(hint: object) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def check_writable_folder(flag: str, folder: Path) -> None:

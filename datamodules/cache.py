@@ -5,8 +5,9 @@
         ...files...
 
 A folder is built under a temporary name and renamed into place only once every file and the manifest are written,
-so an interrupted build never looks finished. On load every file is checked against the manifest; a folder that
-fails the check (partial, edited, truncated) is reported and rebuilt, never silently used.
+so an interrupted build never looks finished, and a build that fails removes what it wrote. On load every file is
+checked against the manifest; a folder that fails the check (partial, edited, truncated) is reported and rebuilt,
+never silently used.
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ def build_or_load(root: str | Path, params: dict, build: Callable[[Path], None])
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         start = time.perf_counter()
-        build(tmp)
+        try:
+            build(tmp)
+        except BaseException:  # bad data, or Ctrl-C: no half-built folder is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {"version": CACHE_VERSION, "params": params, "files": files, "build_s": time.perf_counter() - start}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))

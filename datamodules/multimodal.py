@@ -4,19 +4,7 @@
     dm.prepare_data(); dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
 
-A batch is a dict of tensors (B batch, L seq_len, P patch width):
-    tokens (B, L) int64            joint-vocabulary ids (<patch> at continuous-patch positions)
-    modality_ids (B, L) int64      modality of each input position (0 text, 1 image, 2 speech)
-    targets (B, L) int64           next-token id, or -100 where there is no next-token loss
-    target_modality (B, L) int64   modality of the target, -1 where the target is -100
-    image_source (B, L) int64      image source of each image position (codes or patches; an index into the
-                                   datamodule's `image_sources`), -1 elsewhere
-    target_image_source (B, L)     the same for each target (the image source of position t + 1)
-  Transfusion only:
-    patches (B, L, P) float32      noised patch x_t at patch positions (zeros elsewhere)
-    noise (B, L, P) float32        the noise ε to predict at patch positions (zeros elsewhere)
-    patch_mask (B, L) bool         positions that carry a patch
-    timesteps (B, L) int64         the DDPM timestep of the position's image (0 elsewhere)
+A batch is a dict of tensors, laid out in datamodules/batches.py.
 
 Determinism: the order of training sequences in epoch e and the diffusion noise of sequence i in epoch e are drawn
 from (seed, e) and (seed, e, i): the same seed gives every arm byte-identical batches in the same order. Validation
@@ -25,12 +13,17 @@ uses a fixed set of sequences with fixed timesteps and noise.
 
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from datamodules.batches import SequenceDataset
+from datamodules.errors import DataMismatch
+from datamodules.own import data_name
 from datamodules.prepare import (
     Corpus,
     PrepareParams,
@@ -40,64 +33,21 @@ from datamodules.prepare import (
     load_corpus,
     prepare_corpus,
 )
-from datamodules.samplers import EpochSampler, GlobalBatchShard
+from datamodules.samplers import DataPosition, EpochSampler, GlobalBatchShard, order_digest
 from datamodules.sequences import (
     Document,
     PackedSequences,
-    cosine_alpha_bar,
-    diffusion_inputs,
-    next_token_targets,
     pack_documents,
     paired_document,
-    target_modalities,
     text_document,
 )
 from datamodules.settings import Setting, get_setting
 from datamodules.vocab import BOA, BOI, EOA, EOI, MODALITY_NAMES, PATCH, JointVocab
 
-DIFFUSION_STEPS = 1000
 VAL_IMAGES_PER_SOURCE = 300
 # Transfusion's normalised training patches by (corpus folder, image source): the same for every seed and arm, so a
 # process that trains several runs (a comparison's worker) encodes them once, not once a run (~1 s at the defaults).
 _TRAIN_PATCHES: dict[tuple[str, int], np.ndarray] = {}
-
-
-class SequenceDataset(Dataset):
-    """Packed sequences -> batch items (see the module docstring). Items are addressed by (epoch, index)."""
-
-    def __init__(self, packed: PackedSequences, vocab: JointVocab, seed: int, stream: int) -> None:
-        self.packed, self.vocab, self.seed, self.stream = packed, vocab, seed, stream
-        self.alpha_bar = cosine_alpha_bar(DIFFUSION_STEPS)
-
-    def __len__(self) -> int:
-        return len(self.packed)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, i = key
-        ids = self.packed.ids[i]
-        tokens = ids[:-1]
-        targets = next_token_targets(ids)
-        item = {
-            "tokens": torch.from_numpy(tokens.copy()),
-            "modality_ids": torch.from_numpy(self.vocab.modality_of(tokens)),
-            "targets": torch.from_numpy(targets),
-            "target_modality": torch.from_numpy(target_modalities(targets, self.vocab)),
-            # the image source (index into the datamodule's image_sources) of each input and target position
-            "image_source": torch.from_numpy(self.packed.sources[i][:-1].astype(np.int64)),
-            "target_image_source": torch.from_numpy(self.packed.sources[i][1:].astype(np.int64)),
-        }
-        if self.packed.patches is not None:
-            p = self.packed
-            clean = p.patches[p.patch_offsets[i] : p.patch_offsets[i + 1]]
-            rng = np.random.default_rng((self.seed, self.stream, epoch, i))
-            noised, noise, timesteps = diffusion_inputs(clean, p.image_index[i][:-1], self.alpha_bar, rng)
-            mask = tokens == PATCH
-            full = np.zeros((len(tokens), clean.shape[1]), np.float32)
-            item["patches"], item["noise"] = torch.from_numpy(full.copy()), torch.from_numpy(full)
-            item["patches"][mask], item["noise"][mask] = torch.from_numpy(noised), torch.from_numpy(noise)
-            item["patch_mask"] = torch.from_numpy(mask)
-            item["timesteps"] = torch.from_numpy(timesteps)
-        return item
 
 
 class MultiModalDataModule(L.LightningDataModule):
@@ -185,9 +135,9 @@ class MultiModalDataModule(L.LightningDataModule):
         self.corpus = load_corpus(self.corpus_folder)
         c = self.corpus
         if self.spec.speech and c.speech_train is None:
-            raise ValueError(
-                f"setting {self.setting} needs speech, and the prepared corpus has none "
-                "(own data without audio documents?)"
+            raise DataMismatch(
+                f"setting {self.setting} needs speech, and {data_name(self.params.own_data)} has none (add "
+                'documents with "audio", or choose a setting without speech)'
             )
         self.vocab = JointVocab(
             text_size=c.tokenizer.get_vocab_size(),
@@ -203,15 +153,22 @@ class MultiModalDataModule(L.LightningDataModule):
         for note in self.notes:
             rank_zero_info(f"{self.setting}: {note}")
 
+    def train_position(self, steps: int, world: int = 1) -> DataPosition:
+        """Where the training order stands after `steps` optimizer steps of world x batch_size sequences: a function
+        of the step alone, so a resumed run reads on exactly where the uninterrupted run reads."""
+        batch = self.batch_size * world
+        epoch, done = divmod(steps, len(self.train_set) // batch)
+        order = EpochSampler(len(self.train_set), self.seed, shuffle=True, epoch=epoch, skip=done * batch)
+        return DataPosition(epoch, done * batch, order_digest(list(itertools.islice(order, batch))))
+
     def train_dataloader(self) -> DataLoader:
         """batch_size sequences per device and step: under DDP a step's global batch is world_size x batch_size."""
-        epoch, skip, rank, world = 0, 0, 0, 1
+        position, rank, world = self.train_position(0), 0, 1
         if self.trainer is not None:  # resuming: Lightning has restored the step counter before asking for data
             rank, world = self.trainer.global_rank, self.trainer.world_size
-            per_epoch = len(self.train_set) // (self.batch_size * world)
-            epoch, done = divmod(self.trainer.global_step, per_epoch)
-            skip = done * self.batch_size * world
-        sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True, epoch=epoch, skip=skip)
+            position = self.train_position(self.trainer.global_step, world)
+        sampler = EpochSampler(len(self.train_set), self.seed, shuffle=True, epoch=position.epoch,
+                               skip=position.position)  # fmt: skip
         if world > 1:
             sampler = GlobalBatchShard(sampler, self.batch_size, rank, world)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True)
@@ -276,10 +233,17 @@ class MultiModalDataModule(L.LightningDataModule):
                     "documents fill no more)"
                 )
             packed = _first(packed, self.val_sequences)
-        if len(packed) == 0 or (split == "train" and len(packed) < self.batch_size):
-            raise ValueError(
-                f"{self.setting}/{split}: only {len(packed)} sequences of {self.seq_len}; "
-                "the data are too small for this seq_len / batch_size"
+        need = self.batch_size if split == "train" else 1  # a whole batch; validation takes what there is
+        if len(packed) < need:
+            fix = (
+                f"lower batch_size (to at most {len(packed)}) or seq_len (shorter sequences are more), or add documents"
+                if split == "train"
+                else "add validation documents, or raise seq_len (utterances longer than it are left out)"
+            )
+            raise DataMismatch(
+                f"{self.setting}/{split}: {data_name(self.params.own_data)} fills {len(packed)} of the {need} "
+                f"sequences of seq_len={self.seq_len} that {split} needs (batch_size={self.batch_size} to train, 1 to "
+                f"validate): {fix}"
             )
         return SequenceDataset(packed, self.vocab, self.seed, stream)
 
@@ -309,7 +273,7 @@ class MultiModalDataModule(L.LightningDataModule):
                     keep = keep[np.random.default_rng(self.seed).permutation(len(keep))[:VAL_IMAGES_PER_SOURCE]]
                 block_len = src.codes.shape[1] + 2
                 if block_len > self.seq_len + 1:
-                    raise ValueError(
+                    raise DataMismatch(
                         f"seq_len={self.seq_len} is too short to hold one {src.name} image: it needs "
                         f"{block_len} positions with its markers"
                     )

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from datamodules.errors import DataMismatch
+
 
 def patchify(images: np.ndarray, patch: int) -> np.ndarray:
     """(N, H, W, C) → (N, n, p·p·C), patches in row-major order over the grid, each flattened as (p, p, C)."""
     n_img, height, width, channels = images.shape
     if height % patch or width % patch:
-        raise ValueError(f"image size {height}×{width} is not divisible by patch size {patch}")
+        raise DataMismatch(
+            f"image size {height}×{width} is not divisible by patch size {patch}: choose an image_patch that divides "
+            "both sides"
+        )
     gh, gw = height // patch, width // patch
     x = images.reshape(n_img, gh, patch, gw, patch, channels).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n_img, gh * gw, patch * patch * channels)
@@ -139,6 +144,13 @@ class PatchVQ:
         from sklearn.cluster import MiniBatchKMeans
 
         x = patchify(images, patch).reshape(-1, patch * patch * images.shape[-1])
+        if len(x) < codebook_size:  # k-means needs a patch per centroid
+            raise DataMismatch(
+                f"a codebook of {codebook_size} entries needs at least {codebook_size} training patches; the "
+                f"{len(images)} training images of {'x'.join(map(str, images.shape[1:]))} give {len(x)} "
+                f"({len(x) // max(len(images), 1)} each at patch {patch}): add images or lower image_codebook to at "
+                f"most {len(x)}"
+            )
         if len(x) > max_fit_patches:
             x = x[np.sort(np.random.default_rng(seed).choice(len(x), size=max_fit_patches, replace=False))]
         kmeans = MiniBatchKMeans(n_clusters=codebook_size, batch_size=4096, n_init=n_init, random_state=seed)

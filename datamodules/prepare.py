@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from datamodules import cache
-from datamodules.errors import SourceUnavailable
+from datamodules.errors import DataMismatch, SourceUnavailable
 from datamodules.images import load_digits_images, load_emoji, load_fashion_mnist
-from datamodules.own import OwnData, load_own_data
+from datamodules.own import OwnData, data_name, load_own_data
 from datamodules.patches import PatchNormalizer, PatchVQ
 from datamodules.speech import EspeakSynth, Utterance, load_asterisk_prompts, synthesize_corpus
 from datamodules.text import load_text_corpus, load_tokenizer, save_tokenizer, train_bpe
@@ -314,7 +314,10 @@ def prepare_corpus(p: PrepareParams, cache_root: str | Path, verbose: bool = Tru
     built = []
 
     def build(folder: Path) -> None:
-        _build(folder, p, Path(cache_root))
+        try:
+            _build(folder, p, Path(cache_root))
+        except DataMismatch as exc:  # a fit's sizes, said of the corpus the user named
+            raise DataMismatch(f"{data_name(p.own_data)}: {exc}") if p.own_data else exc from None
         built.append(True)
 
     folder, _ = cache.build_or_load(cache_root, {"corpus": _params_dict(p)}, build)

@@ -1,19 +1,46 @@
 """The training order: every epoch a fixed permutation of the sequences per (seed, epoch), resumable mid-epoch, and
-under DDP each rank's share of every global batch (the batches one process would train)."""
+under DDP each rank's share of every global batch (the batches one process would train). A sequence's key is
+(epoch, index); `order_digest` condenses keys, and `DataPosition` says where in the order a run stands."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
+import torch
 from torch.utils.data import DistributedSampler, Sampler
+
+
+def order_digest(keys: torch.Tensor | np.ndarray | list, previous: str = "") -> str:
+    """SHA-256 of sequence keys (epoch, index) in order, chained onto a previous digest: the digest of a run's
+    batches, step after step, says which sequences it trained and in which order."""
+    if isinstance(keys, torch.Tensor):
+        keys = keys.cpu().numpy()
+    data = np.ascontiguousarray(np.asarray(keys, dtype=np.int64).reshape(-1, 2))
+    return hashlib.sha256(previous.encode() + data.tobytes()).hexdigest()
+
+
+class DataPosition(NamedTuple):
+    """Where a run stands in its training order after some steps: the epoch, the sequences of that epoch's order
+    already trained, and the digest of the next global batch's keys."""
+
+    epoch: int
+    position: int
+    next_batch: str
+
+    def __str__(self) -> str:
+        return f"epoch {self.epoch}, sequence {self.position} of its order, next batch {self.next_batch[:12]}..."
 
 
 class EpochSampler(Sampler):
     """Yields (epoch, index) pairs: a permutation drawn from (seed, epoch), or the fixed order when not shuffling.
 
     Lightning calls `set_epoch` at every epoch start, so an epoch's order and noise do not depend on how the run got
-    there. `skip` drops the first items of the epoch: a run resumed mid-epoch continues exactly where it stopped.
+    there. `skip` drops the first items of the epoch: a run resumed mid-epoch continues exactly where it stopped. The
+    length is the whole epoch's, skipped items included: Lightning counts an epoch's batches from it, and continues
+    that count in a resumed epoch, which therefore ends where the uninterrupted epoch ends.
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool, epoch: int = 0, skip: int = 0) -> None:
@@ -25,7 +52,7 @@ class EpochSampler(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n) if self.shuffle else range(self.n)

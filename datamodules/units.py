@@ -17,7 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.signal import resample_poly
 
+from datamodules.errors import DataMismatch
 from datamodules.speech import Utterance
+
+HOP_MS, WIN_MS = 10, 25  # log-mel frame step and window: a frame per 10 ms, each over 25 ms of audio
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Features
@@ -50,8 +53,8 @@ def log_mel(
     audio: np.ndarray,
     sample_rate: int,
     n_mels: int = 40,
-    hop_ms: float = 10,
-    win_ms: float = 25,
+    hop_ms: float = HOP_MS,
+    win_ms: float = WIN_MS,
     target_rate: int = 16000,
 ) -> np.ndarray:
     """Log-mel spectrogram with numpy/scipy (0.9994 correlation with librosa on the same settings).
@@ -108,7 +111,7 @@ class SpeechUnits:
     agree best across voices. Units are not speaker-invariant; expect about 37–43 units per second after merging.
 
     Args:
-        n_units: Codebook size K.
+        n_units: Codebook size K (the datamodule's `speech_units`); the fit needs at least K frames.
         n_mels: Mel bands per frame.
         context: Frames stacked on each side.
         seed: Seeds the frame sample and k-means; the fit is deterministic for a given seed and input.
@@ -138,6 +141,14 @@ class SpeechUnits:
         from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
         feats = np.concatenate([self.features(u.audio, u.sample_rate) for u in utterances])
+        if len(feats) < self.n_units:  # k-means needs a frame per centroid
+            seconds, n = sum(u.duration for u in utterances), len(utterances)
+            raise DataMismatch(
+                f"{self.n_units} speech units need at least {self.n_units} frames of training speech (a frame per "
+                f"{HOP_MS} ms: {(WIN_MS + HOP_MS * (self.n_units - 1)) / 1000:.2f} s in one utterance); the training "
+                f"speech gives {len(feats)} ({seconds:.2f} s in {n} utterance{'s' * (n != 1)}): add speech or lower "
+                f"speech_units to at most {len(feats)}"
+            )
         if len(feats) > self.max_frames:
             rng = np.random.default_rng(self.seed)
             feats = feats[np.sort(rng.choice(len(feats), self.max_frames, replace=False))]

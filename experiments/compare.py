@@ -18,18 +18,11 @@ docs/design.md.
 from __future__ import annotations
 
 import argparse
-import logging
-import multiprocessing
 import os
 import platform
-import queue
-import signal
 import sys
 import time
-import warnings
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -37,15 +30,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from analysis.report import write_report
-from analysis.run_record import Summary
 from common import write_json
-from datamodules.multimodal import MultiModalDataModule
+from datamodules.errors import DATA_ERRORS
 from datamodules.settings import SETTINGS
 from experiments.plan import Comparison, RunSpec, resolve
-from experiments.progress import MatrixProgress, ProgressReporter
-from experiments.run import train_run
 from experiments.sample import ReportSample, draw_report_sample, write_comparison_samples
 from experiments.store import DiskFull, disk_full, is_locked, run_lock
+from experiments.workers import quiet, train
 from models import ARMS, SCALES
 
 
@@ -129,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"  {p}" for p in problems), file=sys.stderr)
         print("Use another --root / --out, or delete those folders.", file=sys.stderr)
         return 2
+    started = time.perf_counter()
+    quiet()  # setup's notes on what the data leave out: the runs record them, and the end prints them once
+    try:  # own data that cannot serve the runs fail here, before anything is written
+        c.prepare_data()
+    except DATA_ERRORS as exc:
+        parser.error(str(exc))
 
     seeds = list(dict.fromkeys(s.seed for s in c.runs))
     meta = {
@@ -155,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     main_process = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
     try:
         with results_lock(c.out) if main_process else nullcontext():
-            return run_comparison(c, meta, refs, main_process, samples=not args.no_samples)
+            return run_comparison(c, meta, refs, main_process, started, samples=not args.no_samples)
     except OSError as exc:
         full = disk_full(exc, c.out, 16 * 2**20) if not isinstance(exc, DiskFull) else exc
         if full is None:
@@ -174,16 +171,14 @@ def results_lock(out: Path):
     return run_lock(out, wait=True, waiting=waiting)
 
 
-def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bool, samples: bool = True) -> int:
-    """Train what is not finished, sample from the first seed's runs (`samples`) and write the report; the exit
-    code."""
+def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bool, started: float,
+                   samples: bool = True) -> int:  # fmt: skip
+    """Train what is not finished, sample from the first seed's runs (`samples`) and write the report (its wall
+    clock counted from `started`); the exit code."""
     if main_process:
         c.out.mkdir(parents=True, exist_ok=True)
         write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
 
-    started = time.perf_counter()
-    for setting in dict.fromkeys(s.setting for s in c.runs):  # once, before any run (parallel runs would race)
-        MultiModalDataModule(setting=setting, **c.data).prepare_data()
     todo = [s for s in c.runs if c.status(s) != "finished"]
     print(
         f"compare.py: {len(c.runs)} runs planned, {len(c.runs) - len(todo)} finished already, {len(todo)} to "
@@ -229,167 +224,6 @@ def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bo
         report = write_report(c.out)
         print(f"compare.py: report written to {report}" + (f"; not finished: {unfinished}" if unfinished else ""))
     return 1 if unfinished else 0
-
-
-def outcome(summary: Summary) -> str:
-    final = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in sorted(summary.final_val_loss.items()))
-    return f"{summary.status} ({final})"
-
-
-def quiet() -> None:
-    """The display replaces Lightning's chatter; a resumed run's own folder is not news."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
-def steps_left(c: Comparison, todo: list[RunSpec]) -> dict[RunSpec, int]:
-    return {spec: c.recipe.max_steps - c.steps_done(spec) for spec in todo}
-
-
-def train(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], drawn: dict[RunSpec, ReportSample]) -> None:
-    """Train `todo`; with workers, they also draw the report samples of the runs in `to_draw` once those are finished
-    (into `drawn`)."""
-    if c.parallel > 1 and len(todo) > 1:
-        train_parallel(c, todo, to_draw, drawn)
-    elif todo:
-        train_serial(c, todo)
-
-
-def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
-    """One run after the other in this process (on torch's threads), under one progress display."""
-    quiet()
-    display = MatrixProgress(todo, steps_left(c, todo))
-    with display.progress:
-        for spec in todo:
-            kwargs = c.run_kwargs(spec)
-            kwargs["trainer"] = kwargs["trainer"] | {"callbacks": [ProgressReporter(spec, display.update)]}
-            display.end(spec, outcome(train_run(**kwargs)))
-
-
-def train_parallel(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], drawn: dict[RunSpec, ReportSample]):
-    """`c.parallel` runs at a time, each in a worker process (single-threaded on the CPU, one GPU each on GPUs),
-    under one progress display; a run's own output goes to train.log in its folder. A run of `to_draw` is sampled
-    for the report by a worker as soon as it is finished (those finished before: at once).
-
-    Ctrl-C reaches this process alone (the workers have a process group of their own); it forwards it once to every
-    worker that is training, waits for them to record their runs as interrupted, and stops. A worker whose parent
-    has died stops at its next step, resumable.
-    """
-    context = multiprocessing.get_context("spawn")
-    events, slots = context.Queue(), context.Queue()
-    for slot in range(c.parallel):
-        slots.put(slot)
-    gpu = c.trainer.get("accelerator", "cpu") != "cpu"
-    n_workers = min(c.parallel, len(todo))
-    display = MatrixProgress(todo, steps_left(c, todo), n_workers)
-    workers: dict[RunSpec, int] = {}  # runs in training -> their worker's pid
-    with (
-        display.progress,
-        ProcessPoolExecutor(
-            n_workers,
-            context,
-            initializer=_worker_init,
-            initargs=(slots, events, c.threads, gpu, dict(ARMS), dict(SETTINGS)),
-        ) as pool,
-    ):
-        futures = {pool.submit(_train_in_worker, c.run_kwargs(spec, gpu), spec, c.folder(spec)): spec for spec in todo}
-        draws = {pool.submit(_draw_in_worker, c.folder(spec), spec.seed): spec
-                 for spec in to_draw if spec not in todo and c.status(spec) == "finished"}  # fmt: skip
-        try:
-            while futures or draws:
-                _drain(events, display, workers)
-                for future in [f for f in futures if f.done()]:
-                    spec = futures.pop(future)
-                    workers.pop(spec, None)
-                    error = future.exception()
-                    display.end(spec, outcome(future.result()) if error is None else f"{type(error).__name__}: "
-                                f"{error} (log: {c.folder(spec) / 'train.log'})")  # fmt: skip
-                    if error is None and future.result().finished and spec in to_draw:
-                        draws[pool.submit(_draw_in_worker, c.folder(spec), spec.seed)] = spec
-                for future in [f for f in draws if f.done()]:
-                    drawn[draws.pop(future)] = future.result()
-        except KeyboardInterrupt:
-            for pid in workers.values():
-                os.kill(pid, signal.SIGINT)
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-def _drain(events, display: MatrixProgress, workers: dict[RunSpec, int]) -> None:
-    """Apply the workers' progress events to the display (waiting up to 0.2 s for the first)."""
-    try:
-        pid, *event = events.get(timeout=0.2)
-        while True:
-            workers[event[0]] = pid
-            display.update(*event)
-            pid, *event = events.get_nowait()
-    except queue.Empty:
-        pass
-
-
-_WORKER: dict = {}  # the worker process's event queue and parent
-
-
-def _worker_init(slots, events, threads: int | None, gpu: bool, arms: dict, settings: dict) -> None:
-    os.setpgrp()  # Ctrl-C in the terminal reaches the parent only, which forwards it to the workers in training
-    for name, arm in arms.items():  # arms and settings registered at run time in the parent exist here too
-        ARMS.setdefault(name, arm)
-    for name, setting in settings.items():
-        SETTINGS.setdefault(name, setting)
-    slot = slots.get()
-    if gpu:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)  # before anything touches CUDA in this process
-    if threads is not None:
-        torch.set_num_threads(threads)
-    quiet()
-    _WORKER.update(events=events, parent=os.getppid())
-
-
-class _StopIfOrphaned(L.Callback):
-    """Stops the run (resumable, recorded as interrupted) once the comparison that started it has died."""
-
-    def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
-        if os.getppid() != _WORKER["parent"]:
-            trainer.should_stop = True
-
-
-def _train_in_worker(kwargs: dict, spec: RunSpec, folder: Path) -> Summary:
-    """train_run in a worker, its output (Python's and the libraries') appended to the run folder's train.log."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def send(*event) -> None:
-        _WORKER["events"].put((os.getpid(), *event))
-
-    kwargs["trainer"] = kwargs["trainer"] | {"callbacks": [ProgressReporter(spec, send), _StopIfOrphaned()]}
-    with _output_to(folder / "train.log"):
-        return train_run(**kwargs)
-
-
-def _draw_in_worker(folder: Path, seed: int) -> ReportSample:
-    """A finished run's report samples, drawn in a worker (its output appended to the run's train.log)."""
-    with _output_to(folder / "train.log"):
-        return draw_report_sample(folder, seed)
-
-
-@contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """This process's output, Python's and the libraries' (file descriptors 1 and 2), appended to `path`."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 if __name__ == "__main__":

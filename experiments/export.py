@@ -17,10 +17,12 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
-from analysis.run_record import CHECKPOINT
+from analysis.run_record import CHECKPOINT, damage, read_summary
 from common import atomic_write
+from experiments.checkpoints import SAFE_GLOBALS, UnsafeCheckpoint, check_safe, sha_problem
 from experiments.lit_module import LitMultiModalLM
 from models import ModelConfig, build_model
 from models.lm import MultiModalLM
@@ -28,17 +30,43 @@ from models.lm import MultiModalLM
 OWN_FORMAT = "mixture-of-mamba-suite"
 
 
+TRUST_HELP = (
+    "load the checkpoint even if it is not the file the run wrote or holds pickled objects a run's checkpoint never "
+    "holds: only for a file whose origin you trust, as code in it runs (without it, such a file is refused unloaded)"
+)
+
+
 class ExportError(ValueError):
     """A run that cannot be exported as asked; the message says why and what is possible."""
 
 
-def load_checkpoint_model(run_dir: str | Path) -> MultiModalLM:
-    """The model of a run folder's final checkpoint (float32, eval mode)."""
-    checkpoint = Path(run_dir) / CHECKPOINT
+def load_checkpoint_model(run_dir: str | Path, trust: bool = False) -> MultiModalLM:
+    """The model of a run folder's final checkpoint (float32, eval mode); see `load_run_module`."""
+    return load_run_module(run_dir, trust).model.float().eval()
+
+
+def load_run_module(run_dir: str | Path, trust: bool = False) -> LitMultiModalLM:
+    """The LightningModule of a run folder's final checkpoint, after checking that the checkpoint is the file the
+    run wrote (its SHA-256, and a finished run's summary) and holds nothing but what a run's checkpoint holds: it is
+    loaded with weights_only=True, so nothing in it runs. `trust` skips those checks and unpickles anything (for a
+    checkpoint from elsewhere whose origin the user trusts: code in it runs)."""
+    folder = Path(run_dir)
+    checkpoint = folder / CHECKPOINT
     if not checkpoint.is_file():
         raise ExportError(f"{run_dir}: no checkpoint at {checkpoint} (is it a run folder, and has the run trained?)")
-    lit = LitMultiModalLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
-    return lit.model.float().eval()
+    if not trust:
+        summary = read_summary(folder)
+        problems = damage(folder, summary, checkpoint_sha256=True) if summary is not None else []
+        if problem := sha_problem(checkpoint):
+            problems.append(problem)
+        if problems:
+            raise ExportError(f"{run_dir}: the checkpoint is not the one the run wrote ({'; '.join(problems)})")
+        try:
+            check_safe(checkpoint)
+        except UnsafeCheckpoint as exc:
+            raise ExportError(str(exc)) from None
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        return LitMultiModalLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=not trust)
 
 
 def hf_mamba_config(cfg: ModelConfig):
@@ -112,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--format", choices=("auto", "hf", "own"), default="auto",
                         help="auto: Hugging Face for a dense Mamba run, the own layout otherwise")  # fmt: skip
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     args = parser.parse_args(argv)
     try:
-        model = load_checkpoint_model(args.run)
+        model = load_checkpoint_model(args.run, trust=args.trust_checkpoint)
         hf = args.format == "hf" or (args.format == "auto" and model.cfg.arch == "mamba" and not model.cfg.patch_dim)
         out = (export_hf_mamba if hf else export_own)(model, Path(args.out))
     except ExportError as exc:

@@ -1,7 +1,8 @@
 """A comparison's plan: which runs (setting x seed x arm, plus ablation variants), with which one recipe, where.
 
 `resolve` turns compare.py's arguments into a `Comparison` and raises ValueError naming any bad value with the valid
-choices; `Comparison.problems` lists the existing folders it would mix with. Both run before anything is written.
+choices; `Comparison.problems` lists the existing folders it would mix with; `Comparison.prepare_data` prepares (and
+checks) the data every run will read. All three run before anything of the comparison is written.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from analysis.run_record import RunRecordError, damage, read_summary
-from common import check_writable_folder, fits
+from common import check_writable_folder, parse_overrides
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS, get_setting
 from experiments.recipes import RECIPES, Recipe, plain, recipe_conflicts, recipe_id
@@ -121,6 +122,19 @@ class Comparison:
             variant=spec.variant,
         )
 
+    def prepare_data(self) -> None:
+        """Prepare every setting's corpus once, before any run (runs side by side would race to build it). Own data
+        are also assembled for every seed, so that a corpus too small for a batch fails here, naming its file, and
+        not inside a run; the default corpus fills thousands of batches, and assembling it here would only hold its
+        memory in this process while the runs train. Raises datamodules.errors.DATA_ERRORS."""
+        for setting in dict.fromkeys(s.setting for s in self.runs):
+            seeds = dict.fromkeys(s.seed for s in self.runs if s.setting == setting)
+            for seed in seeds if self.data.get("own_data") else list(seeds)[:1]:
+                dm = MultiModalDataModule(setting=setting, seed=seed, **self.data)
+                dm.prepare_data()
+                if self.data.get("own_data"):
+                    dm.setup("fit")
+
     def other_recipes(self) -> dict[str, int]:
         """Recipes other than this one with run folders in this comparison's settings: {name: finished runs}."""
         own = {self.folder(spec).parents[1] for spec in self.runs}
@@ -223,30 +237,6 @@ def parse_list(text: str, valid, what: str, all_means=None) -> list[str]:
     if unknown or not items:
         raise ValueError(f"unknown {what} {unknown or text!r}; valid choices are {list(valid)}")
     return list(dict.fromkeys(items))
-
-
-def parse_overrides(items: list[str], flag: str, valid: dict[str, object]) -> dict:
-    """['d_model=256', 'decouple=["in_proj"]'] -> {'d_model': 256, 'decouple': ['in_proj']} (JSON values, else text),
-    each key one of `valid` ({name: type annotation}) and each value of its type."""
-    out = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} takes KEY=VALUE; got {item!r}")
-        if key not in valid:
-            raise ValueError(f"{flag}: unknown key {key!r}; valid keys are {sorted(valid)}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        if not fits(value, valid[key]):
-            raise ValueError(f"{flag} {item}: {key} takes {_type_name(valid[key])}; got {value!r}")
-        out[key] = value
-    return out
-
-
-def _type_name(hint: object) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def parse_seeds(text: str) -> list[int]:

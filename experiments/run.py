@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -44,21 +44,27 @@ from analysis.run_record import (
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import get_setting
 from datamodules.vocab import PATCH
+from experiments.checkpoints import AtomicCheckpointIO, BatchOrder, RunCheckpoint
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss
 from experiments.recipes import recipe_conflicts, recipe_id, with_recipe
-from experiments.store import AtomicCheckpointIO, MetricsLogger, disk_full, resume_point, run_lock
+from experiments.store import MetricsLogger, disk_full, resume_point, run_lock
 from models import SCALES, get_arm
 
 
 class RunRecorder(L.Callback):
-    """Logs cumulative FLOPs, throughput and wall-clock every step; writes summary.json at the start and the end."""
+    """Logs cumulative FLOPs, throughput and wall-clock every step; writes summary.json at the start (`start`) and
+    the end (`finish`), with the digest of the batches trained (`BatchOrder`) once finished."""
 
-    def __init__(self, folder: Path, summary: Summary) -> None:
-        self.folder, self.summary = folder, summary
-        self.start = time.perf_counter()
+    def __init__(self, folder: Path, order: BatchOrder) -> None:
+        self.folder, self.order = folder, order
+        self.start_time = time.perf_counter()
+
+    def start(self, summary: Summary) -> None:
+        self.summary = summary
+        write_summary(self.folder, summary)
 
     def on_train_start(self, trainer, lit) -> None:
-        self.start = time.perf_counter() - self.summary.wall_clock_s  # resumed runs keep their clock
+        self.start_time = time.perf_counter() - self.summary.wall_clock_s  # resumed runs keep their clock
         self.step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, lit, outputs, batch, batch_idx) -> None:
@@ -66,11 +72,11 @@ class RunRecorder(L.Callback):
         now = time.perf_counter()
         lit.log_step(FLOPS, float(trainer.global_step * self.summary.train_flops_per_step))
         lit.log_step(TOKENS_PER_S, tokens / max(now - self.step_start, 1e-9))
-        lit.log_step(WALL, now - self.start)
+        lit.log_step(WALL, now - self.start_time)
         self.step_start = now
 
     def on_validation_epoch_end(self, trainer, lit) -> None:
-        self.summary.wall_clock_s = time.perf_counter() - self.start
+        self.summary.wall_clock_s = time.perf_counter() - self.start_time
 
     def finish(self, trainer, lit, status: str, reason: str | None = None) -> None:
         writer = trainer.is_global_zero  # DDP: every rank runs train_run; one of them writes the record
@@ -78,7 +84,7 @@ class RunRecorder(L.Callback):
         s.status, s.reason, s.wall_clock_s, s.steps = (
             status,
             reason,
-            time.perf_counter() - self.start,
+            time.perf_counter() - self.start_time,
             trainer.global_step,
         )
         s.final_val_loss = {
@@ -86,6 +92,7 @@ class RunRecorder(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if (key := parse_loss_name(k)) and key.kind == "val"
         }
+        s.batch_order = self.order.digest if status == "finished" else ""
         if writer:
             s.files = file_record(self.folder) if status == "finished" else {}
             write_summary(self.folder, s)
@@ -209,13 +216,6 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
         print(f"{folder}: files disagree with the summary ({'; '.join(problems)}); moved to {aside}; training again")
         previous = None
     folder.mkdir(parents=True, exist_ok=True)
-    if writer:
-        last, why = resume_point(folder)
-        if why:
-            print(f"{folder}: {why}")
-            previous = None
-    else:
-        last = folder / CHECKPOINT if (folder / CHECKPOINT).exists() else None
     L.seed_everything(seed, workers=True, verbose=False)
     dm = MultiModalDataModule(setting=setting, seed=seed, **data)
     dm.prepare_data()
@@ -232,11 +232,6 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
     )
     if lit.cfg.routing == "token_hash":  # a fixed expert per token id, balanced on this training set
         lit.model.balance_token_experts(dm.token_counts())
-    summary = _summary_start(lit, dm, Summary(setting, arm, variant, scale, seed, recipe), previous)
-    write_summary(folder, summary)
-    recorder = RunRecorder(folder, summary)
-    checkpoints = (folder / CHECKPOINT).parent
-    ckpt = ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=val_every, save_top_k=0)
     settings = dict(
         max_steps=max_steps,
         val_check_interval=val_every,
@@ -245,6 +240,7 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
         accelerator="cpu",
         deterministic=True,
         enable_progress_bar=False,
+        enable_checkpointing=False,  # RunCheckpoint saves the run's checkpoints; Lightning would add its own
         enable_model_summary=False,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
@@ -252,31 +248,43 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
     settings.update(trainer)
     if settings["deterministic"] is True:
         # Deterministic algorithms also fill every new tensor with NaN (torch's fill_uninitialized_memory), a check
-        # that no op reads memory it did not write, which cost 1-6% of a tiny training step on the CPU
-        # (benchmarks/README.md). The tests that compare bits (a resumed run, 1 and 2 threads, runs side by side
-        # against runs alone) guard determinism instead. The setting is the process's, as torch has it.
+        # that no op reads memory it did not write, at a cost measured in benchmarks/README.md. The tests that
+        # compare bits (a resumed run, 1 and 2 threads, runs side by side against runs alone) guard determinism
+        # instead. The setting is the process's, as torch has it.
         torch.utils.deterministic.fill_uninitialized_memory = False
     extra_callbacks = list(settings.pop("callbacks", []))
     plugins = [*(settings.pop("plugins", None) or []), AtomicCheckpointIO()]
     if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
-        # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use.
-        lit.flops_per_batch = summary.train_flops_per_step
+        # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use
+        # (lit.flops_per_batch, set below).
         extra_callbacks.append(
             ThroughputMonitor(batch_size_fn=lambda b: b["tokens"].shape[0], length_fn=lambda b: b["tokens"].numel())
         )
+    order = BatchOrder()
+    recorder = RunRecorder(folder, order)
     pl_trainer = L.Trainer(
         default_root_dir=folder,
-        callbacks=[recorder, ckpt, *extra_callbacks],
+        callbacks=[recorder, order, RunCheckpoint(folder / CHECKPOINT, val_every), *extra_callbacks],
         logger=[MetricsLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version=TENSORBOARD)],
         plugins=plugins,
         **settings,
     )
-    # DDP / FSDP: batch_size is per device, so a step trains on world_size batches (ThroughputMonitor's
-    # flops_per_batch, set above, stays per device as Lightning wants it).
     world = pl_trainer.world_size
+    if writer:
+        last, why = resume_point(folder, lambda step: dm.train_position(step, world), val_every)
+        if why:
+            print(f"{folder}: {why}")
+            previous = None
+    else:
+        last = folder / CHECKPOINT if (folder / CHECKPOINT).exists() else None
+    summary = _summary_start(lit, dm, Summary(setting, arm, variant, scale, seed, recipe), previous)
+    # DDP / FSDP: batch_size is per device, so a step trains on world_size batches (ThroughputMonitor's
+    # flops_per_batch stays per device as Lightning wants it).
+    lit.flops_per_batch = summary.train_flops_per_step
     summary.world_size = world
     summary.tokens_per_step *= world
     summary.train_flops_per_step *= world
+    recorder.start(summary)
     write_config(
         folder,
         {

@@ -28,7 +28,7 @@ from common import atomic_write, write_json
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import cosine_alpha_bar
 from datamodules.vocab import BOI, BOS, EOS, IMAGE, PATCH, TEXT
-from experiments.export import ExportError, load_checkpoint_model
+from experiments.export import TRUST_HELP, ExportError, load_checkpoint_model
 from models.lm import MultiModalLM
 
 
@@ -155,11 +155,12 @@ def ddim_sample(predict_noise, x: torch.Tensor, steps: int, low: torch.Tensor, h
     return x0
 
 
-def load_sampler(run_dir: str | Path, **settings) -> Sampler:
-    """The run's final checkpoint and its data (the prepared cache, built if missing) as a Sampler."""
+def load_sampler(run_dir: str | Path, trust: bool = False, **settings) -> Sampler:
+    """The run's final checkpoint (checked and loaded as `load_checkpoint_model` does; `trust` as there) and its
+    data (the prepared cache, built if missing) as a Sampler."""
     folder = Path(run_dir)
     try:
-        model = load_checkpoint_model(folder)
+        model = load_checkpoint_model(folder, trust)
         config = read_config(folder)
     except (ExportError, RunRecordError) as exc:
         raise SampleError(str(exc)) from None
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-source", type=int, default=0, help="which image source (0: the first)")
     parser.add_argument("--diffusion-steps", type=int, default=40, help="DDIM steps (Transfusion)")
     parser.add_argument("--out", help="output folder (default <run>/samples)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     args = parser.parse_args(argv)
     for flag, value, low in (("--max-new-tokens", args.max_new_tokens, 1), ("--top-k", args.top_k, 0),
                              ("--diffusion-steps", args.diffusion_steps, 1)):  # fmt: skip
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.prompt and not args.captions:
         args.prompt = ["It is a truth universally acknowledged"]
     try:
-        sampler = load_sampler(args.run, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+        sampler = load_sampler(args.run, args.trust_checkpoint, temperature=args.temperature, top_k=args.top_k,
+                               seed=args.seed)  # fmt: skip
         texts = {prompt: sampler.text(prompt, args.max_new_tokens) for prompt in args.prompt}
         images = [sampler.image(c, args.image_source, args.diffusion_steps) for c in args.captions]
     except SampleError as exc:

@@ -1,10 +1,10 @@
 """What keeps a run folder whole when processes crash, race or run out of disk (the run record's files,
 analysis/run_record.py):
 
-    AtomicCheckpointIO   Lightning's checkpoint plugin writing each checkpoint whole or not at all
     MetricsLogger        Lightning's CSVLogger, keeping metrics.csv across a resume and rewriting it atomically
-    resume_point         where an unfinished run continues: its last checkpoint if readable and matched by
-                         metrics.csv's rows, else step 0, saying why
+    resume_point         where an unfinished run continues: its last checkpoint if it is the one the run wrote, loads
+                         safely, continues the run's data order and is matched by metrics.csv's rows; else step 0,
+                         saying why
     run_lock, is_locked  an OS lock on a folder, released when its process ends however it ends
     DiskFull             no space left: the folder, the space free and the space a run needs
 """
@@ -21,34 +21,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from analysis.run_record import CHECKPOINT, METRICS, STEP, TRAIN_LOSS
+from analysis.run_record import CHECKPOINT, METRICS, STEP, TRAIN_LOSS, parse_loss_name
 from common import atomic_write
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written into a temporary file beside the target, flushed to disk, then renamed over it: a crash
-    or a full disk leaves the previous checkpoint, never a truncated one."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        def write(tmp: Path) -> None:
-            try:
-                torch.save(checkpoint, tmp)
-            except RuntimeError as exc:
-                # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos"); the filesystem says.
-                if shutil.disk_usage(tmp.parent).free < FULL_BELOW:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
-                raise
-
-        atomic_write(path, write)
-
-
-FULL_BELOW = 2**20  # bytes free under which a failed write is taken for a full disk
+from datamodules.samplers import DataPosition
+from experiments.checkpoints import UnsafeCheckpoint, load_checkpoint, resume_problem, sha_path, sha_problem
 
 
 class _MetricsWriter(ExperimentWriter):
@@ -146,24 +126,41 @@ def _complete_rows(path: Path) -> tuple[list[str], list[dict]]:
     return list(reader.fieldnames or []), list(reader)
 
 
-def resume_point(folder: Path) -> tuple[Path | None, str | None]:
+def resume_point(
+    folder: Path, position: Callable[[int], DataPosition], val_every: int
+) -> tuple[Path | None, str | None]:
     """Where the unfinished run in `folder` continues: (its last checkpoint, None), or (None, why it restarts).
 
-    The checkpoint is used when it loads and metrics.csv holds a training row for every step before it; metrics.csv
-    is then cut to those rows (the steps after the checkpoint are trained again). Otherwise the checkpoint is moved
-    aside (named in the message), metrics.csv removed, and the run restarts from step 0. (None, None): nothing to
-    resume from.
+    The checkpoint is used when its SHA-256 is the one written beside it, it loads without unpickling anything a
+    run's checkpoint never holds (nothing in it runs), it continues at `position(step)`, the run's data position
+    after its step (`experiments.checkpoints.resume_problem`), and metrics.csv holds a training row for every step
+    before it and the validation rows of every evaluation (each `val_every`-th step) before it; metrics.csv is then
+    cut to those rows (the steps after the checkpoint are trained again). Otherwise the checkpoint is moved aside
+    (named in the message), metrics.csv removed, and the run restarts from step 0.
+    (None, None): nothing to resume from.
     """
     last, metrics = folder / CHECKPOINT, folder / METRICS
     if not last.exists():
         metrics.unlink(missing_ok=True)
         return None, None
-    try:
-        step = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-    except Exception as exc:  # noqa: BLE001 - any failure to read it means it cannot be resumed from
-        moved = _aside(last, "unreadable")
+
+    def restart(why: str, problem: str) -> tuple[None, str]:
+        moved = _aside(last, why)
+        sha_path(last).unlink(missing_ok=True)
         metrics.unlink(missing_ok=True)
-        return None, f"{last} is unreadable ({type(exc).__name__}: {exc}); moved to {moved.name}, restarting at step 0"
+        return None, f"{problem}; checkpoint moved to {moved.name}, restarting at step 0"
+
+    try:
+        if problem := sha_problem(last):
+            return restart("altered", problem)
+        checkpoint = load_checkpoint(last, map_location="cpu", mmap=True)
+    except UnsafeCheckpoint as exc:
+        return restart("unsafe", str(exc))
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means it cannot be resumed from
+        return restart("unreadable", f"{last} is unreadable ({type(exc).__name__}: {exc})")
+    step = int(checkpoint["global_step"])
+    if problem := resume_problem(last, checkpoint, position(step)):
+        return restart("unmatched", problem)
     try:
         header, rows = _complete_rows(metrics)
     except FileNotFoundError:
@@ -171,14 +168,20 @@ def resume_point(folder: Path) -> tuple[Path | None, str | None]:
     rows = [r for r in rows if r.get(STEP) and int(float(r[STEP])) < step]
     trained = {int(float(r[STEP])) for r in rows if r.get(TRAIN_LOSS)}
     if trained != set(range(step)):
-        moved = _aside(last, "unmatched")
-        metrics.unlink(missing_ok=True)
-        return None, (
-            f"{metrics} holds {len(trained)} of the {step} training rows before the checkpoint of step {step}; "
-            f"checkpoint moved to {moved.name}, restarting at step 0"
-        )
+        return restart("unmatched", f"{metrics} holds {len(trained)} of the {step} training rows before the "
+                                    f"checkpoint of step {step}")  # fmt: skip
+    evaluations = {s for s in range(step) if (s + 1) % val_every == 0}
+    evaluated = {int(float(r[STEP])) for r in rows if any(v and _is_val(k) for k, v in r.items())}
+    if not evaluations <= evaluated:
+        return restart("unmatched", f"{metrics} holds the validation rows of {len(evaluations & evaluated)} of the "
+                                    f"{len(evaluations)} evaluations before the checkpoint of step {step}")  # fmt: skip
     _write_rows(metrics, header, rows)
     return last, None
+
+
+def _is_val(column: str) -> bool:
+    key = parse_loss_name(column)
+    return key is not None and key.kind == "val"
 
 
 def _lock_file(folder: Path) -> Path:

@@ -15,6 +15,7 @@ unfinished one resumes.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import lightning as L
@@ -22,6 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from analysis.run_record import TRAIN_LOSS, parse_loss_name
+from datamodules.errors import DATA_ERRORS
 from datamodules.multimodal import MultiModalDataModule
 from experiments import run
 from experiments.lit_module import LitMultiModalLM
@@ -103,6 +105,20 @@ def parse(argv: list[str] | None = None):
     return parser, cfg
 
 
+def check_own_data(parser: ArgumentParser, cfg) -> None:
+    """Prepare and assemble the run's own data, so that data which cannot serve it fail before its folder is made,
+    as one line naming their file (the default corpus fills thousands of batches: the run itself prepares it)."""
+    logging.disable(logging.INFO)  # setup's notes on what the data leave out: the run's own setup says them
+    try:
+        dm = MultiModalDataModule(setting=cfg.setting, seed=cfg.seed, **cfg.data.as_dict())
+        dm.prepare_data()
+        dm.setup("fit")
+    except DATA_ERRORS as exc:
+        parser.error(str(exc))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def main(argv: list[str] | None = None):
     parser, cfg = parse(argv)
     defaults = parser.get_defaults()
@@ -112,6 +128,8 @@ def main(argv: list[str] | None = None):
         check_trainer({"precision": cfg.trainer.precision} | trainer)
     except ValueError as exc:
         parser.error(str(exc))
+    if cfg.data.own_data:
+        check_own_data(parser, cfg)
     if cfg.trainer.enable_progress_bar is not False:  # on unless --trainer.enable_progress_bar false
         trainer |= {"enable_progress_bar": True, "callbacks": [LossProgressBar()]}
     try:

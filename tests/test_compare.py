@@ -14,8 +14,10 @@ import torch
 
 from analysis.run_record import TOKENS_PER_S, WALL, read_summary
 from experiments import plan as plan_module
-from experiments.compare import ProgressReporter, build_parser, main
+from experiments.checkpoints import load_checkpoint
+from experiments.compare import build_parser, main
 from experiments.plan import ablation_variants, plan, resolve, schedule
+from experiments.progress import ProgressReporter
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
 STEPS = 4
@@ -288,7 +290,7 @@ def trained_state(folder):
     with open(folder / "metrics.csv", newline="") as f:
         rows = [{k: v for k, v in r.items() if k not in (WALL, TOKENS_PER_S)}
                 for r in csv.DictReader(f)]  # fmt: skip
-    weights = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    weights = load_checkpoint(folder / "checkpoints" / "last.ckpt", map_location="cpu")["state_dict"]
     return rows, weights
 
 

@@ -43,6 +43,7 @@ from analysis.run_record import read_summary
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.samplers import EpochSampler, GlobalBatchShard
 from datamodules.vocab import PATCH
+from experiments.checkpoints import load_checkpoint
 from experiments.losses import multimodal_losses
 from experiments.run import train_run
 from models import ModelConfig, build_model
@@ -214,7 +215,7 @@ def test_ddp_matches_single_process(runs):
         for c, value in a[step].items():
             assert b[step][c] == pytest.approx(value, rel=1e-6), (step, c)
 
-    load = lambda f: torch.load(f / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)  # noqa: E731
+    load = lambda f: load_checkpoint(f / "checkpoints/last.ckpt", map_location="cpu")  # noqa: E731
     sa, sb = load(single_dir), load(ddp_dir)
     assert sa["global_step"] == sb["global_step"] == STEPS
     worst = max(float((sa["state_dict"][k] - sb["state_dict"][k]).abs().max()) for k in sa["state_dict"])

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from experiments.checkpoints import load_checkpoint
 from models import ModalityLinear, ModelConfig, build_model, position_hash_ids
 from tests.helpers import interleaved_ids
 
@@ -177,9 +178,7 @@ def test_a_token_hash_run_balances_its_experts_on_its_training_data(tmp_path, sm
     data = {**SMALL_DATA, "cache_dir": small_cache}
     train_run("chameleon", "mom_idhash", max_steps=2, val_every=2, root=tmp_path, data=data,
               module={"model_overrides": TINY_MODEL})  # fmt: skip
-    state = torch.load(
-        trained_folder(tmp_path, "chameleon", "mom_idhash") / "checkpoints/last.ckpt", weights_only=False
-    )
+    state = load_checkpoint(trained_folder(tmp_path, "chameleon", "mom_idhash") / "checkpoints/last.ckpt")
     dm = MultiModalDataModule(setting="chameleon", **data)
     dm.setup("fit")
     counts = dm.token_counts()

@@ -61,8 +61,10 @@ def write_run(
     status: str = "finished",
     wall_per_step: float = 0.1,
     steps: int = STEPS,
+    batch_order: str | None = None,
 ) -> dict:
     """A run folder as the run record defines it (summary.json, config.json, metrics.csv); its comparison entry.
+    Runs of one setting and seed trained the same batches unless `batch_order` says otherwise.
 
     `speedups` maps a modality (validation set 'val' and training loss) or 'real_<modality>' (val_real_speech) to
     the curve's speedup over the dense curve; missing ones are 1.
@@ -131,6 +133,7 @@ def write_run(
         wall_clock_s=steps * wall_per_step,
         steps=steps,
         image_mix={"train": {"digits": 0.8, "emoji": 0.2}, "val": {"digits": 0.4, "emoji": 0.6}},
+        batch_order=batch_order or f"{setting}-seed{seed}",
     )
     write_summary(folder, summary)
     model = {"arch": arm, "decouple": (decouple or list(ARMS[arm].parts)) if sparse else []}
@@ -344,6 +347,21 @@ def test_unfinished_runs_are_listed_and_excluded(out):
     assert "2 of 18 runs are not finished" in text
     rows = csv_rows(out / "flops_to_match.csv")
     assert not [r for r in rows if r["setting"] == "three_modality" and r["arm"] in ("mot", "mom_hash")]
+
+
+def test_a_pair_that_trained_other_batches_is_named_and_left_out(tmp_path):
+    """A sparse run whose batch-order digest differs from its dense partner's (another data order) is named in the
+    report and gives no number; the pair of the other seed, which trained the same batches, still does."""
+    runs = []
+    for seed in (0, 1):
+        runs.append(write_run(tmp_path, "chameleon", "mamba", seed))
+        order = "another order" if seed == 1 else None
+        runs.append(write_run(tmp_path, "chameleon", "mom", seed, {"text": 2.0, "image": 2.0}, batch_order=order))
+    out = write_comparison(tmp_path / "results", runs, ["chameleon"], None, [0, 1])
+    assert main([str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "**1 pair of runs did not train the same batches**" in text and "chameleon mom seed 1 vs mamba." in text
+    assert {r["seed"] for r in csv_rows(out / "flops_to_match.csv")} == {"0"}
 
 
 def test_ablation_lists_every_variant_and_stays_out_of_the_main_table(out):

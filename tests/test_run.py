@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from analysis.run_record import Summary, read_summary
+from experiments.checkpoints import load_checkpoint
 from experiments.run import train_run
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
@@ -82,7 +83,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path, data):
     resumed = run(tmp_path / "b", data)
     assert resumed.status == "finished" and resumed.final_val_loss == straight.final_val_loss
     a_folder = trained_folder(tmp_path / "a", "chameleon", "mom")
-    load = lambda f: torch.load(f / "checkpoints/last.ckpt", weights_only=False)["state_dict"]  # noqa: E731
+    load = lambda f: load_checkpoint(f / "checkpoints/last.ckpt")["state_dict"]  # noqa: E731
     sa, sb = load(a_folder), load(b_folder)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     losses = lambda f: [(r["step"], r["train/loss"]) for r in rows(f) if r["train/loss"]]  # noqa: E731

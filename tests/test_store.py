@@ -20,7 +20,9 @@ import torch
 
 from analysis.results import load_results
 from analysis.run_record import CHECKPOINT, METRICS, damage, read_summary
-from experiments import store
+from datamodules.samplers import DataPosition
+from experiments import checkpoints, store
+from experiments.checkpoints import file_sha256, sha_path
 from experiments.compare import build_parser, main
 from experiments.plan import resolve
 from experiments.run import train_run
@@ -48,7 +50,7 @@ def rows(folder):
 
 
 def weights(folder):
-    return torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)["state_dict"]
+    return checkpoints.load_checkpoint(folder / CHECKPOINT, map_location="cpu")["state_dict"]
 
 
 def same_run(a: Path, b: Path) -> None:
@@ -119,17 +121,22 @@ def test_a_comparison_reports_the_same_numbers_after_a_half_written_metrics_file
     pd.testing.assert_frame_equal(again, table)  # every number but the wall-clock one, exactly
 
 
-@pytest.mark.parametrize("harm", ["truncate", "garbage"])
+@pytest.mark.parametrize("harm", ["truncate", "garbage", "garbage with its SHA-256"])
 def test_a_corrupt_checkpoint_of_an_unfinished_run_restarts_it_saying_so(tmp_path, data, straight, capsys, harm):
+    """A checkpoint cut short or overwritten disagrees with the SHA-256 written beside it; one whose SHA-256 was
+    written with it but does not load is unreadable. Either restarts the run at step 0, naming the file."""
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path, data, trainer={"callbacks": [_CrashAt(5)]})
     folder = trained_folder(tmp_path, "chameleon", "mom")
     last = folder / CHECKPOINT
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2] if harm == "truncate" else b"not a checkpoint")
+    if harm == "garbage with its SHA-256":
+        sha_path(last).write_text(file_sha256(last))
     capsys.readouterr()
     summary = run(tmp_path, data)
     out = capsys.readouterr().out
-    assert f"{last} is unreadable" in out and "restarting at step 0" in out
+    assert (f"{last} is unreadable" if harm.endswith("SHA-256") else f"{last}: SHA-256") in out
+    assert "restarting at step 0" in out
     assert summary.status == "finished" and summary.steps == STEPS
     assert [int(r["step"]) for r in rows(folder) if r["train/loss"]] == list(range(STEPS))
     same_run(folder, straight)
@@ -175,8 +182,10 @@ def test_ctrl_c_inside_a_metrics_save_leaves_a_file_the_next_save_continues(tmp_
     val = [("0", "", "2.0")] if where == "atomic_write" else []  # the interrupted save's row: kept, or never written
     assert got == [("0", "1.0", ""), *val, ("1", "3.0", "")], got
     (tmp_path / CHECKPOINT).parent.mkdir()
-    torch.save({"global_step": 2}, tmp_path / CHECKPOINT)
-    assert store.resume_point(tmp_path) == (tmp_path / CHECKPOINT, None)
+    position = DataPosition(0, 8, "next")
+    checkpoint = {"global_step": 2, "epoch": 0, "data_position": position._asdict(), "batch_order": "trained"}
+    checkpoints.AtomicCheckpointIO().save_checkpoint(checkpoint, tmp_path / CHECKPOINT)
+    assert store.resume_point(tmp_path, lambda step: position, val_every=3) == (tmp_path / CHECKPOINT, None)
 
 
 def test_missing_rows_before_the_checkpoint_restart_the_run(tmp_path, data, straight, capsys):
@@ -210,17 +219,17 @@ def test_a_full_disk_leaves_nothing_half_written_and_the_same_call_continues(
         Path(path).write_bytes(b"x" * 1000)  # part of the file, then the device is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store.torch, "save", save_until_full)
+    monkeypatch.setattr(checkpoints.torch, "save", save_until_full)
     with pytest.raises(DiskFull) as caught:
         run(tmp_path, data)
     folder = trained_folder(tmp_path, "chameleon", "mom")
     message = caught.value.strerror
     assert str(folder) in message and "MB free" in message and "run the same command again" in message
-    assert torch.load(folder / CHECKPOINT, weights_only=False)["global_step"] == 4  # the step-4 checkpoint, whole
+    assert checkpoints.load_checkpoint(folder / CHECKPOINT)["global_step"] == 4  # the step-4 checkpoint, whole
     assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
     assert read_summary(folder).status == "crashed"
 
-    monkeypatch.setattr(store.torch, "save", real_save)
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
     summary = run(tmp_path, data)
     assert summary.status == "finished"
     same_run(folder, straight)
@@ -268,7 +277,7 @@ def test_two_comparisons_on_one_folder_never_write_one_run_twice(tmp_path, small
     for arm in ("mamba", "mom"):
         folder = trained_folder(tmp_path / "runs", "chameleon", arm)
         assert [int(r["step"]) for r in rows(folder) if r["train/loss"]] == list(range(6))
-        assert [p.name for p in (folder / "checkpoints").iterdir()] == ["last.ckpt"]
+        assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
         assert len(list((folder / "tb").glob("events.out.tfevents.*"))) == 1
     report = json.loads((tmp_path / "results" / "comparison.json").read_text())
     assert len(report["runs"]) == 2 and "wall_clock_s" in report["meta"]
