@@ -5,9 +5,11 @@
 
 Each kill is `kill -9 -- -<pid>` of the comparison's process group (its workers, in groups of their own, notice and
 stop at their next step), or, every other time at random, of every process of the comparison at once (a machine that
-dies). Prints the kills that landed and the comparison of every run's metrics.csv (every column but the timing
-ones), flops_to_match.csv, flops_to_match_summary.csv and the report's tables; exits 1 on any difference. The
-deterministic kill points of tests/test_chaos.py run in CI; this is the randomised soak beside them.
+dies). Prints the kills that landed, the processes of killed comparisons that outlived them, and the comparison of
+every run's metrics.csv (every column but the timing ones), flops_to_match.csv, flops_to_match_summary.csv and the
+report's tables; exits 1 on any difference, any survivor, or fewer kills landed than asked (more than 3
+comparisons ended before their kill: the runs finished). The deterministic kill points of tests/test_chaos.py run
+in CI; this is the randomised soak beside them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos import _descendants  # noqa: E402
+from tests.chaos import _descendants, processes_with  # noqa: E402
 from tests.helpers import SMALL_DATA, TINY_MODEL  # noqa: E402
 from tests.test_chaos import report_tables, table  # noqa: E402
 
@@ -64,9 +66,11 @@ def main() -> int:
     print(f"uninterrupted comparison: {time.perf_counter() - start:.0f} s", flush=True)
 
     landed, finished_early = 0, 0
+    marker = ("MOM_SOAK", str(args.workdir.resolve()))  # inherited by every process a killed comparison starts
     while landed < args.kills:
         command = comparison(args.workdir, "killed", args.steps)
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True,
+                                env=os.environ | dict([marker]))  # fmt: skip
         delay, everything = rng.uniform(2.0, 20.0), rng.random() < 0.5
         try:
             proc.wait(timeout=delay)
@@ -88,10 +92,14 @@ def main() -> int:
         print(f"kill {landed}: after {delay:.1f} s, {'every process' if everything else 'the process group'}",
               flush=True)  # fmt: skip
     subprocess.run(comparison(args.workdir, "killed", args.steps), cwd=ROOT, stdout=log, stderr=log, check=True)
+    deadline = time.monotonic() + 120  # a worker stops at its run's next step, an idle one within a second
+    while (survivors := processes_with(*marker)) and time.monotonic() < deadline:
+        time.sleep(1)
+    print(f"processes of the killed comparisons alive after the finish (waited up to 120 s): {len(survivors)}")
     compared, differ = differences(args.workdir / "straight", args.workdir / "killed")
     print(f"{landed} kills landed ({finished_early} comparisons ended before their kill); {compared} files compared, "
           f"{len(differ)} differ{': ' + ', '.join(differ) if differ else ''}")  # fmt: skip
-    return 1 if differ or landed < args.kills else 0
+    return 1 if differ or survivors or landed < args.kills else 0
 
 
 if __name__ == "__main__":

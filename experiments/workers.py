@@ -76,7 +76,7 @@ def train_parallel(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], d
             n_workers,
             context,
             initializer=_worker_init,
-            initargs=(slots, events, c.threads, gpu, dict(ARMS), dict(SETTINGS)),
+            initargs=(slots, events, c.threads, gpu, dict(ARMS), dict(SETTINGS), os.getpid()),
         ) as pool,
     ):
         futures = {pool.submit(_train_in_worker, c.run_kwargs(spec, gpu), spec, c.folder(spec)): spec for spec in todo}
@@ -133,7 +133,9 @@ def _drain(events, display: MatrixProgress, workers: dict[RunSpec, int]) -> None
 _WORKER: dict = {}  # the worker process's event queue, its parent, and whether it is at work
 
 
-def _worker_init(slots, events, threads: int | None, gpu: bool, arms: dict, settings: dict) -> None:
+def _worker_init(slots, events, threads: int | None, gpu: bool, arms: dict, settings: dict, parent: int) -> None:
+    """`parent`: the comparison's pid, passed rather than read here, since the comparison may die before a worker
+    has started (its parent is then init already)."""
     os.setpgrp()  # Ctrl-C in the terminal reaches the parent only, which forwards it to the workers in training
     for name, arm in arms.items():  # arms and settings registered at run time in the parent exist here too
         ARMS.setdefault(name, arm)
@@ -145,7 +147,7 @@ def _worker_init(slots, events, threads: int | None, gpu: bool, arms: dict, sett
     if threads is not None:
         torch.set_num_threads(threads)
     quiet()
-    _WORKER.update(events=events, parent=os.getppid(), busy=False)
+    _WORKER.update(events=events, parent=parent, busy=False)
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
 
 

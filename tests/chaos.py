@@ -47,6 +47,20 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def processes_with(variable: str, value: str) -> list[int]:
+    """The live processes with `variable`=`value` in their environment (a comparison's workers inherit its own)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = environ.read_bytes().split(b"\0")
+            state = (environ.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"{variable}={value}".encode() in variables and state != "Z":
+            found.append(int(environ.parent.name))
+    return found
+
+
 def _hit(point: str) -> bool:
     """Whether this is the moment to kill: the n-th time this process reaches the point MOM_KILL names."""
     want, n, _ = os.environ["MOM_KILL"].split(":")

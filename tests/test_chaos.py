@@ -6,8 +6,10 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from tests.chaos import MAIN, processes_with
 from tests.test_compare import small
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +29,21 @@ KILLS = [
 
 
 def compare(tmp: Path, cache: str, kill: str | None) -> int:
+    """The comparison's exit status, once no process it started is left."""
     args = small(tmp, cache, "--settings", "chameleon", "--arms", "mamba,mom", "--seeds", "2", "--max-steps", "12",
                  "--val-every", "3", "--parallel", "2")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MOM_KILL"} | ({"MOM_KILL": kill} if kill else {})
     # Output to a file, not a pipe: workers left orphaned by a kill would hold a pipe open after the comparison died.
     with open(tmp / "log.txt", "a") as log:
         print(f"--- MOM_KILL={kill}", file=log, flush=True)
-        return subprocess.run([sys.executable, "-m", "tests.chaos", *args], cwd=ROOT, env=env, stdout=log,
-                              stderr=log).returncode  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "tests.chaos", *args], cwd=ROOT, env=env, stdout=log,
+                                stderr=log)  # fmt: skip
+        code = proc.wait()
+    deadline = time.monotonic() + 120  # an orphaned worker stops at its run's next step, an idle one within a second
+    while left := processes_with(MAIN, str(proc.pid)):
+        assert time.monotonic() < deadline, f"{kill}: processes {left} outlived their comparison"
+        time.sleep(0.5)
+    return code
 
 
 def table(path: Path) -> list[dict]:
