@@ -32,12 +32,19 @@ def arm_colour(arm: str) -> str:
 
 
 def dense_partner(arm: str) -> str | None:
-    """The dense arm a sparse arm is compared with; None for a dense or unknown arm."""
+    """The dense arm a sparse arm (or a twin) is compared with; None for a baseline or an unknown arm."""
     return ARMS[arm].dense if arm in ARMS else None
 
 
+def is_twin(variant: str) -> bool:
+    """Whether `variant` is a dense arm's twin (the null control, models/arms.py)."""
+    return variant in ARMS and ARMS[variant].is_twin
+
+
 def pair_label(variant: str) -> str:
-    return f"{arm_label(variant)} vs {arm_label(dense_partner(variant))}"
+    """'MoM vs Mamba'; a twin's 'Mamba vs Mamba (null)'."""
+    dense = arm_label(dense_partner(variant))
+    return f"{dense} vs {dense} (null)" if is_twin(variant) else f"{arm_label(variant)} vs {dense}"
 
 
 def modality_rank(modality: str) -> tuple[int, str]:

@@ -4,54 +4,88 @@ Every finished sparse run (main arms, control arms, ablation variants) is paired
 setting and seed (the arm registry's dense partner) on every loss both have, on the evaluation grid
 (analysis/results.py), unless the two trained different batches (`order_mismatches`: their summaries' batch-order
 digests differ), which leaves the pair out of every number. Every number comes from analysis/matching.py: one
-smoothing rule, one interpolation.
+smoothing rule, one interpolation, one statistic per verdict.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from analysis.labels import arm_rank, dense_partner, loss_rank
-from analysis.matching import SMOOTHING_POINTS, at_flops, flops_to_match, loss_gap, mean_interval, smooth
+from analysis.labels import arm_rank, dense_partner, is_twin, loss_rank
+from analysis.matching import (
+    SMOOTHING_POINTS,
+    at_flops,
+    compare_curves,
+    holm,
+    log_interval,
+    mean_interval,
+    smooth,
+    t_test,
+)
 from analysis.results import Curve, Results, run_curves
 from analysis.run_record import LossKey
 from models.arms import ARMS
 
 IDENTITY = ["setting", *LossKey._fields, "variant", "arm", "dense_arm"]
 Interval = tuple[float, float, float]
-# The per-pair numbers summarised over seeds (mean and 95% interval) in flops_to_match_summary.csv.
-SUMMARISED = ["fraction", "sparse_final_loss", "dense_final_loss", "loss_gap", "wall_clock_fraction"]
+# The per-pair numbers summarised over seeds (mean and 95% interval) in flops_to_match_summary.csv; FLOPs-to-match is
+# summarised on the log scale (`summarise`).
+SUMMARISED = ["sparse_final_loss", "dense_final_loss", "loss_gap", "wall_clock_fraction"]
+# A dense curve whose loss falls by more than this share of its final smoothed value over its last doubling of FLOPs
+# is still steep: the baseline is far from converged at this budget.
+STEEP = 0.05
+# One whose fall over that doubling is less than FLAT_SIGMAS standard errors (a line fitted in log-FLOPs to its
+# evaluations there), or whose smoothed loss was lower before its end, is flat: along it, FLOPs-to-match is
+# ill-conditioned (any FLOPs of the flat part match).
+FLAT_SIGMAS = 2.0
 
 
 def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, points: int = SMOOTHING_POINTS) -> dict:
     """FLOPs-to-match, final losses, loss gap and wall-clock-to-match of one sparse curve against its dense curve.
 
-    Returns the numbers of one flops_to_match.csv row: `fraction` (of the dense total; None = not reached), the
-    matching point in FLOPs and in the sparse run's steps, the dense total, both smoothed final losses (the dense one
-    is the target), the loss gap at equal FLOPs and the sparse wall-clock at the matching point over the dense
-    wall-clock at its last evaluation.
+    Returns the numbers of one flops_to_match.csv row: `fraction` (None = not reached) and `at_least` (its lower
+    bound when not reached), the matching point in FLOPs and in the sparse run's steps, the FLOPs at which the dense
+    arm reached its best loss (the target) and its total, the target, both smoothed final losses, the loss gap at
+    equal FLOPs, the sparse wall-clock at the matching point over the dense wall-clock at its reach, and the dense
+    curve's end (`dense_end`: "steep", "flat" or "").
     """
-    fraction = flops_to_match(dense.flops, dense.loss, sparse.flops, sparse.loss, points)
-    match_flops = None if fraction is None else fraction * float(dense.flops[-1])
+    m = compare_curves(dense.flops, dense.loss, sparse.flops, sparse.loss, points)
     wall_fraction = None
-    timed = np.isfinite(sparse.wall)
-    if match_flops is not None and math.isfinite(dense.wall[-1]) and dense.wall[-1] > 0:
-        wall = at_flops(sparse.flops[timed], sparse.wall[timed], match_flops)
-        wall_fraction = None if wall is None else wall / float(dense.wall[-1])
+    timed, dense_timed = np.isfinite(sparse.wall), np.isfinite(dense.wall)
+    dense_wall = at_flops(dense.flops[dense_timed], dense.wall[dense_timed], m.dense_reach)
+    if m.sparse_reach is not None and dense_wall:
+        wall = at_flops(sparse.flops[timed], sparse.wall[timed], m.sparse_reach)
+        wall_fraction = None if wall is None else wall / dense_wall
     return {
-        "reached": fraction is not None,
-        "fraction": fraction,
-        "match_flops": match_flops,
-        "match_step": None if match_flops is None else match_flops / sparse_flops_per_step,
+        "reached": m.fraction is not None,
+        "fraction": m.fraction,
+        "at_least": m.at_least,
+        "match_flops": m.sparse_reach,
+        "match_step": None if m.sparse_reach is None else m.sparse_reach / sparse_flops_per_step,
+        "dense_reach_flops": m.dense_reach,
         "dense_total_flops": float(dense.flops[-1]),
-        "sparse_final_loss": float(smooth(sparse.flops, sparse.loss, points)[-1]),
-        "dense_final_loss": float(smooth(dense.flops, dense.loss, points)[-1]),
-        "loss_gap": loss_gap(dense.flops, dense.loss, sparse.flops, sparse.loss, points),
+        "target_loss": m.target,
+        "sparse_final_loss": m.sparse_final,
+        "dense_final_loss": m.dense_final,
+        "loss_gap": m.loss_gap,
         "wall_clock_fraction": wall_fraction,
+        "dense_end": curve_end(dense, points),
     }
+
+
+def curve_end(curve: Curve, points: int = SMOOTHING_POINTS) -> str:
+    """ "steep" (STEEP), "flat" (FLAT_SIGMAS) or "" for a curve's last doubling of FLOPs; "" when fewer than three
+    evaluations lie in it."""
+    last = curve.flops >= curve.flops[-1] / 2
+    if last.sum() < 3:
+        return ""
+    fit = stats.linregress(np.log2(curve.flops[last]), curve.loss[last])  # slope: loss per doubling
+    smoothed = smooth(curve.flops, curve.loss, points)
+    if fit.slope + FLAT_SIGMAS * fit.stderr >= 0 or smoothed.min() < smoothed[-1]:
+        return "flat"
+    return "steep" if -fit.slope > STEEP * abs(smoothed[-1]) else ""
 
 
 def _pairs(results: Results) -> list[tuple]:
@@ -105,8 +139,16 @@ def match_runs(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POI
 
 
 def summarise(matches: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting, loss and variant over its seeds: the seeds, how many reached the target, and for every
-    SUMMARISED number its mean and 95% Student-t interval (empty unless every seed has the number)."""
+    """One row per setting, loss and variant over its seeds, and the verdicts (`verdict`, `fraction_verdict`).
+
+    Columns: the seeds; `n_reached`; for every SUMMARISED number its mean and 95% Student-t interval (empty unless
+    every seed has the number); `loss_gap_p`, the paired t-test's p-value, and `loss_gap_p_holm`, the same adjusted
+    by Holm's method over every row of the summary but the twins' (a report's family of tests; the twins' rows are
+    one of their own, so the null control never dilutes the real verdicts); `fraction_mean`, `_low`, `_high`:
+    the geometric mean of FLOPs-to-match and the interval of its log (empty unless every seed reached);
+    `fraction_at_least`, the geometric mean of each seed's `at_least` (a lower bound when some seed did not reach);
+    `dense_end`, the dense curves' ends ("steep 3/3", "flat 1/3", comma-separated, or empty).
+    """
     rows = []
     for identity, group in matches.groupby(IDENTITY, sort=False, dropna=False):
         row = dict(zip(IDENTITY, identity, strict=True))
@@ -115,7 +157,23 @@ def summarise(matches: pd.DataFrame) -> pd.DataFrame:
             values = group[name].to_numpy(dtype=np.float64)
             mean, low, high = mean_interval(values) if np.isfinite(values).all() else (None, None, None)
             row |= {f"{name}_mean": mean, f"{name}_low": low, f"{name}_high": high}
-        rows.append(row | {"verdict": verdict(row)})
+        gaps = group["loss_gap"].to_numpy(dtype=np.float64)
+        row["loss_gap_p"] = t_test(gaps) if np.isfinite(gaps).all() else None
+        fractions = group["fraction"].to_numpy(dtype=np.float64)
+        mean, low, high = log_interval(fractions) if np.isfinite(fractions).all() else (None, None, None)
+        row |= {"fraction_mean": mean, "fraction_low": low, "fraction_high": high}
+        row["fraction_at_least"] = log_interval(group["at_least"].to_numpy(dtype=np.float64))[0]
+        ends = group["dense_end"].fillna("")
+        row["dense_end"] = ", ".join(
+            f"{e} {(ends == e).sum()}/{len(ends)}" for e in ("steep", "flat") if (ends == e).any()
+        )
+        rows.append(row)
+    adjusted = {}
+    for twins in (False, True):  # the null control is a family of its own: it never dilutes the real verdicts
+        tested = [i for i, r in enumerate(rows) if r["loss_gap_p"] is not None and is_twin(r["variant"]) == twins]
+        adjusted |= dict(zip(tested, holm([rows[i]["loss_gap_p"] for i in tested]), strict=True))
+    for i, row in enumerate(rows):
+        row |= {"loss_gap_p_holm": adjusted.get(i), "verdict": verdict(row), "fraction_verdict": fraction_verdict(row)}
     return pd.DataFrame(rows)
 
 
@@ -123,18 +181,27 @@ MIN_SEEDS = 3  # seeds a verdict needs before it is stated with an interval
 
 
 def verdict(agg: dict) -> str:
-    """The verdict on one summary row. With MIN_SEEDS or more seeds, from the 95% interval of the loss gap at equal
-    FLOPs (defined for every seed, reached or not): "saves" (entirely below 0), "worse" (entirely above) or
-    "no significant difference". With fewer seeds there is no interval: "reached", "partly reached" (some seeds) or
-    "not reached"."""
+    """The verdict on one summary row, from the one statistic that decides it: with MIN_SEEDS or more seeds, the 95%
+    interval of the loss gap at equal FLOPs (every seed has one): "better" (entirely below 0), "worse" (entirely
+    above) or "no significant difference". With fewer seeds there is no interval: "reached", "partly reached"
+    (some seeds) or "not reached"."""
     if n_seeds(agg) < MIN_SEEDS:
-        if interval(agg, "fraction") is not None:
+        if agg["n_reached"] == n_seeds(agg):
             return "reached"
         return "partly reached" if agg["n_reached"] else "not reached"
     gap = interval(agg, "loss_gap")
     if gap is None:
         return "no interval"  # a sparse run shorter than its dense run: nothing at equal FLOPs
-    return "saves" if gap[2] < 0 else "worse" if gap[1] > 0 else "no significant difference"
+    return "better" if gap[2] < 0 else "worse" if gap[1] > 0 else "no significant difference"
+
+
+def fraction_verdict(agg: dict) -> str:
+    """FLOPs-to-match's own word, from the 95% interval of its log (MIN_SEEDS or more seeds, every one reached):
+    "fewer FLOPs" (entirely below 100%), "more FLOPs" (entirely above) or ""."""
+    fraction = interval(agg, "fraction")
+    if n_seeds(agg) < MIN_SEEDS or fraction is None:
+        return ""
+    return "fewer FLOPs" if fraction[2] < 1 else "more FLOPs" if fraction[1] > 1 else ""
 
 
 def final_losses(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POINTS) -> pd.DataFrame:
@@ -168,8 +235,10 @@ def interval(agg: dict, name: str) -> Interval | None:
 
 
 def not_reached_text(agg: dict) -> str:
-    n = n_seeds(agg)
-    return "not reached" if n == 1 else f"{n - agg['n_reached']}/{n} not reached"
+    """A FLOPs-to-match that some seed did not reach: how many did, and the lower bound the budgets give
+    ("2/3 reach; ≥ 96.0%", "not reached; ≥ 104.0%"): a seed that never reached counts at its whole budget."""
+    n, bound = n_seeds(agg), f"≥ {100 * agg['fraction_at_least']:.1f}%"
+    return f"not reached; {bound}" if n == 1 else f"{agg['n_reached']}/{n} reach; {bound}"
 
 
 PART_COUNT = {2: "both", 3: "all three", 4: "all four", 5: "all five", 6: "all six"}

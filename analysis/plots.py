@@ -55,9 +55,9 @@ def curve_figure(
 ) -> Figure | None:
     """Loss curves of every main arm of `setting`, one panel per loss of `kind` ('val' or 'train').
 
-    Each run is a faint raw curve and a solid smoothed one (the matching rule's trailing mean); seeds share their
-    arm's colour. Each dense arm's final smoothed loss (the target) is a dashed line, and each sparse run's
-    matching point is a circle on it.
+    Each run is a faint raw curve and a solid smoothed one (the matching rule's smoothing); seeds share their arm's
+    colour. Each dense arm's best smoothed loss (the target) is a dashed line, and each sparse run's matching point
+    is a circle on it.
 
     Args:
         results, grid, matches: from `load_results`, `evaluation_grid` and `pairs.match_runs`.
@@ -112,8 +112,8 @@ def _curve_panel(
         lefts.append(xs[len(xs) // 10])
     rows = list(matches.itertuples())
     for dense in sorted({m.dense_arm for m in rows}, key=arm_rank):
-        for i, target in enumerate(sorted({m.dense_final_loss for m in rows if m.dense_arm == dense})):
-            label = f"{arm_label(dense)} final (smoothed)" if i == 0 else None
+        for i, target in enumerate(sorted({m.target_loss for m in rows if m.dense_arm == dense})):
+            label = f"{arm_label(dense)} best (smoothed)" if i == 0 else None
             ax.axhline(target, color=arm_colour(dense), ls="--", lw=1.0, label=label)
     for arm in sorted({m.arm for m in rows}, key=arm_rank):
         mine = sorted((m for m in rows if m.arm == arm), key=lambda m: m.seed)
@@ -122,7 +122,7 @@ def _curve_panel(
         label = f"{arm_label(arm)} reaches it: {found}{seeds}"
         for m in (m for m in mine if m.reached):
             mx = m.match_flops if x == "flops" else m.match_step
-            ax.plot(mx, m.dense_final_loss, "o", ms=8, mfc=arm_colour(arm), mec="black", label=label)
+            ax.plot(mx, m.target_loss, "o", ms=8, mfc=arm_colour(arm), mec="black", label=label)
             label = None
     if x == "flops":
         ax.set_xscale("log")
@@ -143,8 +143,9 @@ def _curve_panel(
 def ablation_figure(results: Results, summary: pd.DataFrame) -> Figure | None:
     """Grouped bars: FLOPs-to-match (% of the dense arm's FLOPs) per modality for every ablation variant.
 
-    Bars are seed means with the 95% interval as an error bar; a variant that did not reach the target in every
-    seed is an empty hatched bar labelled 'not reached' (or 'k/n not reached'), never a number.
+    Bars are geometric means over seeds with the 95% interval of the log as an error bar; a variant that did not
+    reach the target in every seed is an empty hatched bar labelled with how many did and the budgets' lower bound,
+    never a mean.
     """
     setting, arm = results.meta.get("ablation_setting"), results.meta.get("ablation_arm") or "mom"
     variants = ablation_variants(results)
@@ -181,10 +182,10 @@ def ablation_figure(results: Results, summary: pd.DataFrame) -> Figure | None:
                 ax.text(x, high + 1, f"{mean:.0f}%", ha="center", va="bottom", fontsize=8)
                 top = max(top, high)
             label = None  # one legend entry per variant
-    ax.axhline(100, color="black", ls="--", lw=1, label=f"{dense}'s total FLOPs")
+    ax.axhline(100, color="black", ls="--", lw=1, label=f"{dense}'s FLOPs to its best loss")
     ax.set_xticks(range(len(modalities)), modalities)
     ax.set_ylim(0, 1.15 * top)
-    ax.set_ylabel(f"FLOPs to reach {dense}'s final val loss (%)")
+    ax.set_ylabel(f"FLOPs to reach {dense}'s best val loss (%)")
     ax.set_title(f"{setting}: {arm_label(arm)} ablation, which parts are decoupled (lower is better)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig

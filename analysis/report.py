@@ -1,6 +1,7 @@
 """The comparison report: a results folder written by experiments/compare.py -> report.md, CSVs and PNG plots.
 
-    python -m analysis.report results/tiny
+    python -m analysis.report results/tiny               # writes the report into the folder
+    python -m analysis.report results/tiny --headline    # prints the headline table (the README's)
 
 Input: `<out>/comparison.json` ({"meta": {...}, "runs": [{setting, arm, variant, seed, folder}, ...]}) and the run
 folders it names (analysis/run_record.py). Output, each file written atomically into `<out>`:
@@ -25,19 +26,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.labels import arm_label, dense_partner, percent
+from analysis.labels import arm_label, dense_partner, is_twin, percent
 from analysis.matching import MIN_EVALUATIONS, SMOOTHING_POINTS
-from analysis.pairs import final_losses, match_runs, order_mismatches, summarise
+from analysis.pairs import FLAT_SIGMAS, STEEP, final_losses, match_runs, order_mismatches, summarise
 from analysis.plots import Plot, write_plots
 from analysis.results import ReportError, Results, evaluation_grid, load_results
 from analysis.tables import (
     ablation_table,
     field_table,
-    final_loss_table,
     markdown_table,
     match_table,
+    null_rate,
     paper_sources,
+    params_table,
     runs_table,
+    tests_text,
     verdicts,
     versions_text,
 )
@@ -96,41 +99,55 @@ def render_report(
     out += ["", "On validation loss (held-out sequences, the confirmation):", "", *verdicts(results, summary, "val")]
     out += [
         "",
-        "## FLOPs-to-match on training loss (primary: the papers' measure)",
+        "## Loss gap at equal FLOPs and FLOPs-to-match on training loss (primary: the papers' measure)",
         "",
-        "Percent of the dense arm's training FLOPs at which the sparse arm first reaches the dense arm's final "
-        f"training loss (lower is better; 100% = no saving). Per-step training losses are averaged over each block of "
-        f"{val_every} steps ending at an evaluation step, then the rule below applies. The papers match on training "
-        "loss (MoT's step matching, MoM's loss figure)"
-        + ("." if own else "; their columns are their numbers at their scales, for reference, not ours."),
+        "Per setting and loss, for each sparse arm: the **loss gap at equal FLOPs** (sparse minus dense, at the dense "
+        "arm's total training FLOPs; negative = the sparse arm is better) with its verdict, which decides; beside it "
+        "**FLOPs-to-match**, the share of the dense arm's training FLOPs to its best loss at which the sparse arm "
+        "first gets there (lower is better; 100% = no saving), with its own word when its interval excludes 100%; "
+        f"and the dense curves' ends where they qualify the cell. Training losses are block means of {val_every} "
+        "steps placed at each block's middle. The papers match on training loss (MoT's step matching, MoM's loss "
+        "figure)" + ("." if own else "; their columns are their numbers at their scales, for reference, not ours."),
         "",
         match_table(results, summary, "train", papers=not own),
         "",
         *(["Papers' sources:", "", sources, ""] if sources else []),
-        "## FLOPs-to-match on validation loss (confirmation)",
+        "## The same on validation loss (confirmation)",
         "",
         "The same rule on the validation losses (fixed held-out sequences; per image source and, in the three-modality "
         "setting, on real recordings too).",
         "",
         match_table(results, summary, "val", papers=False),
         "",
-        "## Final validation loss per arm",
+    ]
+    if _has_twins(summary):
+        cells, positive, holm_kept = null_rate(summary)
+        out += [
+            "## Null control: each dense arm against its twin",
+            "",
+            "A twin is its dense arm with other initial weights (seed + 10000), trained on the same batches: nothing "
+            "real differs, so every verdict here should read *no significant difference*, and about 5% of them "
+            f"*better* or *worse* by chance. This run: **{positive} of {cells}** twin cells (training and validation "
+            f"loss) read *better* or *worse* from their unadjusted 95% intervals ({positive / max(cells, 1):.0%}), "
+            f"{holm_kept} after Holm's adjustment.",
+            "",
+            match_table(results, summary, "train", papers=False, twins=True),
+            "",
+            match_table(results, summary, "val", papers=False, twins=True),
+            "",
+        ]
+    out += [
+        "## Parameters",
         "",
-        f"Smoothed (a local quadratic in log-FLOPs over {points} evaluations), mean over seeds [95% interval].",
+        "Total parameters of each arm (and the active ones, those a token passes through, for sparse arms), per "
+        "setting: a sparse arm has its dense arm's FLOPs per token but more weights.",
         "",
-        final_loss_table(results, finals),
-        "",
-        "## Loss gap at equal FLOPs",
-        "",
-        "The sparse arm's smoothed validation loss at the dense arm's total FLOPs minus the dense arm's final smoothed "
-        "loss; negative = the sparse arm is better.",
-        "",
-        field_table(results, summary, "loss_gap", "{:+.4f}".format),
+        params_table(results),
         "",
         "## Wall-clock to match",
         "",
-        "The sparse run's wall-clock at its matching point divided by the dense run's wall-clock at its last "
-        "evaluation. Comparable only between runs on the same device and backend (see [Runs](#runs)).",
+        "The sparse run's wall-clock at its matching point divided by the dense run's wall-clock at its best loss. "
+        "Comparable only between runs on the same device and backend (see [Runs](#runs)).",
         "",
         field_table(results, summary, "wall_clock_fraction", percent),
         "",
@@ -154,10 +171,14 @@ def render_report(
             *[_image(results, p) for p in plots if p.section == "ablation"],
         ]
     out += samples_section(results)
-    out += ["", *how_to_read(results, points, val_every)]
+    out += ["", *how_to_read(results, summary, points, val_every)]
     out += ["", "## Runs", "", runs_table(results)]
     out += ["", *setup_lines(results)]
     return "\n".join(out) + "\n"
+
+
+def _has_twins(summary: pd.DataFrame) -> bool:
+    return "variant" in summary and any(map(is_twin, summary["variant"]))
 
 
 def samples_section(results: Results) -> list[str]:
@@ -188,34 +209,50 @@ def _image(results: Results, plot: Plot) -> str:
     return f"![{plot.caption}]({plot.path.relative_to(results.out).as_posix()})"
 
 
-def how_to_read(results: Results, points: int, val_every: object) -> list[str]:
-    """The definitions, stated once: FLOPs-to-match and its smoothing, the FLOPs convention, the files."""
+def how_to_read(results: Results, summary: pd.DataFrame, points: int, val_every: object) -> list[str]:
+    """The definitions, stated once: the verdict's statistic, FLOPs-to-match and its smoothing, the tests, the FLOPs
+    convention, the files."""
     runs = results.runs
     ratios = []
     if "flops_per_token" in runs:
         counted, analytic = runs["flops_per_token"], runs["flops_per_token_analytic"]
         ratios = list((analytic / counted)[(counted > 0) & (analytic > 0)])
     check = f"analytic / fvcore is {min(ratios):.4f}-{max(ratios):.4f} over the runs" if ratios else "no run to check"
+    twins = _has_twins(summary)
     return [
         "## How to read this report",
         "",
-        "- **FLOPs-to-match**: the cumulative training FLOPs at which the sparse arm first reaches the dense arm's "
-        "final loss, divided by the dense arm's total training FLOPs. *Not reached* means the sparse arm never got "
-        "there within its budget; it is never turned into a number.",
+        "- **Verdict: the loss gap at equal FLOPs.** Sparse seed k is paired with dense seed k (the same batches). "
+        "Per pair, the sparse arm's smoothed loss at the dense arm's total training FLOPs minus the dense arm's "
+        "smoothed loss there; over seeds, the mean and its Student-t 95% interval. With 3 or more seeds that interval "
+        "alone gives the word: *better* (entirely below 0), *worse* (entirely above) or *no significant difference* "
+        "(which is not evidence of no difference). One or two seeds give no verdict.",
+        "- **FLOPs-to-match**, beside it: the training FLOPs at which the sparse arm first reaches the dense arm's "
+        "*best* smoothed loss, divided by the FLOPs at which the dense arm first got there (on a curve still falling, "
+        "its last evaluation). The dense arm against itself is exactly 100%. Over seeds: the geometric mean and the "
+        "Student-t 95% interval of its log, with *fewer FLOPs* or *more FLOPs* when that interval excludes 100%. A "
+        "seed that never reaches the target is counted, not dropped: the cell then reads *k/n reach; ≥ x%*, x the "
+        "geometric mean with each such seed at its whole budget (a lower bound).",
         f"- **Smoothing (one rule for every number here)**: each evaluation's loss is the value of a quadratic in "
         f"log-FLOPs fitted (tricube weights) to the {points} evaluations around it (one-sided at the ends; "
-        f"validation every {val_every} steps), on both arms: no lag, so noise-free curves give the true answer "
-        "within 1.5%. Target: the dense arm's smoothed loss at its last evaluation (its *final loss*). Matching "
-        "point: the first evaluation at or below the target, interpolated linearly in log-FLOPs from the one before. "
-        "Implemented once, in `analysis/matching.py`.",
+        f"validation every {val_every} steps), on both arms: no lag. Implemented once, in `analysis/matching.py`; "
+        "`docs/design.md` states the rule and its checks.",
         f"- **Training loss**: the per-step losses of the {val_every} steps ending at each evaluation step are "
-        "averaged first, so training and validation loss live on the same grid; then the same rule.",
-        "- **Seeds and verdicts**: sparse seed k is paired with dense seed k of the same setting. With 2 or more seeds "
-        "a cell is the mean [95% Student-t interval]; if some seeds did not reach the target it says *k/n not "
-        "reached* instead of averaging. With 3 or more seeds the verdict comes from the interval of the loss gap at "
-        "equal FLOPs (defined for every seed): *saves X% [lo, hi]* of the dense arm's FLOPs when the whole interval "
-        "is below 0, *worse* when it is above, *no significant difference* otherwise. One seed gives no interval: "
-        "its verdict only says whether the target was reached.",
+        "averaged and placed at the block's middle step (a block's mean estimates the loss there), so training and "
+        "validation loss live on one grid; then the same rule.",
+        f"- **Dense curve** column: *steep k/n* when a dense curve's smoothed loss fell by more than {STEEP:.0%} of "
+        "its final value over its last doubling of FLOPs (the baseline is far from converged: a saving may shrink "
+        f"with a longer budget); *flat k/n* when it fell by less than {FLAT_SIGMAS:g} times its evaluations' noise, "
+        "or turned up (FLOPs-to-match is ill-conditioned there: the loss gap is the number to read).",
+        f"- **Tests**: {tests_text(summary)}",
+        "- **Null control**: "
+        + (
+            "the twins' section above measures how often this report's intervals call a difference where there is none."
+            if twins
+            else "not run here; add `mamba_twin,transformer_twin` to `--arms` to measure, in this run, how often "
+            "the intervals call a difference where there is none (`docs/statistics.md` has the measurement on the "
+            "default recipe)."
+        ),
         "- **Causality**: the Mamba arms are causal everywhere, by construction. The transformer arms attend causally "
         "across the sequence and, in the Transfusion setting, bidirectionally within each image, as Transfusion and "
         "MoT do; how the Mixture-of-Mamba paper treated images there is not known (docs/papers.md).",
@@ -228,9 +265,10 @@ def how_to_read(results: Results, points: int, val_every: object) -> list[str]:
         "- **Units**: text, image-code and speech-unit losses are cross-entropy in nats; Transfusion's image loss is "
         "the diffusion ε-prediction MSE.",
         "- **Files**: `flops_to_match.csv` has one row per setting, loss kind (val/train), validation set, modality, "
-        "sparse variant and seed (`fraction` empty when not reached); `flops_to_match_summary.csv` aggregates it "
-        "over seeds (mean, 95% low/high; empty where a seed lacks the number); `curves.csv` holds every curve of "
-        "every finished run (long format); `plots/` holds the figures.",
+        "sparse variant and seed (`fraction` empty when not reached, `at_least` its lower bound); "
+        "`flops_to_match_summary.csv` aggregates it over seeds (means and 95% low/high, FLOPs-to-match geometric; "
+        "empty where a seed lacks the number; the loss gap's p-value, unadjusted and Holm-adjusted); `curves.csv` "
+        "holds every curve of every finished run (long format); `plots/` holds the figures.",
     ]
 
 
@@ -317,11 +355,26 @@ def write_report(out: str | Path, points: int = SMOOTHING_POINTS) -> Path:
     return atomic_write(results.out / "report.md", render_report(results, summary, finals, plots, points))
 
 
+def headline(out: str | Path, points: int = SMOOTHING_POINTS) -> str:
+    """The training-loss headline table of `<out>` and its verdicts, as Markdown: what the README shows of a run,
+    rendered from the folder's runs so that it cannot drift from them."""
+    results = load_results(out)
+    summary = summarise(match_runs(results, evaluation_grid(results), points))
+    lines = [match_table(results, summary, "train", papers=not own_data(results)), "", *verdicts(results, summary)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="results folder holding comparison.json")
+    parser.add_argument("--headline", action="store_true",
+                        help="print the training-loss headline table and its verdicts (the README's) instead of "
+                        "writing the report")  # fmt: skip
     args = parser.parse_args(argv)
     try:
+        if args.headline:
+            print(headline(args.out), end="")
+            return 0
         path = write_report(args.out)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)

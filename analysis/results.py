@@ -5,7 +5,8 @@
     results.curves    every curve of every finished run, long format (CURVE_COLUMNS): validation losses at each
                       evaluation, training losses at every step
     evaluation_grid(results)   the same with training losses averaged over the `val_every` steps that end at each
-                      evaluation, so that both kinds live on one grid; every FLOPs-to-match number uses it
+                      evaluation (placed at the block's mean step), so that both kinds live on one grid; every
+                      FLOPs-to-match number uses it
 
 `step` counts optimizer steps done: a metrics.csv row with step s counts s + 1, so its cumulative FLOPs are
 (s + 1) x train_flops_per_step and its wall-clock and tokens are those of the training row of the same step. Runs
@@ -188,44 +189,57 @@ def read_metrics(path: Path, flops_per_step: float) -> pd.DataFrame:
 
 
 def evaluation_grid(results: Results) -> pd.DataFrame:
-    """`results.curves` with training losses put on each run's evaluation steps: the mean of the per-step losses of
-    the `val_every` steps that end at each evaluation step (steps without a finite loss are skipped)."""
+    """`results.curves` with training losses put on each run's evaluation grid: at each evaluation step, the mean of
+    the per-step losses of the `val_every` steps that end there (steps without a finite loss skipped), placed at the
+    block's mean step (its FLOPs, tokens and wall-clock interpolated there). A mean over a block estimates the loss
+    at the block's middle; placed at the block's end it would lag by half a block, by more FLOPs for the arm of more
+    FLOPs per step."""
     curves = results.curves
     parts = [curves[curves["kind"] == "val"]]
     runs = results.runs.set_index(RUN_KEY)
     for run_key, run in curves.groupby(RUN_KEY, sort=False):
         val_every = int(runs.loc[run_key, "val_every"])  # a positive int for every finished run (load_run)
         flops_per_step = runs.loc[run_key, "train_flops_per_step"]
-        at = run[run["kind"] == "val"].drop_duplicates("step").set_index("step").sort_index()  # the evaluations
+        evaluations = sorted(set(run.loc[run["kind"] == "val", "step"].tolist()))
         for modality, train in run[run["kind"] == "train"].groupby("modality", sort=False):
             points = dict(zip(train["step"].tolist(), train["loss"].tolist(), strict=True))
-            blocks = {}
-            for s in at.index.tolist():
-                block = [points[t] for t in range(s - val_every + 1, s + 1) if t in points]
+            steps, losses = [], []
+            for s in evaluations:
+                block = [t for t in range(s - val_every + 1, s + 1) if t in points]
                 if block:
-                    blocks[s] = float(np.mean(block))
-            steps = np.array(list(blocks), dtype=np.int64)
+                    steps.append(float(np.mean(block)))
+                    losses.append(float(np.mean([points[t] for t in block])))
+            at = np.asarray(steps, dtype=np.float64)
+            known = train.sort_values("step")
             frame = pd.DataFrame(
                 {
                     **dict(zip(RUN_KEY, run_key, strict=True)),
                     "arm": train["arm"].iloc[0],
-                    "step": steps,
-                    "tokens": at.loc[steps, "tokens"].to_numpy(),
-                    "flops": steps * flops_per_step,
-                    "wall_s": at.loc[steps, "wall_s"].to_numpy(),
+                    "step": at,
+                    "tokens": _interpolated(known, "tokens", at),
+                    "flops": at * flops_per_step,
+                    "wall_s": _interpolated(known, "wall_s", at),
                     **LossKey("train", "", modality)._asdict(),
-                    "loss": list(blocks.values()),
+                    "loss": losses,
                 }
             )
             parts.append(frame[CURVE_COLUMNS])
     return pd.concat(parts, ignore_index=True)
 
 
+def _interpolated(rows: pd.DataFrame, column: str, steps: np.ndarray) -> np.ndarray:
+    """`column` of per-step rows at (fractional) `steps`, linearly; NaN where the rows have no finite value."""
+    rows = rows[np.isfinite(rows[column].to_numpy(dtype=np.float64))]
+    if rows.empty:
+        return np.full(len(steps), np.nan)
+    return np.interp(steps, rows["step"].to_numpy(np.float64), rows[column].to_numpy(np.float64))
+
+
 @dataclass(frozen=True)
 class Curve:
     """One loss of one run on the evaluation grid, as arrays in training order."""
 
-    steps: np.ndarray
+    steps: np.ndarray  # optimizer steps done (a training-loss block's mean step: fractional)
     flops: np.ndarray
     wall: np.ndarray
     loss: np.ndarray
@@ -237,7 +251,7 @@ def run_curves(grid: pd.DataFrame) -> dict[tuple, dict[LossKey, Curve]]:
     for (setting, variant, seed, *key), c in grid.groupby([*RUN_KEY, *LossKey._fields], sort=False):
         c = c.sort_values("step")
         curve = Curve(
-            steps=c["step"].to_numpy(np.int64),
+            steps=c["step"].to_numpy(np.float64),
             flops=c["flops"].to_numpy(np.float64),
             wall=c["wall_s"].to_numpy(np.float64),
             loss=c["loss"].to_numpy(np.float64),

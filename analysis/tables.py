@@ -1,9 +1,10 @@
 """The report's Markdown tables and verdicts, built from the DataFrames of analysis/pairs.py (the notebooks call
 these too).
 
-`summary` is `pairs.summarise(matches)`: one row per setting, loss, sparse variant, over seeds. A cell with several
-seeds reads "mean [low, high]" (95% interval); a variant that did not reach the target in every seed reads "not
-reached" or "k/n not reached", never a number.
+`summary` is `pairs.summarise(matches)`: one row per setting, loss, sparse variant, over seeds. The headline of a
+cell is the loss gap at equal FLOPs, "mean [low, high]" (95% interval) and its verdict; FLOPs-to-match beside it is
+a geometric mean with the interval of its log, or, when some seed did not reach the target, how many did and the
+lower bound the budgets give ("2/3 reach; ≥ 96.0%"), never a mean of the seeds that reached.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from analysis.labels import (
     arm_label,
     arm_rank,
     dense_partner,
+    is_twin,
     loss_label,
     loss_rank,
     loss_unit,
@@ -45,15 +47,36 @@ def with_interval(value: Interval | None, n: int, fmt: Callable[[float], str]) -
 
 
 def fraction_cell(agg: dict | None) -> str:
-    """'78.1%', '78.1% [70.2%, 86.0%]' over seeds, 'not reached' or 'k/n not reached'; '–' when not run."""
+    """FLOPs-to-match: '78.1%' (one seed), '78.1% [70.2%, 86.0%]' over seeds (geometric mean, interval of the log),
+    with its word ('fewer FLOPs', 'more FLOPs') when that interval excludes 100%; '2/3 reach; ≥ 96.0%' when some
+    seed did not reach; '–' when not run."""
     if agg is None:
         return "–"
     fraction = interval(agg, "fraction")
-    return not_reached_text(agg) if fraction is None else with_interval(fraction, n_seeds(agg), percent)
+    if fraction is None:
+        return not_reached_text(agg)
+    cell = with_interval(fraction, n_seeds(agg), percent)
+    return f"{cell} {agg['fraction_verdict']}" if agg.get("fraction_verdict") else cell
+
+
+def gap_cell(agg: dict | None) -> str:
+    """The loss gap at equal FLOPs, sparse - dense: '-0.052 [-0.081, -0.023] better' with its verdict (MIN_SEEDS
+    or more seeds); '–' when not run, 'n/a' when the sparse run is shorter than the dense one."""
+    if agg is None:
+        return "–"
+    cell = with_interval(interval(agg, "loss_gap"), n_seeds(agg), "{:+.3f}".format)
+    return f"{cell} {agg['verdict']}" if n_seeds(agg) >= MIN_SEEDS and cell != "n/a" else cell
+
+
+def _flags(agg: dict | None) -> str:
+    """The dense curves' ends, when they qualify the cell (pairs.curve_end): 'steep 3/3' (the baseline is still
+    improving fast), 'flat 1/3' (FLOPs-to-match is ill-conditioned there)."""
+    return agg["dense_end"] if agg is not None and isinstance(agg.get("dense_end"), str) else ""
 
 
 def main_pairs(summary: pd.DataFrame, kind: str) -> dict[tuple[str, LossKey, str], dict]:
-    """Summary rows of one loss kind for the main and control arms (ablation variants left out), keyed for lookup."""
+    """Summary rows of one loss kind for the main, control and twin arms (ablation variants left out), keyed for
+    lookup."""
     rows = summary.to_dict("records")
     return {
         (r["setting"], loss_key(r), r["variant"]): r for r in rows if r["kind"] == kind and r["variant"] == r["arm"]
@@ -65,28 +88,91 @@ def _rows(results: Results, keys: Iterable[tuple[str, LossKey]]) -> list[tuple[s
     return sorted(set(keys), key=lambda sk: (settings.index(sk[0]), loss_rank(sk[1])))
 
 
-def match_table(results: Results, summary: pd.DataFrame, kind: str = "train", papers: bool = True) -> str:
-    """FLOPs-to-match (% of the dense arm's training FLOPs) per setting and loss, one column per sparse arm, then
-    (with `papers`) the papers' numbers for the same setting and modality with their source keys."""
-    found = main_pairs(summary, kind)
+def match_table(
+    results: Results, summary: pd.DataFrame, kind: str = "train", papers: bool = True, twins: bool = False
+) -> str:
+    """The headline per setting and loss: for each sparse arm (or, with `twins`, each twin: the null control) the
+    loss gap at equal FLOPs with its verdict, FLOPs-to-match (% of the dense arm's FLOPs to its best loss) with its
+    own word, and the dense curves' ends where they qualify it; then (with `papers`) the papers' numbers for the same
+    setting and modality with their source keys."""
+    found = {k: v for k, v in main_pairs(summary, kind).items() if is_twin(k[2]) == twins}
     if not found:
-        return f"No finished sparse/dense pair has a {kind} loss."
+        return f"No finished {'twin' if twins else 'sparse'}/dense pair has a {kind} loss."
     variants = sorted({v for _, _, v in found}, key=arm_rank)
     paper_arms = [v for v in variants if papers and any(arm == v for arm, _, _ in PAPER_NUMBERS)]
-    header = ["setting", "loss", *map(pair_label, variants), *[f"{arm_label(a)} (paper)" for a in paper_arms]]
+    header = ["setting", "loss", "unit"]
+    for v in variants:
+        header += [
+            f"{pair_label(v)}: loss gap",
+            f"{pair_label(v)}: FLOPs-to-match",
+            f"{arm_label(dense_partner(v))} curve",
+        ]
+    header += [f"{arm_label(a)} (paper)" for a in paper_arms]
     rows = []
     for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
         primary = key.valset in ("val", "") and not key.source
         papers = [PAPER_NUMBERS.get((a, setting, key.modality)) if primary else None for a in paper_arms]
-        rows.append(
-            [
-                setting,
-                loss_label(key),
-                *[fraction_cell(found.get((setting, key, v))) for v in variants],
-                *["" if p is None else f"{p.value} at {p.scale} [{p.source}]" for p in papers],
-            ]
-        )
+        cells = [setting, loss_label(key), loss_unit(setting, key.modality)]
+        for v in variants:
+            agg = found.get((setting, key, v))
+            cells += [gap_cell(agg), fraction_cell(agg), _flags(agg)]
+        cells += ["" if p is None else f"{p.value} at {p.scale} [{p.source}]" for p in papers]
+        rows.append(cells)
     return markdown_table(header, rows)
+
+
+def null_rate(summary: pd.DataFrame) -> tuple[int, int, int]:
+    """The twins' null control over a report: (cells with a verdict, of them "better" or "worse" from the unadjusted
+    interval, of them significant after Holm's adjustment)."""
+    rows = [r for r in summary.to_dict("records") if is_twin(r["variant"]) and r["verdict"] in VERDICTS]
+    positive = [r for r in rows if r["verdict"] != "no significant difference"]
+    return len(rows), len(positive), sum(1 for r in positive if _holm_significant(r))
+
+
+VERDICTS = ("better", "worse", "no significant difference")
+
+
+def _holm_significant(agg: dict) -> bool:
+    p = agg.get("loss_gap_p_holm")
+    return p is not None and not pd.isna(p) and p < 0.05
+
+
+def tests_text(summary: pd.DataFrame) -> str:
+    """How many tests the report's verdicts make and what Holm's adjustment leaves of them."""
+    rows = [r for r in summary.to_dict("records") if r["verdict"] in VERDICTS and not is_twin(r["variant"])]
+    positive = [r for r in rows if r["verdict"] != "no significant difference"]
+    kept = [r for r in positive if _holm_significant(r)]
+    named = "; ".join(
+        f"{r['setting']} {loss_label(loss_key(r))} {pair_label(r['variant'])} ({r['verdict']})" for r in kept
+    )
+    return (
+        f"{len(rows)} verdicts are tests at the 5% level (one per sparse arm, setting and loss; the twins' aside); "
+        f"{len(positive)} say *better* or *worse* from the unadjusted 95% intervals shown, {len(kept)} of them remain "
+        f"significant after Holm's adjustment over all of them (`loss_gap_p_holm` in flops_to_match_summary.csv)"
+        + (f": {named}." if kept else ".")
+    )
+
+
+def params_table(results: Results) -> str:
+    """Total and active parameters of every arm per setting (a sparse arm holds one copy of its decoupled parts per
+    modality; each token passes through one)."""
+    runs = results.runs[results.runs["variant"] == results.runs["arm"]]
+    if "params_total" not in runs or runs["params_total"].isna().all():
+        return "No run recorded its parameters."
+    variants = sorted(set(runs["variant"]), key=arm_rank)
+    rows = []
+    for setting in results.settings:
+        mine = runs[runs["setting"] == setting]
+        cells = []
+        for v in variants:
+            counts = mine.loc[mine["variant"] == v, ["params_total", "params_active"]].dropna()
+            if counts.empty:
+                cells.append("–")
+                continue
+            total, active = counts.iloc[0] / 1e6
+            cells.append(f"{total:.2f}M" if total == active else f"{total:.2f}M ({active:.2f}M active)")
+        rows.append([setting, *cells])
+    return markdown_table(["setting", *map(arm_label, variants)], rows)
 
 
 def paper_sources(results: Results) -> str:
@@ -101,23 +187,6 @@ def _finals(finals: pd.DataFrame) -> dict[tuple[str, LossKey, str], list[float]]
     for r in finals.to_dict("records"):
         out[(r["setting"], loss_key(r), r["variant"])].append(r["final_loss"])
     return out
-
-
-def final_loss_table(results: Results, finals: pd.DataFrame) -> str:
-    """Smoothed final validation loss of every main arm per setting and loss (mean [95% interval] over seeds)."""
-    found = {k: v for k, v in _finals(finals).items() if k[1].kind == "val"}
-    main = set(results.runs.loc[results.runs["variant"] == results.runs["arm"], "variant"])
-    variants = sorted({v for _, _, v in found if v in main}, key=arm_rank)
-    if not variants:
-        return "No finished run."
-    rows = []
-    for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
-        cells = []
-        for v in variants:
-            values = found.get((setting, key, v))
-            cells.append("–" if not values else with_interval(mean_interval(values), len(values), "{:.4f}".format))
-        rows.append([setting, loss_label(key), loss_unit(setting, key.modality), *cells])
-    return markdown_table(["setting", "loss", "unit", *map(arm_label, variants)], rows)
 
 
 def field_table(results: Results, summary: pd.DataFrame, name: str, fmt: Callable[[float], str]) -> str:
@@ -234,11 +303,11 @@ def versions_text(results: Results) -> list[str]:
 
 
 def verdicts(results: Results, summary: pd.DataFrame, kind: str = "train") -> list[str]:
-    """One line per setting on one loss kind (training loss: the papers' measure), e.g. '**chameleon**: MoM saves
-    18% [9%, 27%] of Mamba's FLOPs on text, no significant difference on image (-0.004 [-0.02, +0.01] nats at equal
-    FLOPs).' With fewer than 3 seeds it says where each arm reached its dense arm's final loss, and that one seed
-    gives no interval."""
-    found = main_pairs(summary, kind)
+    """One line per setting on one loss kind (training loss: the papers' measure), e.g. '**chameleon**: MoM better
+    on text (-0.052 [-0.081, -0.023] nats at equal FLOPs; FLOPs-to-match 81.0% [70.1%, 93.5%], fewer FLOPs), no
+    significant difference on image (...)'. The word comes from the loss gap's interval alone. With fewer than 3
+    seeds it says where each arm reached its dense arm's best loss, and that so few seeds give no verdict."""
+    found = {k: v for k, v in main_pairs(summary, kind).items() if not is_twin(k[2])}
     lines = []
     for setting in results.settings:
         sentences = []
@@ -258,28 +327,21 @@ def _and(items: list[str]) -> str:
 def _gap(agg: dict, setting: str) -> str:
     gap, unit = interval(agg, "loss_gap"), loss_unit(setting, agg["modality"])
     if gap is None:
-        return ""
+        return "no loss at equal FLOPs (the sparse run is shorter)"
     if n_seeds(agg) == 1:
-        return f" ({gap[0]:+.3f} {unit} at equal FLOPs)"
-    return f" ({gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}] {unit} at equal FLOPs)"
+        return f"{gap[0]:+.3f} {unit} at equal FLOPs"
+    return f"{gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}] {unit} at equal FLOPs"
 
 
 def _verdict(setting: str, aggs: list[dict]) -> str:
-    """One sparse arm's clause: with intervals, what it saves, where it makes no significant difference and where it
-    is worse; without, where it reached its dense arm's final loss and where not (with the loss gap)."""
+    """One sparse arm's clause: with intervals, its verdict per modality with the loss gap and FLOPs-to-match
+    beside it; without, where it reached its dense arm's best loss and where not."""
     sparse, dense = arm_label(aggs[0]["arm"]), arm_label(aggs[0]["dense_arm"])
     n = n_seeds(aggs[0])
     if n >= MIN_SEEDS:
-        parts = []
-        for a in aggs:
-            fraction, on = interval(a, "fraction"), f"on {a['modality']}"
-            if a["verdict"] == "saves" and fraction is not None:
-                saved = f"{1 - fraction[0]:.0%} [{1 - fraction[2]:.0%}, {1 - fraction[1]:.0%}]"
-                parts.append(f"saves {saved} of {dense}'s FLOPs {on}")
-            elif a["verdict"] == "saves":
-                parts.append(f"ends lower {on}{_gap(a, setting)}, {not_reached_text(a)}")
-            else:
-                parts.append(f"{a['verdict']} {on}{_gap(a, setting)}")
+        parts = [
+            f"{a['verdict']} on {a['modality']} ({_gap(a, setting)}; FLOPs-to-match {fraction_cell(a)})" for a in aggs
+        ]
         return f"{sparse} " + ", ".join(parts) + f" ({n} seeds, 95% intervals)"
     reached, partial, missed = [], [], []
     for a in aggs:
@@ -289,9 +351,9 @@ def _verdict(setting: str, aggs: list[dict]) -> str:
         elif a["n_reached"]:
             partial.append(f"on {a['modality']} in only {a['n_reached']}/{n} seeds")
         else:
-            missed.append(f"on {a['modality']}{_gap(a, setting)}")
-    seeds = f" (means over {n} seeds, too few for an interval)" if n > 1 else ""
-    clauses = [f"reached {dense}'s final loss {_and(reached)} of {dense}'s FLOPs{seeds}"] if reached else []
-    clauses += [f"reached {dense}'s final loss {_and(partial)}"] if partial else []
-    clauses += [f"did not reach {dense}'s final loss {_and(missed)}"] if missed else []
+            missed.append(f"on {a['modality']} ({_gap(a, setting)})")
+    seeds = f" (geometric means over {n} seeds, too few for a verdict)" if n > 1 else " (one seed: no verdict)"
+    clauses = [f"reached {dense}'s best loss {_and(reached)} of {dense}'s FLOPs{seeds}"] if reached else []
+    clauses += [f"reached {dense}'s best loss {_and(partial)}"] if partial else []
+    clauses += [f"did not reach {dense}'s best loss {_and(missed)}"] if missed else []
     return f"{sparse} " + ", but ".join(clauses)

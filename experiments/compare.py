@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--tokens", type=float, help="training tokens per run (rounded up to whole steps)")
     parser.add_argument("--val-every", type=int, help="validate every this many steps (default: the scale's recipe)")
     parser.add_argument(
+        "--lr", type=float, help="peak learning rate of every run (default: the scale's recipe; benchmarks/lr_sweep.py)"
+    )
+    parser.add_argument(
         "--ablation",
         nargs="?",
         const="basic",

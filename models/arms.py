@@ -9,6 +9,8 @@ An arm is a family (Mamba or transformer) plus how its sparse parts pick an expe
                             hash of its position, blind to modality (do extra parameters alone explain the gain?)
     mom_idhash, mot_idhash  stronger controls: a fixed expert per token id (Hash Layers, Roller et al. 2021), balanced
                             on the training data; every expert sees every modality, routed by content
+    mamba_twin,             null (A/A) controls: the dense arm itself, with other initial weights, compared with the
+    transformer_twin        dense arm like a sparse arm is: what "significant" means when nothing differs
 
 The model config, model building, FLOPs, the comparison's plan and the report's labels, colours and column order all
 read `ARMS`. A new arm is one `register_arm(Arm(...))` call (a test registers one and trains it end to end).
@@ -36,8 +38,9 @@ class Arm:
         family: its Family (block, parts, sizes, parameter count, FLOPs).
         label: its name in tables and figures.
         colour: its matplotlib colour in every figure.
-        dense: the dense arm a sparse arm is compared with (same family); None for a dense arm.
-        routing: one of ROUTINGS; "none" exactly for dense arms.
+        dense: the dense arm this arm is compared with (same family): a sparse arm's, or a twin's; None for a dense
+            arm that is itself a baseline.
+        routing: one of ROUTINGS; "none" exactly for dense arms (baselines and twins).
         decouple: the parts a sparse arm decouples by default; None means all of the family's parts.
         default: trained by a comparison that does not name its arms.
         config: ModelConfig fields this arm sets unless the config sets them itself (a named variant of a block,
@@ -57,7 +60,12 @@ class Arm:
 
     @property
     def is_sparse(self) -> bool:
-        return self.dense is not None
+        return self.routing != "none"
+
+    @property
+    def is_twin(self) -> bool:
+        """A dense arm compared with a dense arm of its family: the null control."""
+        return self.dense is not None and not self.is_sparse
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -77,14 +85,14 @@ def register_arm(arm: Arm) -> Arm:
         problems.append(f"an arm named {arm.name!r} is registered already")
     if arm.routing not in ROUTINGS:
         problems.append(f"routing {arm.routing!r} is not one of {list(ROUTINGS)}")
-    if arm.is_sparse:
+    if arm.dense is not None:
         partner = ARMS.get(arm.dense)
-        if partner is None or partner.is_sparse or partner.family is not arm.family:
-            problems.append(f"dense partner {arm.dense!r} is not a registered dense {arm.family.name} arm")
-        if arm.routing == "none":
-            problems.append("a sparse arm needs a routing other than 'none'")
-    elif arm.routing != "none" or arm.decouple:
-        problems.append("a dense arm has routing 'none' and decouples nothing")
+        if partner is None or partner.dense is not None or partner.is_sparse or partner.family is not arm.family:
+            problems.append(f"dense partner {arm.dense!r} is not a registered dense {arm.family.name} baseline")
+    elif arm.is_sparse:
+        problems.append("a sparse arm needs a dense partner")
+    if not arm.is_sparse and arm.decouple:
+        problems.append("a dense arm (routing 'none') decouples nothing")
     unknown = sorted(set(arm.decouple or ()) - set(arm.family.parts))
     if unknown:
         problems.append(f"unknown {arm.family.name} parts {unknown}; valid are {list(arm.family.parts)}")
@@ -122,3 +130,11 @@ register_arm(
     Arm("mot_prenorm", TRANSFORMER, "MoT (pre-norm)", "tab:pink", dense="transformer_prenorm", routing="modality",
         config=PRENORM)
 )  # fmt: skip
+# The twins draw their initial weights from the run's seed + TWIN_SEED_OFFSET (models/lm.py) and train on the same
+# batches as the dense run of their seed. The offset is far from any seed a comparison uses, so no twin starts from
+# the weights of a dense run of another seed.
+TWIN_SEED_OFFSET = 10_000
+register_arm(Arm("mamba_twin", MAMBA, "Mamba twin", "lightsteelblue", dense="mamba",
+                 config={"init_seed_offset": TWIN_SEED_OFFSET}))  # fmt: skip
+register_arm(Arm("transformer_twin", TRANSFORMER, "Transformer twin", "darkseagreen", dense="transformer",
+                 config={"init_seed_offset": TWIN_SEED_OFFSET}))  # fmt: skip

@@ -17,7 +17,7 @@ from models.scan import BACKENDS
 from models.transformer import NORM_PLACEMENTS, mlp_hidden
 
 # Fields whose default depends on the arm (Arm.config); these are the defaults of every other arm.
-BLOCK_DEFAULTS = {"norm_placement": "post", "qk_norm": True}
+BLOCK_DEFAULTS = {"norm_placement": "post", "qk_norm": True, "init_seed_offset": 0}
 
 
 @dataclass
@@ -45,6 +45,8 @@ class ModelConfig:
         init_std: standard deviation of the embedding / transformer linear initialisation.
         init_from_dense: a sparse arm starts with every expert equal to its dense arm's initial weights (the same
             random draws as the dense run of the same seed); no effect on a dense arm.
+        init_seed_offset: the initial weights are drawn with torch seeded at the run's seed plus this; nothing else
+            changes (the twin arms set it). None takes the arm's (`Arm.config`), else 0.
     """
 
     arch: str = "mamba"
@@ -78,6 +80,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     init_from_dense: bool = False
+    init_seed_offset: int | None = None
 
     def __post_init__(self) -> None:
         arm = get_arm(self.arch)
@@ -123,7 +126,7 @@ class ModelConfig:
 
     def dense(self) -> ModelConfig:
         """The dense baseline's config (itself for a dense arch)."""
-        return replace(self, arch=self.arm.dense or self.arch, decouple=(), routing=None)
+        return replace(self, arch=self.arm.dense or self.arch, decouple=(), routing=None, init_seed_offset=None)
 
     @property
     def arm(self) -> Arm:

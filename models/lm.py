@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -277,8 +277,14 @@ def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> M
     """MultiModalLM(cfg), built directly on `device` ("meta" counts parameters without allocating).
 
     With `cfg.init_from_dense` a sparse model starts as its dense arm would (upcycling at step 0): the dense model is
-    built first, from the same random state a dense run builds from, and every expert gets its weights.
+    built first, from the same random state a dense run builds from, and every expert gets its weights. With
+    `cfg.init_seed_offset` the weights are drawn with torch seeded at its initial seed (a run's seed) plus the
+    offset, on a fork of torch's random state, which the build leaves as it was.
     """
+    if cfg.init_seed_offset:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() + cfg.init_seed_offset)
+            return build_model(replace(cfg, init_seed_offset=0), device)
     with torch.device(device) if device is not None else nullcontext():
         if not (cfg.init_from_dense and cfg.is_sparse):
             return MultiModalLM(cfg)

@@ -3,6 +3,7 @@ interrupt, trains exactly what is missing, refuses bad names and results of anot
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -213,6 +214,8 @@ def test_bad_names_are_refused_before_anything_runs(tmp_path, capsys, flag, valu
         (["--devices", "abc"], ["--devices abc", "devices"]),
         (["--strategy", "garbage"], ["--strategy garbage", "invalid strategy"]),
         (["--seeds", "0,-1"], ["--seeds", "0,-1", ">= 0"]),
+        (["--lr", "0"], ["--lr", "between 0 and 1", "got 0"]),
+        (["--lr", "inf"], ["--lr", "between 0 and 1", "got inf"]),
     ],
 )
 def test_bad_budgets_are_refused_before_anything_runs(tmp_path, capsys, args, words):
@@ -364,3 +367,22 @@ def test_ctrl_c_stops_parallel_runs_resumably(tmp_path, cache):
         with open(folders[arm] / "metrics.csv", newline="") as f:
             steps = [int(r["step"]) for r in csv.DictReader(f) if r["train/loss"]]
         assert steps == list(range(STEPS_CTRL_C))
+
+
+def test_the_twin_arm_is_its_dense_arm_with_other_initial_weights_reported_as_a_null_control(tmp_path, cache):
+    """mamba_twin trains the dense Mamba of its seed's batches from other initial weights, is paired with Mamba like
+    a sparse arm, and the report gives it the null-control section with its count of false positives."""
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,mamba_twin", "--seeds", "3",
+                 "--max-steps", "4")  # fmt: skip
+    assert main(args) == 0
+    for seed in range(3):
+        dense, twin = (trained_folder(tmp_path / "runs", "chameleon", v, seed) for v in ("mamba", "mamba_twin"))
+        assert read_summary(twin).batch_order == read_summary(dense).batch_order
+        assert json.loads((twin / "config.json").read_text())["model"]["init_seed_offset"] == 10_000
+        with open(dense / "metrics.csv", newline="") as f, open(twin / "metrics.csv", newline="") as g:
+            first = [next(r for r in csv.DictReader(h) if r["train/loss"])["train/loss"] for h in (f, g)]
+        assert first[0] != first[1]  # other initial weights, the same first batch
+    text = (tmp_path / "results" / "report.md").read_text()
+    null = text.split("## Null control: each dense arm against its twin", 1)[1].split("\n## ", 1)[0]
+    assert "Mamba vs Mamba (null): loss gap" in null and re.search(r"This run: \*\*\d+ of \d+\*\* twin cells", null)
+    assert "Mamba twin" not in text.split("## Verdict", 1)[1].split("\n## ", 1)[0]

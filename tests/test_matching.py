@@ -1,12 +1,23 @@
 """FLOPs-to-match on constructed curves with known answers: no lag on noise-free curves, a measured (small) bias on
-noisy ones, not-reached, intervals, bad input."""
+noisy ones, exactly 100% against itself and exactly k against a copy on a scaled FLOPs axis (curves that turn up at
+the end included), not-reached and its bound, the statistics over seeds, bad input. tests/test_real_curves.py runs
+the null tests on real curves."""
 
 import math
 
 import numpy as np
 import pytest
 
-from analysis.matching import flops_to_match, loss_gap, mean_interval, smooth
+from analysis.matching import (
+    compare_curves,
+    flops_to_match,
+    holm,
+    log_interval,
+    loss_gap,
+    mean_interval,
+    smooth,
+    t_test,
+)
 
 TRUTHS = (0.8, 0.5, 1 / 3)
 
@@ -69,6 +80,44 @@ def test_never_reached_is_none_and_identical_is_one():
     assert flops_to_match(flops, log_linear(flops), flops, log_linear(flops)) == pytest.approx(1.0)
 
 
+def u_shaped(flops: np.ndarray) -> np.ndarray:
+    """A curve that falls, flattens and turns up at its end (as an over-fitting speech curve does)."""
+    x = np.log(flops / flops[0])
+    return 3.0 - 0.4 * x + 0.06 * x**2
+
+
+@pytest.mark.parametrize("curve", [log_linear, u_shaped, power_law])
+def test_a_curve_against_itself_is_exactly_one_and_against_a_scaled_copy_exactly_k(curve):
+    """The target is the dense arm's best smoothed loss and the denominator its own reach, so a curve matches itself
+    at exactly 100% even where it turns up at the end (a target at the last evaluation would lie above earlier
+    points, and the curve would "match itself" early); the same losses at k times the FLOPs match at k, within
+    rounding, never "not reached"."""
+    flops = np.arange(1, 11) * 1e12
+    loss = curve(flops)
+    assert flops_to_match(flops, loss, flops, loss) == 1.0
+    for k in (0.5, 0.7, 0.8, 1.3):
+        assert flops_to_match(flops, loss, k * flops, loss) == pytest.approx(k, rel=1e-9)
+
+
+def test_the_target_is_the_best_smoothed_loss_and_the_gap_is_at_the_end():
+    """On a curve that turns up, the target is its minimum (reached before the end) and the sparse arm's reach is
+    divided by the dense arm's; the loss gap compares both arms at the dense arm's total FLOPs."""
+    flops = np.arange(1, 11) * 1e12
+    dense = u_shaped(flops)
+    m = compare_curves(flops, dense, flops, dense - 0.1)
+    assert m.target == pytest.approx(dense.min(), abs=1e-9) and m.dense_reach == flops[int(np.argmin(dense))]
+    assert m.fraction < 1 and m.loss_gap == pytest.approx(-0.1, abs=1e-9)
+
+
+def test_never_reached_gives_a_lower_bound_from_the_budget():
+    """A sparse arm that never reaches the target has no fraction, and `at_least` is its total FLOPs over the dense
+    arm's reach: the fraction would be above it."""
+    flops = np.geomspace(1e12, 1e14, 20)
+    m = compare_curves(flops, log_linear(flops), flops[:10], log_linear(flops[:10]) + 0.01)
+    assert m.fraction is None and m.at_least == pytest.approx(flops[9] / flops[-1])
+    assert compare_curves(flops, log_linear(flops), flops, log_linear(flops, 2.0)).at_least == pytest.approx(0.5)
+
+
 def test_match_at_first_evaluation_is_not_extrapolated():
     """If the sparse arm is already below target at its first evaluation, that evaluation's FLOPs is the answer."""
     flops = np.array([1.0, 2.0, 4.0, 8.0])
@@ -95,6 +144,25 @@ def test_smoothing_is_a_local_quadratic_in_log_flops():
     flat = np.full(15, 2.0)
     flat[7] = 3.0
     assert abs(smooth(flops, flat)[7] - 2.0) < 0.5 and smooth(flops, flat, points=1).tolist() == flat.tolist()
+
+
+def test_log_interval_t_test_and_holm_known_answers():
+    """The log-ratio interval is the t-interval of the logs, back on the ratio scale (a ratio and its inverse are
+    symmetric); the t-test's p-value agrees with the 95% interval; Holm's adjustment on a textbook example."""
+    mean, low, high = log_interval([0.5, 2.0])
+    assert mean == pytest.approx(1.0) and low * high == pytest.approx(1.0)
+    logs = np.log([0.7, 0.8, 0.9])
+    assert log_interval([0.7, 0.8, 0.9]) == pytest.approx(tuple(math.exp(v) for v in mean_interval(logs)))
+    with pytest.raises(ValueError, match="positive ratios"):
+        log_interval([0.5, 0.0])
+    gaps = [-0.10, -0.05, -0.08]
+    p = t_test(gaps)
+    mean, low, high = mean_interval(gaps)
+    assert (p < 0.05) == (high < 0) and p == pytest.approx(0.0336, abs=5e-4)  # t = -5.28 on 2 degrees of freedom
+    assert t_test([0.1]) is None and t_test([0.1, 0.1]) is None
+    # Holm (1979): p sorted 0.01, 0.02, 0.03, 0.04 of 4 tests -> 0.04, 0.06, 0.06, 0.06 (monotone), in input order.
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_mean_interval():

@@ -56,7 +56,10 @@ def test_registries_check_what_they_are_given(registered):
     cases = [
         (lambda: register_arm(ARM), "registered already"),
         (lambda: register_arm(Arm("x", MAMBA, "X", "k", dense="transformer", routing="modality")), "dense partner"),
-        (lambda: register_arm(Arm("x", MAMBA, "X", "k", dense="mamba")), "routing other than 'none'"),
+        (lambda: register_arm(Arm("x", MAMBA, "X", "k", routing="modality")), "needs a dense partner"),
+        (lambda: register_arm(Arm("x", MAMBA, "X", "k", dense="mom")), "dense partner 'mom'"),
+        (lambda: register_arm(Arm("x", MAMBA, "X", "k", dense="mamba_twin")), "dense partner 'mamba_twin'"),
+        (lambda: register_arm(Arm("x", MAMBA, "X", "k", dense="mamba", decouple=("in_proj",))), "decouples nothing"),
         (lambda: register_arm(Arm("x", MAMBA, "X", "k", dense="mamba", routing="modality", decouple=("wq",))), "wq"),
         (lambda: register_arm(Arm("x", MAMBA, "X", "k", routing="learned")), "routing 'learned'"),
         (lambda: register_setting(Setting("x", ("text", "speech"), "discrete", 1)), "first k >= 2"),

@@ -256,23 +256,25 @@ def test_report_table_shows_the_numbers_and_the_papers(out):
     """The primary table is on training loss (the papers' measure), one column per sparse arm (control arm included),
     with the papers' numbers beside; the validation table confirms, per validation set, without the papers'."""
     text = (out / "report.md").read_text()
-    train_table = table(section(text, "FLOPs-to-match on training loss"))
+    train_table = table(section(text, "Loss gap at equal FLOPs and FLOPs-to-match on training loss"))
     row = train_table[("chameleon", "text")]
-    assert percent(row["MoM vs Mamba"]) == pytest.approx(0.8, rel=0.02)
-    assert percent(row["MoM-pos-hash vs Mamba"]) == pytest.approx(1 / 1.1, rel=0.02)
+    assert percent(row["MoM vs Mamba: FLOPs-to-match"]) == pytest.approx(0.8, rel=0.02)
+    assert percent(row["MoM-pos-hash vs Mamba: FLOPs-to-match"]) == pytest.approx(1 / 1.1, rel=0.02)
+    gap = float(row["MoM vs Mamba: loss gap"].split()[0])  # two seeds: a mean and an interval, no verdict
+    assert gap == pytest.approx(-SLOPE * math.log(1.25), abs=2e-3) and row["unit"] == "nats"
     assert "65.40% at 1.4B" in row["MoM (paper)"] and "55.8% at 7B" in row["MoT (paper)"]
     assert "34.76% at 1.4B" in train_table[("transfusion", "image")]["MoM (paper)"]
     assert "24.80%" in train_table[("three_modality", "speech")]["MoM (paper)"]
-    val_table = table(section(text, "FLOPs-to-match on validation loss"))
-    assert percent(val_table[("three_modality", "speech (real recordings)")]["MoM vs Mamba"]) == pytest.approx(
-        0.5, rel=0.01
-    )
+    val_table = table(section(text, "The same on validation loss"))
+    cell = val_table[("three_modality", "speech (real recordings)")]["MoM vs Mamba: FLOPs-to-match"]
+    assert percent(cell) == pytest.approx(0.5, rel=0.01)
     assert not any("(paper)" in column for column in val_table[("chameleon", "text")])
 
 
 def test_with_three_seeds_a_verdict_is_an_interval(tmp_path):
-    """Three seeds: a sparse arm shifted by about 2x 'saves ~50% [lo, hi]', one identical to its dense arm makes 'no
-    significant difference', one always above it is 'worse' with its gap and interval."""
+    """Three seeds: a sparse arm shifted by about 2x is 'better' with its gap, FLOPs-to-match ~50% [lo, hi] 'fewer
+    FLOPs' beside; one identical to its dense arm makes 'no significant difference' at exactly 100%; one always
+    above it is 'worse' with its gap and interval, and its FLOPs-to-match counts the seeds that reached."""
     runs = []
     for seed, k in zip((0, 1, 2), (1.9, 2.0, 2.1), strict=True):
         runs.append(write_run(tmp_path, "chameleon", "mamba", seed))
@@ -282,45 +284,60 @@ def test_with_three_seeds_a_verdict_is_an_interval(tmp_path):
     out = write_comparison(tmp_path / "results", runs, ["chameleon"], None, [0, 1, 2])
     assert main([str(out)]) == 0
     verdict = section((out / "report.md").read_text(), "Verdict")
-    saved = re.search(r"MoM saves (\d+)% \[(\d+)%, (\d+)%\] of Mamba's FLOPs on text", verdict)
-    assert saved and int(saved.group(2)) < 50 < int(saved.group(3)), verdict
-    assert "no significant difference on text" in verdict and "worse on image (+0.050 [+0.050, +0.050] nats" in verdict
+    better = re.search(
+        r"MoM better on text \(-0\.\d+ \[-0\.\d+, -0\.\d+\] nats at equal FLOPs; FLOPs-to-match ([\d.]+)% "
+        r"\[([\d.]+)%, ([\d.]+)%\] fewer FLOPs\)",
+        verdict,
+    )
+    assert better and float(better.group(2)) < 50 < float(better.group(3)), verdict
+    assert "no significant difference on text (+0.000 [+0.000, +0.000] nats at equal FLOPs; FLOPs-to-match 100.0% " in (
+        verdict
+    )
+    assert "worse on image (+0.050 [+0.050, +0.050] nats at equal FLOPs; FLOPs-to-match 0/3 reach; ≥ 100.0%)" in verdict
     summary = csv_rows(out / "flops_to_match_summary.csv")
     verdicts = {
         (r["variant"], r["modality"]): r["verdict"] for r in summary if (r["kind"], r["source"]) == ("train", "")
     }
     assert verdicts == {
-        ("mom", "text"): "saves",
-        ("mom", "image"): "saves",
+        ("mom", "text"): "better",
+        ("mom", "image"): "better",
         ("mot", "text"): "no significant difference",
         ("mot", "image"): "worse",
     }
 
 
 def test_not_reached_is_said_not_numbered(out):
-    """A sparse run that never gets as low is 'not reached' in the report and an empty fraction in the CSV."""
+    """A sparse run that never gets as low is 'not reached' with the budget's lower bound in the report, and an
+    empty fraction in the CSV beside that bound."""
     text = (out / "report.md").read_text()
-    assert table(section(text, "FLOPs-to-match on validation loss"))[("three_modality", "text")]["MoM vs Mamba"] == (
-        "not reached"
-    )
+    cell = table(section(text, "The same on validation loss"))[("three_modality", "text")][
+        "MoM vs Mamba: FLOPs-to-match"
+    ]
+    assert cell == "not reached; ≥ 100.0%"
     verdict = section(text, "Verdict")
     assert re.search(
-        r"three_modality\*\*: MoM reached Mamba's final loss on image at [\d.]+% and on speech at [\d.]+% of "
-        r"Mamba's FLOPs, but did not reach Mamba's final loss on text \(\+0\.050 nats at equal FLOPs\)\.",
+        r"three_modality\*\*: MoM reached Mamba's best loss on image at [\d.]+% and on speech at [\d.]+% of "
+        r"Mamba's FLOPs \(one seed: no verdict\), but did not reach Mamba's best loss on text \(\+0\.050 nats at "
+        r"equal FLOPs\)\.",
         verdict,
     )
     rows = csv_rows(out / "flops_to_match.csv")
     row = find(rows, kind="val", valset="val", setting="three_modality", modality="text", variant="mom")
     assert (row["reached"], row["fraction"], row["wall_clock_fraction"]) == ("false", "", "")
+    assert float(row["at_least"]) == pytest.approx(1.0)
     assert float(row["loss_gap"]) == pytest.approx(NEVER, abs=1e-9)
 
 
 def test_two_seeds_give_mean_and_interval_or_k_of_n(out):
-    """With two seeds a cell is the mean [95% interval]; if one seed does not reach, '1/2 not reached', no number."""
-    main_table = table(section((out / "report.md").read_text(), "FLOPs-to-match on validation loss"))
-    cell = main_table[("chameleon", "image")]["MoM vs Mamba"]
-    assert percent(cell) == pytest.approx(0.45, rel=0.01) and re.search(r"\[-?[\d.]+%, -?[\d.]+%\]", cell)
-    assert main_table[("chameleon", "image")]["MoT vs Transformer"] == "1/2 not reached"
+    """With two seeds a cell is the geometric mean [95% interval of the log]; if one seed does not reach, '1/2 reach'
+    and the lower bound with that seed at its whole budget, never the mean of the seed that reached."""
+    main_table = table(section((out / "report.md").read_text(), "The same on validation loss"))
+    cell = main_table[("chameleon", "image")]["MoM vs Mamba: FLOPs-to-match"]
+    assert percent(cell) == pytest.approx(math.sqrt(0.5 * 0.4), rel=0.01) and re.search(r"\[[\d.]+%, [\d.]+%\]", cell)
+    bound = math.sqrt(1 / 3 * 1.0)  # seed 0 reached at 1/3, seed 1 never: its whole budget, 100%
+    assert (
+        main_table[("chameleon", "image")]["MoT vs Transformer: FLOPs-to-match"] == f"1/2 reach; ≥ {100 * bound:.1f}%"
+    )
     summary = csv_rows(out / "flops_to_match_summary.csv")
     mom = find(summary, kind="val", setting="chameleon", modality="image", variant="mom")
     assert (mom["seeds"], mom["n_reached"]) == ("0 1", "2")
@@ -376,9 +393,9 @@ def test_ablation_lists_every_variant_and_stays_out_of_the_main_table(out):
         "none: dense Mamba (`mamba`)",
     ]
     row = next(r for k, r in ablation.items() if k[0].startswith("in_proj+out_proj"))
-    assert row["FLOPs-to-match image"] == "not reached"
+    assert row["FLOPs-to-match image"] == "not reached; ≥ 100.0%"
     assert percent(row["FLOPs-to-match text"]) == pytest.approx(1 / 1.1, rel=0.01)
-    assert "mom-in_proj" not in section(text, "FLOPs-to-match on validation loss")
+    assert "mom-in_proj" not in section(text, "The same on validation loss")
     assert "![" in section(text, "Ablation")
 
 
@@ -440,9 +457,9 @@ def test_own_data_reports_drop_the_papers_columns_and_few_evaluations_are_flagge
 def test_report_states_units_rules_and_setup(out):
     """Transfusion's image loss is labelled MSE; the smoothing rule, FLOPs convention and setup are stated."""
     text = (out / "report.md").read_text()
-    finals = table(section(text, "Final validation loss per arm"))
-    assert finals[("transfusion", "image")]["unit"] == "diffusion MSE"
-    assert finals[("chameleon", "image")]["unit"] == "nats"
+    headline = table(section(text, "The same on validation loss"))
+    assert headline[("transfusion", "image")]["unit"] == "diffusion MSE"
+    assert headline[("chameleon", "image")]["unit"] == "nats"
     how = section(text, "How to read this report")
     assert "quadratic in log-FLOPs fitted (tricube weights) to the 9 evaluations" in how
     assert "FLOPs = 2 × multiply-accumulates" in how
@@ -454,7 +471,7 @@ def test_report_states_units_rules_and_setup(out):
 def test_read_metrics_step_semantics(tmp_path):
     """On a real metrics.csv sample: a row with step s counts s + 1 steps of FLOPs and takes its training row's
     wall-clock and tokens; on the evaluation grid the training loss is the mean of the val_every steps that end at
-    the evaluation step."""
+    the evaluation step, placed at their mean step (wall-clock interpolated there)."""
     (tmp_path / "metrics.csv").write_text(
         "epoch,flops,optim/grad_norm,optim/lr,speed/tokens_per_s,step,time/wall_s,tokens,tokens/image,tokens/text,"
         "train/loss,train/loss_image,train/loss_text,val/loss_image,val/loss_text\n"
@@ -477,7 +494,8 @@ def test_read_metrics_step_semantics(tmp_path):
     results = Results(tmp_path, {}, pd.DataFrame([run]), curves.assign(**identity)[CURVE_COLUMNS])
     grid = evaluation_grid(results)
     text = grid[(grid["kind"] == "train") & (grid["modality"] == "text")]
-    assert text[["step", "wall_s"]].values.tolist() == [[10, 24.32]]
+    assert text[["step", "wall_s"]].values.tolist() == [[9.5, pytest.approx((23.34 + 24.32) / 2)]]
+    assert text["flops"].tolist() == [pytest.approx(9.5 * 10255073280.0)]
     assert text["loss"].tolist() == [pytest.approx((7.674 + 7.608) / 2)]
 
 
@@ -517,11 +535,36 @@ def test_a_run_record_that_does_not_fit_is_reported_by_name(tmp_path):
 def test_image_loss_per_source_and_the_mix_are_reported(out):
     """Each image source gets its own rows (final loss, FLOPs-to-match on its curve) and the report states the mix."""
     text = (out / "report.md").read_text()
-    finals = table(section(text, "Final validation loss per arm"))
-    digits, emoji = (float(finals[("chameleon", f"image ({s})")]["Mamba"].split()[0]) for s in ("digits", "emoji"))
-    assert emoji - digits == pytest.approx(1.0, abs=1e-6)
     rows = csv_rows(out / "flops_to_match.csv")
+    digits, emoji = (
+        float(find(rows, kind="val", source=s, setting="chameleon", modality="image", variant="mom", seed=0)[
+            "dense_final_loss"])
+        for s in ("digits", "emoji")
+    )  # fmt: skip
+    assert emoji - digits == pytest.approx(1.0, abs=1e-6)
+    assert ("chameleon", "image (emoji)") in table(section(text, "The same on validation loss"))
     row = find(rows, kind="val", valset="val", source="emoji", setting="chameleon", modality="image", variant="mom",
                seed=0)  # fmt: skip
     assert float(row["fraction"]) == pytest.approx(0.5, rel=0.01)  # the shift of the image curve, per source too
     assert "Image tokens by source, chameleon: train digits 80%, emoji 20%; val digits 40%, emoji 60%" in text
+
+
+def test_the_headline_command_prints_the_folders_numbers(out, capsys):
+    """`--headline` (the README's table) prints, for every cell, the loss gap and FLOPs-to-match of
+    flops_to_match_summary.csv: rendered from the folder, it cannot drift from it."""
+    assert main([str(out), "--headline"]) == 0
+    printed = table(capsys.readouterr().out)
+    summary = [
+        r for r in csv_rows(out / "flops_to_match_summary.csv") if r["kind"] == "train" and r["arm"] == r["variant"]
+    ]
+    assert summary
+    labels = {"mom": "MoM vs Mamba", "mot": "MoT vs Transformer", "mom_hash": "MoM-pos-hash vs Mamba"}
+    for r in summary:
+        row = printed[(r["setting"], r["modality"])]
+        gap = row[f"{labels[r['variant']]}: loss gap"]
+        assert float(gap.split()[0]) == pytest.approx(float(r["loss_gap_mean"]), abs=5e-4)
+        fraction = row[f"{labels[r['variant']]}: FLOPs-to-match"]
+        if r["fraction_mean"]:
+            assert percent(fraction) == pytest.approx(float(r["fraction_mean"]), abs=5e-4)
+        else:
+            assert f"≥ {100 * float(r['fraction_at_least']):.1f}%" in fraction
