@@ -2,7 +2,7 @@
 (experiments/run.py), the reader (analysis/results.py) and the tests.
 
     <root>/<setting>/<scale>/<recipe>/<variant>/seed<k>/
-        recipe = the recipe's name (experiments.run.recipe_id: "200steps-cb35ac"), so runs of other budgets, data
+        recipe = the recipe's name (experiments.run.recipe_id: "200steps-efcc3e"), so runs of other budgets, data
         or model overrides live beside each other; variant = the arm, or an ablation variant ("mom-in_proj")
         config.json             the resolved configuration: model, data, module, trainer, step budget
         metrics.csv             one row per logged step (Lightning's CSVLogger), columns named below

@@ -1,12 +1,12 @@
 """The learning-rate sweep the default recipe's peak lr is taken from: the dense arms alone (Mamba, transformer), each
-family on its own, every setting, the recipe's other values unchanged.
+family on its own, every setting, the recipe's other values unchanged (or its batch size set by --batch-size).
 
     python benchmarks/lr_sweep.py --lrs 1e-3,2e-3,4e-3,8e-3 --seeds 2
 
 For each lr it runs `compare.py --settings all --arms mamba,transformer --lr <lr>` (runs under runs/, reports under
-results/lr-sweep/), then prints, per family and lr, every setting and validation loss's final smoothed value
-(mean over seeds) and their mean excess over the best lr of that loss (in percent of it): the lr with the lowest
-mean excess is the family's. The sparse arms never enter it; they train with their dense partner's recipe.
+results/lr-sweep/batch<B>/), then prints, per family and lr, every setting and validation loss's final smoothed
+value (mean over seeds) and their mean excess over the best lr of that loss (in percent of it): the lr with the
+lowest mean excess is the family's. The sparse arms never enter it; they train with their dense partner's recipe.
 """
 
 from __future__ import annotations
@@ -23,17 +23,18 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.pairs import final_losses  # noqa: E402
 from analysis.results import evaluation_grid, load_results  # noqa: E402
+from experiments.recipes import RECIPES  # noqa: E402
 
 FAMILIES = {"mamba": "Mamba", "transformer": "transformer"}
 
 
-def sweep_out(lr: float) -> Path:
-    return ROOT / "results" / "lr-sweep" / f"lr{lr:g}"
+def sweep_out(batch_size: int, lr: float) -> Path:
+    return ROOT / "results" / "lr-sweep" / f"batch{batch_size}" / f"lr{lr:g}"
 
 
-def finals(lr: float) -> pd.DataFrame:
+def finals(batch_size: int, lr: float) -> pd.DataFrame:
     """The final smoothed validation losses (whole validation set, per modality) of one lr's runs."""
-    results = load_results(sweep_out(lr))
+    results = load_results(sweep_out(batch_size, lr))
     frame = final_losses(results, evaluation_grid(results))
     frame = frame[(frame["kind"] == "val") & (frame["valset"] == "val") & (frame["source"] == "")]
     return frame.assign(lr=lr)
@@ -45,7 +46,8 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
     means = frame.groupby(["variant", "setting", "modality", "lr"])["final_loss"].mean().unstack("lr")
     excess = 100 * (means.div(means.min(axis=1), axis=0) - 1)
     rows = []
-    for family in FAMILIES:
+    trained = [f for f in FAMILIES if f in means.index.get_level_values("variant")]
+    for family in trained:  # lrs a family was not trained at are NaN, left out of its mean
         mine = excess.loc[family]
         rows.append(mine.mean().rename(f"{family}: mean excess over the best lr (%)"))
         for (setting, modality), values in means.loc[family].iterrows():
@@ -57,20 +59,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3", help="comma list of peak learning rates")
     parser.add_argument("--seeds", default="2", help="compare.py --seeds")
+    parser.add_argument("--batch-size", type=int, default=RECIPES["tiny"].batch_size,
+                        help="sequences per step (default: the tiny recipe's)")  # fmt: skip
+    parser.add_argument("--families", default=",".join(FAMILIES), help="the dense arms to train (both are read)")
     parser.add_argument("--no-train", action="store_true", help="only read the sweep's results folders")
     args = parser.parse_args()
     lrs = [float(v) for v in args.lrs.split(",")]
     for lr in [] if args.no_train else lrs:
-        command = [sys.executable, "experiments/compare.py", "--settings", "all", "--arms", ",".join(FAMILIES),
-                   "--seeds", args.seeds, "--lr", f"{lr:g}", "--no-samples", "--out", str(sweep_out(lr))]  # fmt: skip
+        command = [sys.executable, "experiments/compare.py", "--settings", "all", "--arms", args.families,
+                   "--seeds", args.seeds, "--lr", f"{lr:g}", "--data", f"batch_size={args.batch_size}", "--no-samples",
+                   "--out", str(sweep_out(args.batch_size, lr))]  # fmt: skip
         print(" ".join(command[1:]), flush=True)
         subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    result = table(pd.concat([finals(lr) for lr in lrs]))
+    result = table(pd.concat([finals(args.batch_size, lr) for lr in lrs]))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(result.round(4).to_string())
-    for family in FAMILIES:
-        best = result.loc[f"{family}: mean excess over the best lr (%)"].idxmin()
-        print(f"{FAMILIES[family]}: best peak lr {best:g}")
+    for family, name in FAMILIES.items():
+        if f"{family}: mean excess over the best lr (%)" in result.index:
+            print(f"{name}: best peak lr {result.loc[f'{family}: mean excess over the best lr (%)'].idxmin():g}")
     return 0
 
 

@@ -6,18 +6,19 @@ wide each split's loss-gap intervals come out.
 Trains (or, with --no-train, only reads) three comparisons of the four default arms in every setting, each with
 1.23M training tokens per arm and setting summed over its seeds:
 
-    default   3 seeds x 200 steps of 8 x 256 tokens (validation every 20 steps)
-    5x120     5 seeds x 120 steps of 8 x 256 tokens (validation every 12 steps)
-    6x4x200   6 seeds x 200 steps of 4 x 256 tokens (validation every 20 steps)
+    3x8x200   3 seeds x 200 steps of 8 x 256 tokens (validation every 20 steps)
+    5x8x120   5 seeds x 120 steps of 8 x 256 tokens (validation every 12 steps)
+    6x4x200   6 seeds x 200 steps of 4 x 256 tokens (validation every 20 steps): the tiny recipe, chosen by this
 
 and prints per split, over the cells of the report (sparse arm x setting x loss, training and validation): the
 median half-width of the loss gap's 95% interval, the median |gap| / half-width, the verdicts, and the share of
-dense curves flagged steep or flat at their end (pairs.curve_end).
+dense curves flagged steep or flat at their end (pairs.curve_end), and the runs' training wall-clock summed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,14 +32,21 @@ from analysis.labels import is_twin  # noqa: E402
 
 ARMS = "mamba,mom,transformer,mot"
 SPLITS = {
-    "default": [],
-    "5x120": ["--seeds", "5", "--max-steps", "120", "--val-every", "12"],
-    "6x4x200": ["--seeds", "6", "--data", "batch_size=4"],
+    "3x8x200": ["--seeds", "3", "--max-steps", "200", "--val-every", "20", "--data", "batch_size=8"],
+    "5x8x120": ["--seeds", "5", "--max-steps", "120", "--val-every", "12", "--data", "batch_size=8"],
+    "6x4x200": ["--seeds", "6", "--max-steps", "200", "--val-every", "20", "--data", "batch_size=4"],
 }
 
 
 def out(name: str) -> Path:
     return ROOT / "results" / "power" / name
+
+
+def training_minutes(name: str) -> float:
+    """The split's runs' training wall-clock, summed (a comparison runs two at a time on 2 cores)."""
+    comparison = json.loads((out(name) / "comparison.json").read_text())
+    folders = [ROOT / run["folder"] for run in comparison["runs"] if not is_twin(run["variant"])]
+    return sum(json.loads((folder / "summary.json").read_text())["wall_clock_s"] for folder in folders) / 60
 
 
 def reading(name: str) -> dict:
@@ -58,6 +66,7 @@ def reading(name: str) -> dict:
         "worse": int(verdicts.get("worse", 0)),
         "dense curves steep": f"{(ends == 'steep').mean():.0%}",
         "dense curves flat": f"{(ends == 'flat').mean():.0%}",
+        "training, summed (min)": round(training_minutes(name), 1),
     }
 
 

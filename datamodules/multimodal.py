@@ -73,7 +73,7 @@ class MultiModalDataModule(L.LightningDataModule):
         self,
         setting: str = "chameleon",
         seq_len: int = 256,
-        batch_size: int = 8,
+        batch_size: int = 4,
         seed: int = 0,
         val_sequences: int = 32,
         text_ratio: float = 1.0,

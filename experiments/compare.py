@@ -49,14 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arms", default=default_arms, help=f"comma list of {', '.join(ARMS)}")
     parser.add_argument("--scale", default="tiny", help=f"one of {', '.join(SCALES)} (sets the recipe)")
     parser.add_argument(
-        "--seeds", help="a count (3 -> seeds 0,1,2) or a comma list of seeds (default: the scale's recipe; tiny: 3)"
+        "--seeds", help="a count (3 -> seeds 0,1,2) or a comma list of seeds (default: the scale's recipe; tiny: 6)"
     )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max-steps", type=int, help="optimiser steps per run (default: the scale's recipe)")
     budget.add_argument("--tokens", type=float, help="training tokens per run (rounded up to whole steps)")
     parser.add_argument("--val-every", type=int, help="validate every this many steps (default: the scale's recipe)")
     parser.add_argument(
-        "--lr", type=float, help="peak learning rate of every run (default: the scale's recipe; benchmarks/lr_sweep.py)"
+        "--lr",
+        type=float,
+        help="peak learning rate of every run, every family (default: the scale's recipe, each family its own rate "
+        "from benchmarks/lr_sweep.py)",
     )
     parser.add_argument(
         "--ablation",

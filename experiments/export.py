@@ -1,7 +1,7 @@
 """Export a trained run's model so that it loads without the run folder or this suite's training code.
 
-    python experiments/export.py runs/chameleon/tiny/200steps-cb35ac/mamba/seed0 --out exports/mamba     # dense Mamba
-    python experiments/export.py runs/chameleon/tiny/200steps-cb35ac/mom/seed0 --out exports/mom         # any arm
+    python experiments/export.py runs/chameleon/tiny/200steps-efcc3e/mamba/seed0 --out exports/mamba     # dense Mamba
+    python experiments/export.py runs/chameleon/tiny/200steps-efcc3e/mom/seed0 --out exports/mom         # any arm
 
 A dense Mamba run (no patch layers) becomes a Hugging Face `MambaForCausalLM` folder (`save_pretrained`: config.json
 and model.safetensors; its keys are ours under `backbone.`, mamba-ssm's names). Every other arm (MoM, MoT, the

@@ -32,7 +32,9 @@ class LitMultiModalLM(L.LightningModule):
         arch: a registered arm (models.ARMS: "mamba", "mom", "transformer", "mot", the controls "mom_hash", "mot_hash").
         scale: a named scale of ModelConfig ("tiny", "small", "163m", ...).
         vocab_size, n_modalities, patch_dim: from the datamodule (state them once: LightningCLI links them).
-        lr: peak learning rate; min_lr_ratio: the cosine decays to lr * min_lr_ratio at the trainer's max_steps.
+        lr: peak learning rate; min_lr_ratio: the cosine decays to the peak * min_lr_ratio at the trainer's max_steps.
+        family_lr: (family, peak learning rate) pairs that replace `lr` for the model families they name: each dense
+            arm's tuned rate, which its sparse arms share (`peak_lr`).
         warmup_steps: linear warmup from 0.
         weight_decay, betas: AdamW.
         diffusion_weight: λ in the Transfusion total L_text + λ·L_image.
@@ -50,7 +52,8 @@ class LitMultiModalLM(L.LightningModule):
         vocab_size: int = 4096,
         n_modalities: int = 2,
         patch_dim: int = 0,
-        lr: float = 2e-3,
+        lr: float = 8e-3,
+        family_lr: tuple[tuple[str, float], ...] = (("transformer", 1.28e-1),),
         min_lr_ratio: float = 0.1,
         warmup_steps: int = 20,
         weight_decay: float = 0.1,
@@ -82,6 +85,11 @@ class LitMultiModalLM(L.LightningModule):
         }
         self.val_metrics = nn.ModuleDict({key: MeanMetric(nan_strategy="ignore") for key in self.val_keys})
         self.register_buffer("tokens_seen", torch.zeros(n_modalities, dtype=torch.long), persistent=True)
+
+    @property
+    def peak_lr(self) -> float:
+        """This model's peak learning rate: its family's in `family_lr`, else `lr`."""
+        return dict(map(tuple, self.hparams.family_lr)).get(self.cfg.family.name, self.hparams.lr)
 
     def forward(self, batch: dict[str, Tensor]):
         return self.model(
@@ -186,7 +194,7 @@ class LitMultiModalLM(L.LightningModule):
         hp = self.hparams
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
+            lr=self.peak_lr,
             betas=tuple(hp.betas),
         )
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000

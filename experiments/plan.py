@@ -277,7 +277,7 @@ def resolve(args: argparse.Namespace) -> Comparison:
     if args.lr is not None:
         if not (math.isfinite(args.lr) and 0 < args.lr < 1):
             raise ValueError(f"--lr must be a peak learning rate between 0 and 1; got {args.lr:g}")
-        recipe = replace(recipe, lr=args.lr)
+        recipe = replace(recipe, lr=args.lr, family_lr=())
     data = recipe.data() | data_overrides | {"cache_dir": args.data_cache}
     # batch_size is per device: a step of a run on N devices x K nodes trains N x K batches.
     devices = _devices(args.devices)

@@ -30,8 +30,10 @@ class Recipe:
     seq_len: int
     batch_size: int  # sequences per device and step
     val_sequences: int  # fixed validation sequences per validation set
-    lr: float  # peak; linear warmup, then cosine decay to lr * min_lr_ratio at max_steps
+    lr: float  # peak; linear warmup, then cosine decay to the peak * min_lr_ratio at max_steps
     warmup_steps: int
+    # (family, peak lr) pairs replacing `lr` for the families they name: the dense arms' own, their sparse arms' too
+    family_lr: tuple[tuple[str, float], ...] = ()
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -41,7 +43,7 @@ class Recipe:
     seeds: int = 1  # seeds a comparison trains by default (compare.py --seeds): a property of the study, not a run
 
     DATA = ("seq_len", "batch_size", "val_sequences")  # MultiModalDataModule arguments
-    MODULE = ("lr", "warmup_steps", "min_lr_ratio", "weight_decay", "betas")  # LitMultiModalLM arguments
+    MODULE = ("lr", "family_lr", "warmup_steps", "min_lr_ratio", "weight_decay", "betas")  # LitMultiModalLM arguments
     TRAINER = ("precision",)  # lightning.Trainer arguments
 
     def data(self) -> dict:
@@ -63,13 +65,14 @@ class Recipe:
         }
 
 
-# tiny: the default CPU recipe, sized so that 3 settings x 4 arms x 3 seeds (the seeds give every verdict its
-# interval) train on 2 cores in about a quarter of an hour while the dense curves still fall. 10 evaluations place
-# the crossing (the rule is exact within 1.5% at 10, tests/test_matching.py), and 32 validation sequences put the
-# evaluation noise of a loss gap below the seed noise (benchmarks/README.md, "Validation"); validating every 10
-# steps cost 11-21% of a run. AdamW 2e-3 with warmup and cosine decay at d_model 128 showed the sparse arms' gain
-# once the cosine flattens the dense curve; batch 8 x 256 gives twice the optimiser steps per token of 16 x 256, and
-# speech utterances (~110 units) still fit one sequence.
+# tiny: the default CPU recipe. Its budget (3 settings x 4 arms, 1.23M training tokens per arm and setting over all
+# seeds) trains on 2 cores in about a quarter of an hour; of the splits of that budget between seeds and tokens that
+# were measured, 6 seeds of 200 steps of 4 x 256 tokens gave the narrowest loss-gap intervals with the dense curves
+# still falling at the end (benchmarks/power_splits.py, docs/statistics.md). 10 evaluations place the crossing (the
+# rule is exact within 1.5% at 10, tests/test_matching.py), and 32 validation sequences put the evaluation noise of a
+# loss gap below the seed noise (benchmarks/README.md, "Validation"). The peak learning rates are the dense arms'
+# own, each family's best of a sweep on the dense arms alone at this batch (benchmarks/lr_sweep.py,
+# docs/statistics.md); a sparse arm trains with its dense partner's. Speech utterances (~110 units) fit one sequence.
 # Paper scales: Transfusion's published optimiser and sequences of 4096 (docs/papers.md); batch per device.
 _PAPER = Recipe(
     max_steps=250_000,
@@ -83,7 +86,15 @@ _PAPER = Recipe(
 )
 RECIPES = {
     "tiny": Recipe(
-        max_steps=200, val_every=20, seq_len=256, batch_size=8, val_sequences=32, lr=2e-3, warmup_steps=20, seeds=3
+        max_steps=200,
+        val_every=20,
+        seq_len=256,
+        batch_size=4,
+        val_sequences=32,
+        lr=8e-3,
+        family_lr=(("transformer", 1.28e-1),),
+        warmup_steps=20,
+        seeds=6,
     ),
     "small": Recipe(
         max_steps=1000, val_every=25, seq_len=512, batch_size=16, val_sequences=64, lr=1e-3, warmup_steps=100
@@ -150,7 +161,7 @@ def recipe_id(scale: str, max_steps: int, val_every: int, data: dict, module: di
     """The run folder's recipe name: readable, and equal exactly for equal recipes.
 
     It reads "<max_steps>steps", then every value that differs from the scale's recipe and the classes' defaults,
-    then a hash of all of it: "200steps-cb35ac" is the default tiny recipe, "200steps-d_model256-seq_len512-4c589c"
+    then a hash of all of it: "200steps-efcc3e" is the default tiny recipe, "200steps-d_model256-seq_len512-583327"
     one with a wider model on longer sequences. Where the data comes from (`cache_dir`) is not part of it, and
     neither is `decouple` in the model overrides: an ablation variant's folder name says which parts it decouples.
     """

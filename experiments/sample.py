@@ -1,7 +1,7 @@
 """Sample from a trained run: text continuations, and images from captions (VQ codes decoded through the run's
 codebook, or Transfusion's continuous patches by DDIM sampling of its diffusion head).
 
-    python experiments/sample.py runs/chameleon/tiny/200steps-cb35ac/mom/seed0 --prompt "It is a truth" \\
+    python experiments/sample.py runs/chameleon/tiny/200steps-efcc3e/mom/seed0 --prompt "It is a truth" \\
         --captions "a photo of a shirt" "a drawing of a sneaker" --temperature 0.8 --top-k 50 --seed 0
 
 Writes into `--out` (default <run>/samples): text.txt (each prompt and its continuation), images.png (one image per

@@ -141,8 +141,8 @@ def test_the_default_results_folder_is_the_recipes_own(tmp_path, cache):
     )
     assert own.out == Path("results/tiny")
     recipe = own.folder(own.runs[0]).parents[1].name
-    assert recipe == "200steps-cb35ac"  # the README names the default recipe's folder
-    assert longer.out.name.startswith("tiny-489steps-")
+    assert recipe == "200steps-efcc3e"  # the README names the default recipe's folder
+    assert longer.out.name.startswith("tiny-977steps-")
     assert longer.folder(longer.runs[0]).parents[1].name == longer.out.name.removeprefix("tiny-")
 
 
@@ -315,10 +315,10 @@ def test_parallel_runs_are_bit_identical_to_runs_trained_alone(tmp_path, cache):
     assert meta["parallel"] == 2 and meta["threads_per_run"] == max(1, plan_module.cpu_cores() // 2)
 
 
-def test_the_default_comparison_is_three_seeds_of_every_arm_in_every_setting():
+def test_the_default_comparison_is_six_seeds_of_every_arm_in_every_setting():
     c = resolve(build_parser().parse_args([]))
-    assert len(c.runs) == 3 * 4 * 3 and {s.seed for s in c.runs} == {0, 1, 2}
-    assert c.recipe.max_steps * c.data["batch_size"] * c.data["seq_len"] >= 409_600  # tokens per run
+    assert len(c.runs) == 3 * 4 * 6 and {s.seed for s in c.runs} == set(range(6))
+    assert c.recipe.max_steps * c.data["batch_size"] * c.data["seq_len"] == 204_800  # tokens per run
     assert len(resolve(build_parser().parse_args(["--seeds", "1"])).runs) == 12
 
 

@@ -4,13 +4,16 @@
 import inspect
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 from datamodules.multimodal import MultiModalDataModule
 from experiments import train
+from experiments.compare import build_parser
 from experiments.lit_module import LitMultiModalLM
+from experiments.plan import resolve
 from experiments.recipes import RECIPE_FIELDS, RECIPES
-from models import SCALES
+from models import ARMS, SCALES
 
 CONFIGS = Path(__file__).parents[1] / "experiments" / "configs"
 SMOKE_TESTS = {"debug.yaml"}  # deliberately not a recipe; trained end to end in tests/test_train_cli.py
@@ -55,3 +58,21 @@ def test_shipped_config_equals_its_recipe(path):
 def test_a_flag_overrides_one_field_of_the_recipe():
     got = resolved(["--setting", "chameleon", "--arm", "mom", "--scale", "small", "--data.batch_size", "3"])
     assert got == {name: getattr(RECIPES["small"], name) for name in RECIPE_FIELDS} | {"batch_size": 3}
+
+
+def test_each_family_trains_at_its_own_peak_lr_and_a_sparse_arm_at_its_dense_partners():
+    """The tiny recipe's rates are per family (each dense arm's best of benchmarks/lr_sweep.py): every arm's optimiser
+    starts from its family's, a sparse arm's and a twin's equal to their dense partner's; --lr sets one for all."""
+    tiny = RECIPES["tiny"]
+    rates = dict(tiny.family_lr)
+    for name, arm in ARMS.items():
+        lit = LitMultiModalLM(arch=name, **tiny.module())
+        lit.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        optimizer = lit.configure_optimizers()["optimizer"]
+        assert {g["initial_lr"] if "initial_lr" in g else g["lr"] for g in optimizer.param_groups} == {lit.peak_lr}
+        assert lit.peak_lr == rates.get(arm.family.name, tiny.lr)
+        if arm.dense is not None:
+            assert lit.peak_lr == LitMultiModalLM(arch=arm.dense, **tiny.module()).peak_lr
+    assert LitMultiModalLM(arch="mamba").peak_lr != LitMultiModalLM(arch="transformer").peak_lr
+    one = resolve(build_parser().parse_args(["--lr", "0.003"])).recipe
+    assert LitMultiModalLM(arch="transformer", **one.module()).peak_lr == 0.003
