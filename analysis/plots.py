@@ -117,9 +117,10 @@ def _curve_panel(
             ax.axhline(target, color=arm_colour(dense), ls="--", lw=1.0, label=label)
     for arm in sorted({m.arm for m in rows}, key=arm_rank):
         mine = sorted((m for m in rows if m.arm == arm), key=lambda m: m.seed)
-        seeds = "" if len(mine) == 1 else f" (seeds {', '.join(str(m.seed) for m in mine)})"
-        found = ", ".join(f"{100 * m.fraction:.1f}%" if m.reached else "not reached" for m in mine)
-        label = f"{arm_label(arm)} reaches it: {found}{seeds}"
+        # a count and a range, not one entry per seed: a legend that grows with the seeds squeezes the axes away
+        found = sorted(100 * m.fraction for m in mine if m.reached)
+        where = f" at {found[0]:.0f}-{found[-1]:.0f}%" if len(found) > 1 else f" at {found[0]:.1f}%" if found else ""
+        label = f"{arm_label(arm)} reaches it: {len(found)}/{len(mine)} seeds{where}"
         for m in (m for m in mine if m.reached):
             mx = m.match_flops if x == "flops" else m.match_step
             ax.plot(mx, m.target_loss, "o", ms=8, mfc=arm_colour(arm), mec="black", label=label)

@@ -36,11 +36,11 @@ from analysis.tables import (
     field_table,
     markdown_table,
     match_table,
+    multiplicity_text,
     null_rate,
     paper_sources,
     params_table,
     runs_table,
-    tests_text,
     verdicts,
     versions_text,
 )
@@ -244,7 +244,7 @@ def how_to_read(results: Results, summary: pd.DataFrame, points: int, val_every:
         "its final value over its last doubling of FLOPs (the baseline is far from converged: a saving may shrink "
         f"with a longer budget); *flat k/n* when it fell by less than {FLAT_SIGMAS:g} times its evaluations' noise, "
         "or turned up (FLOPs-to-match is ill-conditioned there: the loss gap is the number to read).",
-        f"- **Tests**: {tests_text(summary)}",
+        f"- **Tests**: {multiplicity_text(summary)}",
         "- **Null control**: "
         + (
             "the twins' section above measures how often this report's intervals call a difference where there is none."

@@ -137,13 +137,18 @@ def _holm_significant(agg: dict) -> bool:
     return p is not None and not pd.isna(p) and p < 0.05
 
 
-def tests_text(summary: pd.DataFrame) -> str:
+KIND_WORDS = {"train": "training", "val": "validation"}
+
+
+def multiplicity_text(summary: pd.DataFrame) -> str:
     """How many tests the report's verdicts make and what Holm's adjustment leaves of them."""
     rows = [r for r in summary.to_dict("records") if r["verdict"] in VERDICTS and not is_twin(r["variant"])]
     positive = [r for r in rows if r["verdict"] != "no significant difference"]
     kept = [r for r in positive if _holm_significant(r)]
     named = "; ".join(
-        f"{r['setting']} {loss_label(loss_key(r))} {pair_label(r['variant'])} ({r['verdict']})" for r in kept
+        f"{r['setting']} {loss_label(loss_key(r))}, {KIND_WORDS[r['kind']]} loss, {pair_label(r['variant'])} "
+        f"({r['verdict']})"
+        for r in kept
     )
     return (
         f"{len(rows)} verdicts are tests at the 5% level (one per sparse arm, setting and loss; the twins' aside); "

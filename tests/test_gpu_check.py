@@ -1,9 +1,12 @@
 """benchmarks/gpu_check.py --dry-run: the prepared GPU check runs on CPU with tiny shapes and writes every section."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,10 +25,14 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
         assert section in report, section
     assert report["dry_run"] is True
     parity = report["parity"]
-    for name in ("selective_scan", "mamba_mixer"):
-        entry = parity[name]
-        # CPU: skipped with the reason; with mamba-ssm on CUDA the entry holds per-dtype / per-backend comparisons.
-        assert entry.get("status", "").startswith("skipped: ") or "shape_BENL" in entry or "reference" in entry, entry
+    if importlib.util.find_spec("mamba_ssm") is not None and torch.cuda.is_available():
+        assert set(parity["selective_scan"]) == {"shape_BENL", "float32", "bfloat16"}
+        assert parity["mamba_mixer"]["reference"] == "mamba_ssm.modules.mamba_simple.Mamba"
+    else:  # skipped, saying why
+        for name in ("selective_scan", "mamba_mixer"):
+            assert set(parity[name]) == {"status"}, parity[name]
+            reason = parity[name]["status"].removeprefix("skipped: ")
+            assert reason != parity[name]["status"] and ("mamba_ssm" in reason or "CUDA" in reason), reason
     for name in ("selective_scan_vs_ref", "mamba_mixer_torch_vs_ref"):
         assert parity["code_check"][name]["status"] == "ok", parity["code_check"][name]
         assert "grad_u" in parity["code_check"][name] or "grad_x" in parity["code_check"][name]

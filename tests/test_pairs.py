@@ -9,6 +9,7 @@ import pytest
 
 from analysis.pairs import IDENTITY, curve_end, summarise
 from analysis.results import Curve
+from analysis.tables import multiplicity_text
 
 
 def curve(loss: np.ndarray) -> Curve:
@@ -57,3 +58,12 @@ def test_summary_verdicts_censoring_and_holm():
         [2 * p[0], max(2 * p[0], p[1])]
     )
     assert mom["loss_gap_p"] == pytest.approx(0.034, abs=1e-3) and not math.isnan(control["loss_gap_p"])
+
+
+def test_the_tests_line_counts_verdicts_and_names_each_survivor_with_its_loss_kind():
+    """Two cells that differ only in train / val are two tests, and a survivor of Holm is named with its kind."""
+    train = rows([-0.10, -0.11, -0.105], [0.5, 0.6, 0.55], [0.5, 0.6, 0.55])
+    val = [r | {"kind": "val", "valset": "val"} for r in rows([-0.1, 0.02, -0.05], [0.9, 1.0, 0.95], [0.9, 1.0, 0.95])]
+    text = multiplicity_text(summarise(pd.DataFrame(train + val)))
+    assert text.startswith("2 verdicts are tests") and "1 say *better* or *worse*" in text
+    assert text.endswith(": chameleon text, training loss, MoM vs Mamba (better).")

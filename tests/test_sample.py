@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from datamodules.sequences import cosine_alpha_bar
+from datamodules.vocab import BOS, TEXT
 from experiments.run import train_run
 from experiments.sample import SampleError, ddim_sample, load_sampler, main
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
@@ -80,5 +81,18 @@ def test_bad_requests_name_the_value(runs, tmp_path, capsys):
     sampler.dm.corpus.images = []
     with pytest.raises(SampleError, match="no images: ask for text only"):
         sampler.image("a shirt")
-    recurrent = load_sampler(runs["transfusion"], temperature=0)  # a recurrent state has no position limit
-    assert isinstance(recurrent.text("It is", 200), str)
+
+
+def test_a_recurrent_arm_samples_past_its_training_length_as_a_full_forward_would(runs):
+    """A Mamba arm's recurrent state has no position limit: 200 greedy tokens past a run trained on 128, each the
+    argmax of a full forward pass over everything before it."""
+    sampler = load_sampler(runs["transfusion"], temperature=0)
+    prompt = [BOS, *sampler.encode("It is")]
+    new = sampler._continue(prompt, 200)  # no stop token: every one of the 200 steps is generated
+    assert len(new) == 200
+    tokens = torch.tensor([prompt + new[:-1]])
+    modality = torch.cat([torch.as_tensor(sampler.vocab.modality_of(tokens[:, : len(prompt)])),
+                          torch.full((1, len(new) - 1), TEXT)], dim=1)  # fmt: skip
+    with torch.no_grad():
+        logits = sampler.model(tokens, modality).logits[0, len(prompt) - 1 :]
+    assert logits.argmax(-1).tolist() == new

@@ -1,12 +1,21 @@
 """experiments/train.py: shipped YAMLs parse, Trainer flags pass through, bad names fail, debug runs end to end."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from analysis.run_record import Summary
 from experiments import train
+from experiments.recipes import RECIPES
+
+
+def as_stored(value):
+    """A value as YAML writes it: tuples as lists."""
+    return json.loads(json.dumps(value))
+
 
 CONFIGS = sorted((Path(__file__).parents[1] / "experiments" / "configs").glob("*.yaml"))
 
@@ -20,13 +29,23 @@ def captured(monkeypatch):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_parses(path, captured, monkeypatch):
-    """Each YAML under experiments/configs is accepted by the CLI and reaches train_run as typed arguments (the GPU
-    configs too: the check of the Trainer flags against this machine, tested below, is left out here)."""
+def test_every_shipped_config_reaches_the_run_with_its_values(path, captured, monkeypatch):
+    """Each YAML under experiments/configs is accepted by the CLI, and the run it starts trains with every value the
+    YAML sets (the GPU configs too: the check of the Trainer flags against this machine, tested below, is left out
+    here)."""
     monkeypatch.setattr(train, "check_trainer", lambda flags: None)
     train.main(["--config", str(path)])
     (kw,) = captured
-    assert kw["setting"] and kw["arm"] and kw["max_steps"] > 0 and isinstance(kw["data"], dict)
+    config = yaml.safe_load(path.read_text())
+    for key in ("setting", "arm", "scale", "seed", "max_steps", "val_every"):
+        assert kw[key] == config[key], key
+    assert str(kw["root"]) == config["root"]
+    recipe = RECIPES[config["scale"]]  # what train_run puts under its arguments
+    resolved = {"data": recipe.data() | kw["data"], "model": recipe.module() | kw["module"]}
+    resolved["trainer"] = recipe.trainer() | kw["trainer"]
+    for section, values in resolved.items():
+        for key, value in config.get(section, {}).items():
+            assert as_stored(values[key]) == value, f"{section}.{key}"
 
 
 def test_trainer_flags_pass_through_and_only_when_set(captured):
