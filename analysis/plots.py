@@ -38,7 +38,7 @@ from analysis.matching import smooth
 from analysis.pairs import ablation_variants, interval, n_seeds, not_reached_text
 from analysis.results import Curve, Results, run_curves
 from analysis.run_record import LossKey
-from common import atomic_write
+from common.files import atomic_write
 
 
 class Plot(NamedTuple):

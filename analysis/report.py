@@ -44,7 +44,7 @@ from analysis.tables import (
     verdicts,
     versions_text,
 )
-from common import atomic_write
+from common.files import atomic_write
 
 __all__ = ["ReportError", "render_report", "write_report"]
 

@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
-from common import fits, write_json
+from common.cli import fits
+from common.files import write_json
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "finished", "failed", "crashed", "interrupted")

@@ -8,7 +8,7 @@ import sys
 import time
 import typing
 
-from common import parse_overrides
+from common.cli import parse_overrides
 from datamodules.errors import DATA_ERRORS
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import stable_fraction
+from common.hashing import stable_fraction
 from datamodules.errors import SourceUnavailable
 from datamodules.patches import PatchVQ
 

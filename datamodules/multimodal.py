@@ -46,7 +46,7 @@ from datamodules.vocab import BOA, BOI, EOA, EOI, MODALITY_NAMES, PATCH, JointVo
 
 VAL_IMAGES_PER_SOURCE = 300
 # Transfusion's normalised training patches by (corpus folder, image source): the same for every seed and arm, so a
-# process that trains several runs (a comparison's worker) encodes them once, not once a run (~1 s at the defaults).
+# process that trains several runs (a comparison's worker) encodes them once, not once a run.
 _TRAIN_PATCHES: dict[tuple[str, int], np.ndarray] = {}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import stable_fraction
+from common.hashing import stable_fraction
 from datamodules.errors import CorruptSource, SourceUnavailable
 from datamodules.images import ImageSet
 from datamodules.speech import Utterance

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from common import atomic_write, stable_fraction
+from common.files import atomic_write
+from common.hashing import stable_fraction
 from datamodules.errors import CorruptSource, SourceUnavailable
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -155,7 +155,7 @@ class SpeechUnits:
         # Small batches: as good an inertia as 4096 on 30k frames, and several times faster.
         kmeans = MiniBatchKMeans(n_clusters=self.n_units, random_state=self.seed, batch_size=1024, n_init=3)
         # One thread: the centroids then do not depend on the machine's core count (OpenMP reductions change the
-        # last bits), and on shared 2-core machines it is also faster (0.3 s against 0.6–6 s for 26k frames).
+        # last bits), and on small shared machines it is also faster.
         with threadpool_limits(limits=1):
             self.centroids = kmeans.fit(feats).cluster_centers_.astype(np.float32)
         return self

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from common import atomic_write
+from common.files import atomic_write
 from datamodules.samplers import DataPosition, order_digest
 
 # What a run's checkpoint may hold besides tensors, numbers, strings and containers (torch's weights_only set): the

@@ -30,7 +30,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from analysis.report import write_report
-from common import write_json
+from common.cli import respell_flags
+from common.files import write_json
 from datamodules.errors import DATA_ERRORS
 from datamodules.settings import SETTINGS
 from experiments.plan import Comparison, RunSpec, resolve
@@ -40,9 +41,19 @@ from experiments.workers import quiet, train
 from models import ARMS, SCALES
 
 
+class _Parser(argparse.ArgumentParser):
+    """compare.py's flags are spelled with hyphens; train.py's underscore spelling names the same ones."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(respell_flags(sys.argv[1:] if args is None else args, "-"), namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="compare.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Flags may also be spelled with underscores (--max_steps), as train.py spells them.",
     )
     parser.add_argument("--settings", default="all", help=f"'all' or a comma list of {', '.join(SETTINGS)}")
     default_arms = ",".join(name for name, arm in ARMS.items() if arm.default)

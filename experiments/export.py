@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from analysis.run_record import CHECKPOINT, damage, read_summary
-from common import atomic_write
+from common.files import atomic_write
 from experiments.checkpoints import SAFE_GLOBALS, UnsafeCheckpoint, check_safe, sha_problem
 from experiments.lit_module import LitMultiModalLM
 from models import ModelConfig, build_model

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from analysis.run_record import RunRecordError, damage, read_summary
-from common import check_writable_folder, parse_overrides
+from common.cli import parse_overrides
+from common.files import check_writable_folder
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS, get_setting
 from experiments.recipes import RECIPES, Recipe, plain, recipe_conflicts, recipe_id
@@ -369,8 +370,8 @@ def cpu_cores() -> int:
 def schedule(parallel: str, accelerator: str, devices, strategy: str | None) -> tuple[int, int | None]:
     """--parallel -> (runs at a time, torch threads per run on the CPU).
 
-    "auto" on the CPU (one device, no strategy) is one single-threaded run per core: a tiny run gains only 1.2-1.7x
-    from a second thread, so two runs side by side finish the matrix sooner (benchmarks/README.md measures it). The
+    "auto" on the CPU (one device, no strategy) is one single-threaded run per core: a tiny run gains little from a
+    second thread, so runs side by side finish the matrix sooner (benchmarks/README.md measures it). The
     training is bit-identical on any number of threads (tests/test_compare.py), so the schedule never changes a
     result. "auto" anywhere else is one run at a time; K > 1 on GPUs gives each run its own GPU.
     """

@@ -38,7 +38,7 @@ class Recipe:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     # Lightning's precision: float32 weights and optimiser, bf16 matmuls (autocast). On GPUs the papers' choice; on a
-    # CPU with AVX512-BF16 or AMX a bf16 matmul is 2-2.4x a float32 one (benchmarks/README.md, "Precision").
+    # CPU with AVX512-BF16 or AMX bf16 matmuls are faster than float32 ones (benchmarks/README.md, "Precision").
     precision: str = "bf16-mixed"
     seeds: int = 1  # seeds a comparison trains by default (compare.py --seeds): a property of the study, not a run
 

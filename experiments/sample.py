@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from analysis.run_record import CONFIG, RunRecordError, read_config
-from common import atomic_write, write_json
+from common.files import atomic_write, write_json
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import cosine_alpha_bar
 from datamodules.vocab import BOI, BOS, EOS, IMAGE, PATCH, TEXT

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from analysis.run_record import CHECKPOINT, METRICS, STEP, TRAIN_LOSS, parse_loss_name
-from common import atomic_write
+from common.files import atomic_write
 from datamodules.samplers import DataPosition
 from experiments.checkpoints import UnsafeCheckpoint, load_checkpoint, resume_problem, sha_path, sha_problem
 

@@ -4,6 +4,9 @@
     python experiments/train.py --config experiments/configs/debug.yaml --trainer.precision bf16-mixed
     python experiments/train.py --help          # every option: run, --data.*, --model.*, --trainer.*
 
+Options are spelled with underscores, as in the YAML files; the hyphen spelling compare.py uses names the same
+option (--max-steps = --max_steps, --trainer.enable-progress-bar = --trainer.enable_progress_bar).
+
 Parsing is LightningCLI's engine (jsonargparse) over the signatures of `train_run`, `MultiModalDataModule`,
 `LitMultiModalLM` and `lightning.Trainer`, so every Trainer flag works (`--trainer.devices 2
 --trainer.strategy ddp`, `--trainer.precision`, ...) and YAML files compose (`--config a.yaml --config b.yaml`).
@@ -23,6 +26,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from analysis.run_record import TRAIN_LOSS, parse_loss_name
+from common.cli import respell_flags
 from datamodules.errors import DATA_ERRORS
 from datamodules.multimodal import MultiModalDataModule
 from experiments import run
@@ -83,6 +87,7 @@ def recipe_defaults(recipe: Recipe) -> dict:
 def parse(argv: list[str] | None = None):
     """Parse twice: once to learn the scale, then with that scale's recipe as the defaults under YAMLs and flags."""
     parser = build_parser()
+    argv = respell_flags(sys.argv[1:] if argv is None else argv, "_")  # --max-steps as compare.py spells it
     cfg = parser.parse_args(argv)
     try:
         check_run(cfg.setting, cfg.arm, cfg.scale)

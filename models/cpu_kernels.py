@@ -24,7 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # includes the kernels' headers
-# -fassociative-math (with the two flags it needs) lets the state loop vectorise fully: 3-6x faster than without it.
+# -fassociative-math (with the two flags it needs) lets the state loop vectorise fully (benchmarks/README.md).
 # NaN and infinity keep their meaning (no -ffinite-math-only), and -ffast-math itself is never passed: at link time it
 # would switch the whole process to flush-to-zero.
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]

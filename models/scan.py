@@ -30,8 +30,9 @@ from torch.autograd.function import once_differentiable
 from models import cpu_kernels
 
 BACKENDS = ("auto", "torch", "ref", "cpu", "cuda")
-# Steps between the boundary states the "cpu" kernel keeps for its backward: 16 measured 6-9% faster forward +
-# backward than 64 at the tiny recipe's shapes (benchmarks/bench_scan.py --chunks), for 4x the boundary states.
+# Steps between the boundary states the "cpu" kernel keeps for its backward: shorter chunks recompute less in the
+# backward and keep more states; the length is the fastest measured at the tiny recipe's shapes
+# (benchmarks/bench_scan.py --chunks, benchmarks/README.md "Chunk length").
 CPU_CHUNK = 16
 
 # dtypes mamba-ssm's kernel accepts for u, delta, B, C and z (A, D and delta_bias must be float32 there).
@@ -180,7 +181,7 @@ def _time_major(x: torch.Tensor, t0: int, t1: int, dtype: torch.dtype) -> torch.
     part = x[:, :, t0:t1]
     if part.stride(2) == 1:
         # [B, X, L] memory: gather the chunk's short contiguous runs first, then transpose in cache. Transposing
-        # straight from the full tensor reads with a stride of L elements and was 2-3x slower on this CPU.
+        # straight from the full tensor would read with a stride of L elements, which the cache serves badly.
         part = part.contiguous()
     steps = part.permute(2, 0, 1)
     return torch.empty(steps.shape, dtype=dtype, device=x.device).copy_(steps)
@@ -216,7 +217,7 @@ def _chunk_states(
         a: [T, B, E, N] output buffer for a_t = exp(delta_t * A), all in (0, 1] for A <= 0.
         H: [T, B, E, N] output buffer for the states h_t.
     """
-    # exp2 of a pre-scaled A instead of exp: same value, ~2.5x faster on this CPU (and no slow path for very
+    # exp2 of a pre-scaled A instead of exp: same value, cheaper than exp (and no slow path for very
     # negative arguments), at the cost of one extra rounding (relative error <= 1e-6 for |delta * A| <= 20).
     torch.mul(delta[..., None], A2, out=a).exp2_()
     # H starts as the input term delta * u * B and becomes the states in place: h_t = a_t * h_{t-1} + H_t.

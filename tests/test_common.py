@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from common import atomic_write, stable_fraction, write_json
+from common.cli import respell_flags
+from common.files import atomic_write, write_json
+from common.hashing import stable_fraction
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):
@@ -40,6 +42,14 @@ def test_stable_fraction_is_blake2b_uniform_and_the_same_in_another_process():
     values = [stable_fraction(f"document {i}") for i in range(20_000)]
     assert all(0 <= v < 1 for v in values)
     assert abs(sum(v < 0.1 for v in values) / len(values) - 0.1) < 0.01
-    code = "from common import stable_fraction; print(repr(stable_fraction('document 7')))"
+    code = "from common.hashing import stable_fraction; print(repr(stable_fraction('document 7')))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert float(other) == values[7]  # Python's own hash() would differ between processes
+
+
+def test_respell_flags_changes_option_names_only():
+    argv = ["--max-steps", "3", "--data.seq-len=64", "--model", "d_model=256", "--x_y=a_b-c", "--", "--keep-me"]
+    assert respell_flags(argv, "_") == [
+        "--max_steps", "3", "--data.seq_len=64", "--model", "d_model=256", "--x_y=a_b-c", "--", "--keep-me"
+    ]  # fmt: skip
+    assert respell_flags(["--max_steps", "3", "--data_cache=a_b"], "-") == ["--max-steps", "3", "--data-cache=a_b"]

@@ -315,6 +315,13 @@ def test_parallel_runs_are_bit_identical_to_runs_trained_alone(tmp_path, cache):
     assert meta["parallel"] == 2 and meta["threads_per_run"] == max(1, plan_module.cpu_cores() // 2)
 
 
+def test_underscores_name_the_same_flags_as_hyphens():
+    """train.py's spelling works in compare.py: --max_steps is --max-steps, --no_samples is --no-samples."""
+    hyphens = build_parser().parse_args(["--max-steps", "7", "--val-every", "7", "--no-samples", "--lr", "0.01"])
+    underscores = build_parser().parse_args(["--max_steps", "7", "--val_every", "7", "--no_samples", "--lr", "0.01"])
+    assert vars(hyphens) == vars(underscores) and hyphens.max_steps == 7 and hyphens.no_samples is True
+
+
 def test_the_default_comparison_is_six_seeds_of_every_arm_in_every_setting():
     c = resolve(build_parser().parse_args([]))
     assert len(c.runs) == 3 * 4 * 6 and {s.seed for s in c.runs} == set(range(6))

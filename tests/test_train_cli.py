@@ -48,6 +48,19 @@ def test_every_shipped_config_reaches_the_run_with_its_values(path, captured, mo
             assert as_stored(values[key]) == value, f"{section}.{key}"
 
 
+def test_hyphens_and_underscores_name_the_same_options(captured):
+    """compare.py's spelling works in train.py: --max-steps is --max_steps, --data.val-sequences is
+    --data.val_sequences."""
+    train.main(
+        ["--setting", "chameleon", "--arm", "mom", "--max-steps", "7", "--val-every", "7", "--data.val-sequences", "5"]
+    )
+    train.main(
+        ["--setting", "chameleon", "--arm", "mom", "--max_steps", "7", "--val_every", "7", "--data.val_sequences", "5"]
+    )
+    hyphens, underscores = ({k: v for k, v in kw.items() if k != "trainer"} for kw in captured)  # a progress bar each
+    assert hyphens == underscores and hyphens["max_steps"] == 7 and hyphens["data"]["val_sequences"] == 5
+
+
 def test_trainer_flags_pass_through_and_only_when_set(captured):
     """--trainer.* flags reach the Trainer; unset ones are left to the run's own defaults."""
     train.main(

@@ -1,6 +1,7 @@
 """A one-page picture of the prepared data, to check by eye that the tokenizers are sane.
 
-    python -m datamodules.inspect --out docs/data.png [--setting three_modality] [--cache-dir .cache/data] [--seed 0]
+    python -m datamodules.data_overview --out docs/data.png [--setting three_modality] [--cache-dir .cache/data] \\
+        [--seed 0]
 
 The PNG shows, top to bottom:
 1. images beside their VQ reconstructions (a few Fashion-MNIST and emoji validation images, captions as titles);

@@ -1,11 +1,12 @@
-"""The data-overview picture (datamodules/inspect.py): image-span decoding and the PNG itself, on a small corpus."""
+"""The data-overview picture (datamodules/data_overview.py): image-span decoding and the PNG itself, on a small
+corpus."""
 
 import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
 
-from datamodules.inspect import (  # noqa: E402
+from datamodules.data_overview import (  # noqa: E402
     decode_image_span,
     image_code_ranges,
     render_data_overview,
