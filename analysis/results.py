@@ -32,7 +32,7 @@ from analysis.run_record import (
     WALL,
     LossKey,
     RunRecordError,
-    damage,
+    file_disagreements,
     parse_loss_name,
     read_config,
     read_summary,
@@ -132,7 +132,7 @@ def load_run(entry: dict, out: Path, val_every: int | None = None) -> tuple[dict
     run["decouple"] = tuple(decouple) if isinstance(decouple, list) else None  # None: the arm's default parts
     if not summary.finished:
         return run, empty
-    if problems := damage(folder, summary):
+    if problems := file_disagreements(folder, summary):
         return run | {"status": "damaged", "reason": "; ".join(problems)}, empty
     if not isinstance(run["val_every"], int) or run["val_every"] < 1:
         reason = f"{folder / CONFIG}: val_every must be a positive int, got {run['val_every']!r}"

@@ -197,7 +197,7 @@ def file_record(folder: Path, checkpoint_sha256: bool = True) -> dict[str, dict]
     }
 
 
-def damage(folder: Path, summary: Summary, checkpoint_sha256: bool = False) -> list[str]:
+def file_disagreements(folder: Path, summary: Summary, checkpoint_sha256: bool = False) -> list[str]:
     """How a finished run's files disagree with what its summary recorded of them ([] when they agree), each
     naming the file. The checkpoint's SHA-256 is compared only when asked (before the checkpoint is loaded: sample,
     export); its size always. Runs recorded before summaries held `files` cannot be checked and give []."""

@@ -325,11 +325,11 @@ def verdicts(results: Results, summary: pd.DataFrame, kind: str = "train") -> li
     return lines
 
 
-def _and(items: list[str]) -> str:
+def _joined(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def _gap(agg: dict, setting: str) -> str:
+def _loss_gap_text(agg: dict, setting: str) -> str:
     gap, unit = interval(agg, "loss_gap"), loss_unit(setting, agg["modality"])
     if gap is None:
         return "no loss at equal FLOPs (the sparse run is shorter)"
@@ -345,7 +345,8 @@ def _verdict(setting: str, aggs: list[dict]) -> str:
     n = n_seeds(aggs[0])
     if n >= MIN_SEEDS:
         parts = [
-            f"{a['verdict']} on {a['modality']} ({_gap(a, setting)}; FLOPs-to-match {fraction_cell(a)})" for a in aggs
+            f"{a['verdict']} on {a['modality']} ({_loss_gap_text(a, setting)}; FLOPs-to-match {fraction_cell(a)})"
+            for a in aggs
         ]
         return f"{sparse} " + ", ".join(parts) + f" ({n} seeds, 95% intervals)"
     reached, partial, missed = [], [], []
@@ -356,9 +357,9 @@ def _verdict(setting: str, aggs: list[dict]) -> str:
         elif a["n_reached"]:
             partial.append(f"on {a['modality']} in only {a['n_reached']}/{n} seeds")
         else:
-            missed.append(f"on {a['modality']} ({_gap(a, setting)})")
+            missed.append(f"on {a['modality']} ({_loss_gap_text(a, setting)})")
     seeds = f" (geometric means over {n} seeds, too few for a verdict)" if n > 1 else " (one seed: no verdict)"
-    clauses = [f"reached {dense}'s best loss {_and(reached)} of {dense}'s FLOPs{seeds}"] if reached else []
-    clauses += [f"reached {dense}'s best loss {_and(partial)}"] if partial else []
-    clauses += [f"did not reach {dense}'s best loss {_and(missed)}"] if missed else []
+    clauses = [f"reached {dense}'s best loss {_joined(reached)} of {dense}'s FLOPs{seeds}"] if reached else []
+    clauses += [f"reached {dense}'s best loss {_joined(partial)}"] if partial else []
+    clauses += [f"did not reach {dense}'s best loss {_joined(missed)}"] if missed else []
     return f"{sparse} " + ", but ".join(clauses)

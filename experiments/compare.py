@@ -34,10 +34,10 @@ from common.cli import respell_flags
 from common.files import write_json
 from datamodules.errors import DATA_ERRORS
 from datamodules.settings import SETTINGS
-from experiments.plan import Comparison, RunSpec, resolve
+from experiments.plan import Comparison, RunSpec, plan_comparison
 from experiments.sample import ReportSample, draw_report_sample, write_comparison_samples
 from experiments.store import DiskFull, disk_full, is_locked, run_lock
-from experiments.workers import quiet, train
+from experiments.workers import silence_lightning, train
 from models import ARMS, SCALES
 
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        c = resolve(args)
+        c = plan_comparison(args)
     except ValueError as exc:
         parser.error(str(exc))
     problems = c.problems()  # everything that could refuse to run is checked before the first step
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Use another --root / --out, or delete those folders.", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    quiet()  # setup's notes on what the data leave out: the runs record them, and the end prints them once
+    silence_lightning()  # setup's notes on what the data leave out: the runs record them, and the end prints them once
     try:  # own data that cannot serve the runs fail here, before anything is written
         c.prepare_data()
     except DATA_ERRORS as exc:
@@ -232,7 +232,7 @@ def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bo
         meta["wall_clock_s"] = time.perf_counter() - started
         write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
         if samples:
-            quiet()  # each run's data notes were printed above, once per setting
+            silence_lightning()  # each run's data notes were printed above, once per setting
             done = [s for s in to_draw if statuses[s.label] == "finished"]
             for spec in done:  # those no worker drew: trained here, or by another process
                 if spec not in drawn:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from analysis.run_record import CHECKPOINT, damage, read_summary
+from analysis.run_record import CHECKPOINT, file_disagreements, read_summary
 from common.files import atomic_write
 from experiments.checkpoints import SAFE_GLOBALS, UnsafeCheckpoint, check_safe, sha_problem
 from experiments.lit_module import LitMultiModalLM
@@ -56,7 +56,7 @@ def load_run_module(run_dir: str | Path, trust: bool = False) -> LitMultiModalLM
         raise ExportError(f"{run_dir}: no checkpoint at {checkpoint} (is it a run folder, and has the run trained?)")
     if not trust:
         summary = read_summary(folder)
-        problems = damage(folder, summary, checkpoint_sha256=True) if summary is not None else []
+        problems = file_disagreements(folder, summary, checkpoint_sha256=True) if summary is not None else []
         if problem := sha_problem(checkpoint):
             problems.append(problem)
         if problems:

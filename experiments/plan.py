@@ -16,12 +16,12 @@ import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from analysis.run_record import RunRecordError, damage, read_summary
+from analysis.run_record import RunRecordError, file_disagreements, read_summary
 from common.cli import parse_overrides
 from common.files import check_writable_folder
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS, get_setting
-from experiments.recipes import RECIPES, Recipe, plain, recipe_conflicts, recipe_id
+from experiments.recipes import RECIPES, Recipe, as_stored, recipe_conflicts, recipe_id
 from experiments.run import check_trainer, run_folder
 from models import ARMS, SCALES, ModelConfig, get_arm
 
@@ -163,14 +163,14 @@ class Comparison:
         summary = read_summary(self.folder(spec))
         if summary is None:
             return None
-        return "damaged" if damage(self.folder(spec), summary) else summary.status
+        return "damaged" if file_disagreements(self.folder(spec), summary) else summary.status
 
     def damaged(self) -> dict[Path, list[str]]:
         """The finished runs whose files disagree with their summaries, with how."""
         found = {}
         for spec in self.runs:
             summary = read_summary(self.folder(spec))
-            if summary is not None and (problems := damage(self.folder(spec), summary)):
+            if summary is not None and (problems := file_disagreements(self.folder(spec), summary)):
                 found[self.folder(spec)] = problems
         return found
 
@@ -182,7 +182,7 @@ class Comparison:
     def meta_recipe(self) -> dict:
         """What makes two comparisons' results comparable; a results folder holds one recipe."""
         data = {k: v for k, v in self.data.items() if k != "cache_dir"}
-        return plain(
+        return as_stored(
             {"scale": self.scale, **self.recipe.as_dict(), "data": data, "model_overrides": self.model_overrides}
         )
 
@@ -255,7 +255,7 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def resolve(args: argparse.Namespace) -> Comparison:
+def plan_comparison(args: argparse.Namespace) -> Comparison:
     """compare.py's arguments -> Comparison; a ValueError names any bad value and the valid choices."""
     settings = parse_list(args.settings, SETTINGS, "setting", all_means=SETTINGS)
     arms = parse_list(args.arms, ARMS, "arm")

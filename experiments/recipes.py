@@ -143,12 +143,12 @@ def recipe_conflicts(
     for key, value in wanted.items():
         section, _, name = key.rpartition(".")
         have = (stored.get(section, {}) if section else stored).get(name)
-        if plain(have) != plain(value):
+        if as_stored(have) != as_stored(value):
             conflicts.append(f"{key}: recorded {have!r}, requested {value!r}")
     return conflicts
 
 
-def plain(value):
+def as_stored(value):
     """JSON round trip: tuples and lists, ints and floats compare as they are stored."""
     return json.loads(json.dumps(value, default=str))
 
@@ -172,11 +172,11 @@ def recipe_id(scale: str, max_steps: int, val_every: int, data: dict, module: di
         for key, value in values.items():
             if key in recipe:
                 recipe[key] = value
-            elif key not in ("cache_dir", "model_overrides") and plain(value) != plain(defaults.get(key)):
+            elif key not in ("cache_dir", "model_overrides") and as_stored(value) != as_stored(defaults.get(key)):
                 extra[key] = value
     overrides = {k: v for k, v in (module.get("model_overrides") or {}).items() if k != "decouple"}
-    recipe, extra, overrides = plain(recipe), plain(extra), plain(overrides)
-    base_values = plain(base.as_dict())
+    recipe, extra, overrides = as_stored(recipe), as_stored(extra), as_stored(overrides)
+    base_values = as_stored(base.as_dict())
     changed = {k: v for k, v in recipe.items() if k != "max_steps" and v != base_values[k]} | extra | overrides
     digest = hashlib.blake2b(json.dumps([recipe, extra, overrides], sort_keys=True).encode(), digest_size=3)
     readable = re.sub(r"[^A-Za-z0-9._+=-]+", "_", "".join(f"-{k}{v}" for k, v in sorted(changed.items())))[:80]

@@ -33,7 +33,7 @@ from analysis.run_record import (
     TOKENS_PER_S,
     WALL,
     Summary,
-    damage,
+    file_disagreements,
     file_record,
     parse_loss_name,
     read_summary,
@@ -207,7 +207,7 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
     """train_run's work in its folder, under the folder's lock."""
     previous = read_summary(folder)
     if previous and previous.finished:
-        problems = damage(folder, previous)
+        problems = file_disagreements(folder, previous)
         if not problems:
             print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
             return previous

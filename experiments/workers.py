@@ -46,7 +46,7 @@ def train(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], drawn: dic
 
 def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
     """One run after the other in this process (on torch's threads), under one progress display."""
-    quiet()
+    silence_lightning()
     display = MatrixProgress(todo, steps_left(c, todo))
     with display.progress:
         for spec in todo:
@@ -107,7 +107,7 @@ def outcome(summary: Summary) -> str:
     return f"{summary.status} ({final})"
 
 
-def quiet() -> None:
+def silence_lightning() -> None:
     """The display replaces Lightning's chatter; a resumed run's own folder is not news."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
@@ -146,7 +146,7 @@ def _worker_init(slots, events, threads: int | None, gpu: bool, arms: dict, sett
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)  # before anything touches CUDA in this process
     if threads is not None:
         torch.set_num_threads(threads)
-    quiet()
+    silence_lightning()
     _WORKER.update(events=events, parent=parent, busy=False)
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
 

@@ -17,7 +17,7 @@ from analysis.run_record import TOKENS_PER_S, WALL, read_summary
 from experiments import plan as plan_module
 from experiments.checkpoints import load_checkpoint
 from experiments.compare import build_parser, main
-from experiments.plan import ablation_variants, plan, resolve, schedule
+from experiments.plan import ablation_variants, plan, plan_comparison, schedule
 from experiments.progress import ProgressReporter
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
@@ -122,7 +122,9 @@ def test_the_readme_comparisons_never_refuse_each_other(tmp_path, cache):
     by_out: dict[Path, set[str]] = {}
     by_folder: dict[Path, set[str]] = {}
     for words in commands:
-        c = resolve(build_parser().parse_args([*words, "--root", str(tmp_path / "runs"), "--data-cache", cache]))
+        c = plan_comparison(
+            build_parser().parse_args([*words, "--root", str(tmp_path / "runs"), "--data-cache", cache])
+        )
         name = plan_module.recipe_name(c.scale, c.recipe, c.data, c.model_overrides)
         by_out.setdefault(c.out, set()).add(name)
         for spec in c.runs:
@@ -136,8 +138,8 @@ def test_the_default_results_folder_is_the_recipes_own(tmp_path, cache):
     """Without --out, the scale's own recipe reports to results/<scale>, any other to results/<scale>-<recipe>."""
     base = ["--settings", "chameleon", "--arms", "mamba", "--data-cache", cache, "--root", str(tmp_path / "runs")]
     own, longer = (
-        resolve(build_parser().parse_args(base)),
-        resolve(build_parser().parse_args([*base, "--tokens", "1e6"])),
+        plan_comparison(build_parser().parse_args(base)),
+        plan_comparison(build_parser().parse_args([*base, "--tokens", "1e6"])),
     )
     assert own.out == Path("results/tiny")
     recipe = own.folder(own.runs[0]).parents[1].name
@@ -323,10 +325,10 @@ def test_underscores_name_the_same_flags_as_hyphens():
 
 
 def test_the_default_comparison_is_six_seeds_of_every_arm_in_every_setting():
-    c = resolve(build_parser().parse_args([]))
+    c = plan_comparison(build_parser().parse_args([]))
     assert len(c.runs) == 3 * 4 * 6 and {s.seed for s in c.runs} == set(range(6))
     assert c.recipe.max_steps * c.data["batch_size"] * c.data["seq_len"] == 204_800  # tokens per run
-    assert len(resolve(build_parser().parse_args(["--seeds", "1"])).runs) == 12
+    assert len(plan_comparison(build_parser().parse_args(["--seeds", "1"])).runs) == 12
 
 
 def test_auto_schedule_is_one_single_threaded_run_per_core(monkeypatch):
@@ -358,7 +360,7 @@ def test_ctrl_c_stops_parallel_runs_resumably(tmp_path, cache):
                  "--parallel", "2")  # fmt: skip
     command = [sys.executable, "experiments/compare.py", *args]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    c = resolve(build_parser().parse_args(args))
+    c = plan_comparison(build_parser().parse_args(args))
     folders = {spec.arm: c.folder(spec) for spec in c.runs}
     deadline = time.monotonic() + 300
     while not all((folders[arm] / "checkpoints" / "last.ckpt").exists() for arm in ("mamba", "mom")):

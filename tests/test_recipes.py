@@ -11,7 +11,7 @@ from datamodules.multimodal import MultiModalDataModule
 from experiments import train
 from experiments.compare import build_parser
 from experiments.lit_module import LitMultiModalLM
-from experiments.plan import resolve
+from experiments.plan import plan_comparison
 from experiments.recipes import RECIPE_FIELDS, RECIPES
 from models import ARMS, SCALES
 
@@ -74,5 +74,5 @@ def test_each_family_trains_at_its_own_peak_lr_and_a_sparse_arm_at_its_dense_par
         if arm.dense is not None:
             assert lit.peak_lr == LitMultiModalLM(arch=arm.dense, **tiny.module()).peak_lr
     assert LitMultiModalLM(arch="mamba").peak_lr != LitMultiModalLM(arch="transformer").peak_lr
-    one = resolve(build_parser().parse_args(["--lr", "0.003"])).recipe
+    one = plan_comparison(build_parser().parse_args(["--lr", "0.003"])).recipe
     assert LitMultiModalLM(arch="transformer", **one.module()).peak_lr == 0.003

@@ -19,12 +19,12 @@ import pytest
 import torch
 
 from analysis.results import load_results
-from analysis.run_record import CHECKPOINT, METRICS, damage, read_summary
+from analysis.run_record import CHECKPOINT, METRICS, file_disagreements, read_summary
 from datamodules.samplers import DataPosition
 from experiments import checkpoints, store
 from experiments.checkpoints import file_sha256, sha_path
 from experiments.compare import build_parser, main
-from experiments.plan import resolve
+from experiments.plan import plan_comparison
 from experiments.run import train_run
 from experiments.store import DiskFull, Locked, run_lock
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
@@ -87,14 +87,14 @@ def test_a_finished_run_with_damaged_metrics_is_named_and_trained_again(tmp_path
         metrics.write_bytes(metrics.read_bytes()[: metrics.stat().st_size // 2])
     else:
         metrics.unlink()
-    problems = damage(folder, read_summary(folder))
+    problems = file_disagreements(folder, read_summary(folder))
     assert problems and all(str(metrics) in p for p in problems), problems
 
     capsys.readouterr()
     summary = run(tmp_path, data)
     out = capsys.readouterr().out
     assert "files disagree with the summary" in out and str(metrics) in out and "training again" in out
-    assert summary.status == "finished" and not damage(folder, summary)
+    assert summary.status == "finished" and not file_disagreements(folder, summary)
     assert len(list(folder.parent.glob("seed0.damaged-*"))) == 1  # kept aside, never silently used
     same_run(folder, straight)
 
@@ -288,7 +288,7 @@ def test_a_second_process_skips_a_run_another_is_training_then_waits_for_it(tmp_
     """Shared runs: a compare finding a run locked by another process trains the rest, waits for it, and trains it
     if the other process died without finishing it."""
     args = small(tmp_path, small_cache, "--settings", "chameleon", "--arms", "mamba", "--max-steps", "2")
-    c = resolve(build_parser().parse_args(args))
+    c = plan_comparison(build_parser().parse_args(args))
     folder = c.folder(c.runs[0])
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
