@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.prepare import Corpus, prepare_corpus
+from datamodules.corpus import Corpus
+from datamodules.prepare import prepare_corpus
 from datamodules.settings import SETTINGS
 from datamodules.speech import EspeakSynth
 from datamodules.units import SpeechUnits, log_mel, merge_repeats

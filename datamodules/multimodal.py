@@ -22,17 +22,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from datamodules.batches import SequenceDataset
+from datamodules.corpus import Corpus, load_corpus
 from datamodules.errors import DataMismatch
 from datamodules.own import data_name
-from datamodules.prepare import (
-    Corpus,
-    PrepareParams,
-    as_float,
-    as_rgb,
-    image_text_params,
-    load_corpus,
-    prepare_corpus,
-)
+from datamodules.prepare import PrepareParams, as_float, as_rgb, image_text_params, prepare_corpus
 from datamodules.samplers import DataPosition, EpochSampler, GlobalBatchShard, order_digest
 from datamodules.sequences import (
     Document,

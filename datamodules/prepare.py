@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from datamodules import cache
+from datamodules.corpus import Ragged, SpeechSplit, format_card
 from datamodules.errors import DataMismatch, SourceUnavailable
 from datamodules.images import load_digits_images, load_emoji, load_fashion_mnist
 from datamodules.own import OwnData, data_name, load_own_data
@@ -43,62 +44,6 @@ class PrepareParams:
     seed: int = 0
     own_data: str | None = None
     prefer_debian: bool = True
-
-
-class Ragged:
-    """Variable-length int rows stored as one flat array plus offsets."""
-
-    def __init__(self, values: np.ndarray, offsets: np.ndarray) -> None:
-        self.values, self.offsets = values, offsets
-
-    @classmethod
-    def from_rows(cls, rows: list[np.ndarray], dtype=np.int64) -> Ragged:
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        values = np.concatenate(rows).astype(dtype) if rows else np.zeros(0, dtype)
-        return cls(values, np.concatenate([[0], np.cumsum(lengths)]))
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.values[self.offsets[i] : self.offsets[i + 1]]
-
-    def total(self) -> int:
-        return int(self.offsets[-1])
-
-
-@dataclass
-class ImageSource:
-    """One image source, encoded: uint8 images, caption ids, VQ codes, and its fitted VQ and normaliser."""
-
-    name: str
-    images: np.ndarray  # (N, H, W, C) uint8
-    is_val: np.ndarray  # (N,) bool
-    captions: Ragged
-    codes: np.ndarray  # (N, n_patches) int64, in [0, image_codebook)
-    vq: PatchVQ
-    normalizer: PatchNormalizer  # over RGB patches, so every source has the same continuous patch width
-
-
-@dataclass
-class SpeechSplit:
-    transcripts: Ragged
-    units: Ragged
-    source: str
-
-
-@dataclass
-class Corpus:
-    """The prepared corpus every setting is assembled from."""
-
-    tokenizer: object
-    text_train: Ragged
-    text_val: Ragged
-    images: list[ImageSource]
-    speech_train: SpeechSplit | None
-    speech_val: SpeechSplit | None
-    speech_real_val: SpeechSplit | None  # real human speech (Asterisk prompts), a separate validation set
-    card: dict
 
 
 def as_float(images_u8: np.ndarray) -> np.ndarray:
@@ -148,31 +93,48 @@ def _encode_speech(units: SpeechUnits, utts: list[Utterance], tok, source: str) 
     )
 
 
-def _build(folder: Path, p: PrepareParams, cache_root: Path) -> None:
-    """Everything prepare_corpus caches, written into `folder`.
+@dataclass
+class Found:
+    """What a preparation step used and what it went without: the dataset card's sources and warnings."""
 
-    A corpus with speech from the default sources is the image-text corpus of the same parameters (the settings
-    without speech use it) plus speech: its tokenizer, text and images are taken from that corpus, which is prepared
-    first if no process has (another process preparing it is waited for), while the speech is synthesised.
-    """
+    sources: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __add__(self, other: Found) -> Found:
+        return Found(self.sources + other.sources, self.warnings + other.warnings)
+
+
+def _build(folder: Path, p: PrepareParams, base: Path | None) -> None:
+    """Everything prepare_corpus caches, written into `folder`. `base`, when given, is the prepared image-text corpus
+    whose tokenizer, text and images this corpus takes (it adds synthesised speech)."""
     times: dict[str, float] = {}
     start = time.perf_counter()
     loaded = _load_sources(p)
     times["load_sources_s"] = time.perf_counter() - start
-    speech = bool(loaded.speech_train) or (not p.own_data and p.speech_train_utterances > 0)
-    sources, warns = list(loaded.sources), list(loaded.text.warnings)
-    if speech and not p.own_data:
-        splits, units = _speech(p, loaded, sources, warns, times)
+    found = Found(list(loaded.sources), list(loaded.text.warnings))
+    if base is not None:
         t = time.perf_counter()
-        tok, arrays, base = _image_text_from(prepare_corpus(image_text_params(p), cache_root, verbose=False), folder)
-        card = {**base, "sources": sources, "warnings": warns, "params": _params_dict(p)}
+        splits, units, speech_found = _speech(p, loaded)
+        times["speech_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tok, arrays, card = _image_text_from(base, folder)
         times["image_text_s"] = time.perf_counter() - t
     else:
-        tok, arrays, card = _build_image_text(folder, p, loaded, sources, warns, times)
-        splits, units = _speech(p, loaded, sources, warns, times) if speech else (None, None)
+        tok, arrays, card, image_text_times = _build_image_text(folder, p, loaded)
+        times |= image_text_times
+        splits, units, speech_found = None, None, Found()
+        if loaded.speech_train or _synthesises_speech(p):
+            t = time.perf_counter()
+            splits, units, speech_found = _speech(p, loaded)
+            times["speech_s"] = time.perf_counter() - t
+    found += speech_found
+    card = {"sources": found.sources, "warnings": found.warnings, "params": _params_dict(p)} | {
+        k: v for k, v in card.items() if k not in ("sources", "warnings", "params")
+    }
     if splits is not None:
         t = time.perf_counter()
-        card["speech"] = _build_speech(folder, p, splits, units, tok, arrays)
+        speech_arrays, card["speech"] = _build_speech(folder, p, splits, units, tok)
+        arrays |= speech_arrays
         times["speech_encoding_s"] = time.perf_counter() - t
     np.savez(
         folder / "ragged.npz",
@@ -182,13 +144,16 @@ def _build(folder: Path, p: PrepareParams, cache_root: Path) -> None:
     (folder / "card.json").write_text(json.dumps(card, indent=1, default=float))
 
 
-def _speech(p: PrepareParams, loaded: OwnData, sources: list, warns: list, times: dict):
-    """The speech splits (synthesised, or the own data's) and the unit codebook fitted on the training split."""
-    t = time.perf_counter()
-    splits = _speech_splits(p, loaded, sources, warns)
-    units = SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
-    times["speech_s"] = time.perf_counter() - t
-    return splits, units
+def _synthesises_speech(p: PrepareParams) -> bool:
+    """Whether the corpus of `p` holds speech synthesised from the default sources (own data bring their own)."""
+    return not p.own_data and p.speech_train_utterances > 0
+
+
+def _speech(p: PrepareParams, loaded: OwnData) -> tuple[dict[str, list[Utterance]], SpeechUnits, Found]:
+    """The speech splits (synthesised, or the own data's), the unit codebook fitted on the training split, and what
+    the speech came from."""
+    splits, found = _speech_splits(p, loaded)
+    return splits, SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"]), found
 
 
 def image_text_params(p: PrepareParams) -> PrepareParams:
@@ -209,10 +174,11 @@ def _image_text_from(source: Path, folder: Path) -> tuple[object, dict[str, Ragg
     return load_tokenizer(folder / "tokenizer.json"), arrays, card
 
 
-def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData, sources: list, warns: list, times: dict):
+def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData):
     """Fit the tokenizer and the image codebooks and encode the text and images into `folder`: (tokenizer, the text
-    and caption arrays, the card so far, whose sources and warnings are the lists given)."""
+    and caption arrays, the card's text and image entries, the seconds each took)."""
     text, image_sets = loaded.text, loaded.images
+    times = {}
     t = time.perf_counter()
     # Captions and transcripts are text too: the BPE sees them beside the passages (training split only).
     captions = [c for s in image_sets for c, split in zip(s.captions, s.split, strict=True) if split == "train"]
@@ -223,7 +189,7 @@ def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData, sources: 
     text_train, text_val = encode(text.train), encode(text.val)
     arrays = {"text_train": text_train, "text_val": text_val}
     times["text_s"] = time.perf_counter() - t
-    card: dict = {"sources": sources, "warnings": warns, "params": _params_dict(p)}
+    card: dict = {}
     card["text"] = {
         "train_documents": len(text.train),
         "val_documents": len(text.val),
@@ -262,13 +228,15 @@ def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData, sources: 
             }
         )
     times["images_s"] = time.perf_counter() - t
-    return tok, arrays, card
+    return tok, arrays, card, times
 
 
-def _speech_splits(p: PrepareParams, loaded: OwnData, sources: list, warns: list) -> dict[str, list[Utterance]]:
-    """Own utterances, or espeak-ng reading the text corpus (train/val) plus the real Asterisk prompts."""
+def _speech_splits(p: PrepareParams, loaded: OwnData) -> tuple[dict[str, list[Utterance]], Found]:
+    """Own utterances, or espeak-ng reading the text corpus (train/val) plus the real Asterisk prompts; and what they
+    came from."""
     if p.own_data:
-        return {"speech_train": loaded.speech_train, "speech_val": loaded.speech_val}
+        return {"speech_train": loaded.speech_train, "speech_val": loaded.speech_val}, Found()
+    found = Found()
     synth = EspeakSynth()
     lo, hi = p.speech_chars
     splits = {
@@ -278,20 +246,22 @@ def _speech_splits(p: PrepareParams, loaded: OwnData, sources: list, warns: list
             ("speech_val", loaded.text.val, p.speech_val_utterances),
         )
     }
-    sources.append(f"speech: espeak-ng in-process ({synth.source}) reading the text corpus")
+    found.sources.append(f"speech: espeak-ng in-process ({synth.source}) reading the text corpus")
     try:
         splits["speech_real_val"] = load_asterisk_prompts()
-        sources.append("real speech validation: Asterisk prompts, Allison Smith (Debian asterisk-core-sounds-en-wav)")
+        found.sources.append(
+            "real speech validation: Asterisk prompts, Allison Smith (Debian asterisk-core-sounds-en-wav)"
+        )
     except SourceUnavailable as exc:
-        warns.append(f"no real-speech validation set: {exc}")
-    return splits
+        found.warnings.append(f"no real-speech validation set: {exc}")
+    return splits, found
 
 
-def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utterance]], units: SpeechUnits, tok,
-                  arrays: dict) -> dict:  # fmt: skip
-    """Save the unit codebook (fitted on the training utterances); encode every split (transcripts and units)."""
+def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utterance]], units: SpeechUnits, tok):
+    """Save the unit codebook (fitted on the training utterances); encode every split (transcripts and units):
+    (their arrays, the card's speech entry)."""
     np.savez(folder / "speech_units.npz", **units.state())
-    info = {"units": p.speech_units}
+    arrays, info = {}, {"units": p.speech_units}
     for name, utts in splits.items():
         split = _encode_speech(units, utts, tok, utts[0].source if utts else "")
         arrays[f"{name}_transcripts"], arrays[f"{name}_units"] = split.transcripts, split.units
@@ -302,7 +272,7 @@ def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utteran
             "units": split.units.total(),
             "units_per_second": split.units.total() / max(seconds, 1e-9),
         }
-    return info
+    return arrays, info
 
 
 def _params_dict(p: PrepareParams) -> dict:
@@ -310,12 +280,22 @@ def _params_dict(p: PrepareParams) -> dict:
 
 
 def prepare_corpus(p: PrepareParams, cache_root: str | Path, verbose: bool = True) -> Path:
-    """Build (or find and verify) the cached corpus for `p`; prints the dataset card when it builds."""
+    """Build (or find and verify) the cached corpus for `p`; prints the dataset card when it builds.
+
+    A corpus with synthesised speech is the image-text corpus of the same parameters (the settings without speech use
+    it) plus speech: that corpus is prepared first, or found, or waited for while another process prepares it, and
+    its tokenizer, text and images are copied, not fitted again.
+    """
+    base = _prepare(image_text_params(p), Path(cache_root), None, verbose=False) if _synthesises_speech(p) else None
+    return _prepare(p, Path(cache_root), base, verbose)
+
+
+def _prepare(p: PrepareParams, cache_root: Path, base: Path | None, verbose: bool) -> Path:
     built = []
 
     def build(folder: Path) -> None:
         try:
-            _build(folder, p, Path(cache_root))
+            _build(folder, p, base)
         except DataMismatch as exc:  # a fit's sizes, said of the corpus the user named
             raise DataMismatch(f"{data_name(p.own_data)}: {exc}") if p.own_data else exc from None
         built.append(True)
@@ -324,77 +304,3 @@ def prepare_corpus(p: PrepareParams, cache_root: str | Path, verbose: bool = Tru
     if built and verbose:
         print(format_card(json.loads((folder / "card.json").read_text())))
     return folder
-
-
-def load_corpus(folder: str | Path) -> Corpus:
-    """Read a prepared corpus back (the folder was verified by prepare_corpus)."""
-    folder = Path(folder)
-    card = json.loads((folder / "card.json").read_text())
-    with np.load(folder / "ragged.npz") as z:
-        ragged = {
-            n[: -len("_values")]: Ragged(z[n], z[n[: -len("_values")] + "_offsets"])
-            for n in z.files
-            if n.endswith("_values")
-        }
-    images = []
-    for k in range(len(card["images"])):
-        with np.load(folder / f"image{k}.npz") as z:
-            state = {n: z[n] for n in z.files}
-        images.append(
-            ImageSource(
-                str(state["name"]),
-                state["images"],
-                state["is_val"],
-                ragged[f"captions{k}"],
-                state["codes"].astype(np.int64),
-                PatchVQ.from_state(_prefixed(state, "vq_")),
-                PatchNormalizer.from_state(_prefixed(state, "norm_")),
-            )
-        )
-
-    def speech(name: str) -> SpeechSplit | None:
-        if f"{name}_units" not in ragged:
-            return None
-        return SpeechSplit(ragged[f"{name}_transcripts"], ragged[f"{name}_units"], name)
-
-    return Corpus(
-        load_tokenizer(folder / "tokenizer.json"),
-        ragged["text_train"],
-        ragged["text_val"],
-        images,
-        speech("speech_train"),
-        speech("speech_val"),
-        speech("speech_real_val"),
-        card,
-    )
-
-
-def _prefixed(state: dict, prefix: str) -> dict:
-    """The entries of `state` whose names start with `prefix`, with the prefix removed."""
-    return {n[len(prefix) :]: v for n, v in state.items() if n.startswith(prefix)}
-
-
-def format_card(card: dict) -> str:
-    """The dataset card as readable text."""
-    lines = ["Dataset card", "  sources:"] + [f"    - {s}" for s in card["sources"]]
-    lines += [f"  warning: {w}" for w in card["warnings"]]
-    t = card["text"]
-    lines.append(
-        f"  text: {t['train_documents']} train / {t['val_documents']} val documents, {t['train_tokens']:,} / "
-        f"{t['val_tokens']:,} BPE tokens ({t['train_chars_per_token']:.2f} chars/token)"
-    )
-    for im in card["images"]:
-        lines.append(
-            f"  images {im['source']}: {im['train_images']} train / {im['val_images']} val, "
-            f"{im['tokens_per_image']} codes each (K={im['vq_codebook']}), VQ val MSE "
-            f"{im['vq_val_mse']:.4f} (pixel variance {im['pixel_variance']:.3f})"
-        )
-    for name, s in card.get("speech", {}).items():
-        if isinstance(s, dict):
-            lines.append(
-                f"  {name}: {s['utterances']} utterances, {s['minutes']:.1f} min, {s['units']:,} units "
-                f"({s['units_per_second']:.1f} units/s)"
-            )
-    b = card["build_time_s"]
-    lines.append("  build time: " + ", ".join(f"{k} {v:.1f}s" for k, v in b.items()))
-    return "\n".join(lines)

@@ -207,7 +207,8 @@ def test_corrupt_cache_is_detected_and_rebuilt(modules, cache_dir):
 def test_a_speech_corpus_takes_its_text_and_images_from_the_image_text_corpus(modules, tmp_path):
     """three_modality's corpus holds the tokenizer, text and images of the one the settings without speech use (copied,
     not fitted again), and they equal what fitting them afresh on its own parameters gives."""
-    from datamodules.prepare import _build_image_text, _load_sources, load_tokenizer
+    from datamodules.prepare import _build_image_text, _load_sources
+    from datamodules.text import load_tokenizer
 
     speech, image_text = modules["three_modality"], modules["chameleon"]
     assert speech.corpus_folder != image_text.corpus_folder
@@ -216,7 +217,7 @@ def test_a_speech_corpus_takes_its_text_and_images_from_the_image_text_corpus(mo
     for name in shared:
         assert (speech.corpus_folder / name).read_bytes() == (image_text.corpus_folder / name).read_bytes(), name
     loaded = _load_sources(speech.params)
-    tok, arrays, card = _build_image_text(tmp_path, speech.params, loaded, loaded.sources, loaded.text.warnings, {})
+    tok, arrays, card, _ = _build_image_text(tmp_path, speech.params, loaded)
     assert tok.get_vocab() == load_tokenizer(speech.corpus_folder / "tokenizer.json").get_vocab()
     assert np.array_equal(arrays["text_train"].values, speech.corpus.text_train.values)
     for k, src in enumerate(speech.corpus.images):
