@@ -32,7 +32,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
-# torch==2.13.0 (requirements.txt) resolves to the CPU build on this kind of machine; see README "GPU install".
+# torch==2.13.0 (requirements.txt) resolves to the CPU build on this kind of machine; see docs/gpu.md, "Install the kernels".
 # uv installs the same versions as pip in a fraction of the time (here 15 s from an empty uv cache, pip 81 s from a
 # filled pip cache). It does not read pip's configuration, so the indexes, find-links and constraints pip would use
 # are passed to it; if uv cannot be installed or fails, pip does the install (pip's own notes while installing uv
