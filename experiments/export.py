@@ -93,9 +93,6 @@ def hf_mamba_config(cfg: ModelConfig):
 def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
     """A dense Mamba model as a Hugging Face MambaForCausalLM folder; the keys map by prefix."""
     cfg = model.cfg
-    if cfg.arch != "mamba" or cfg.patch_dim:
-        raise ExportError(f"only a dense Mamba model without patch layers exports to MambaForCausalLM; this is "
-                          f"{cfg.arch!r}{' with patch layers' if cfg.patch_dim else ''}: use --format own")  # fmt: skip
     try:
         from transformers import MambaForCausalLM
     except ImportError as exc:
@@ -106,6 +103,25 @@ def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
     hf.load_state_dict(state, strict=True)
     hf.save_pretrained(out)
     return out
+
+
+# Family.hf_class -> the function writing that class's folder
+HF_EXPORTERS = {"MambaForCausalLM": export_hf_mamba}
+
+
+def exports_to_hugging_face(cfg: ModelConfig) -> bool:
+    """A dense model without patch layers of a family that names a Hugging Face class."""
+    return cfg.family.hf_class in HF_EXPORTERS and not cfg.is_sparse and not cfg.patch_dim
+
+
+def export_hf(model: MultiModalLM, out: Path) -> Path:
+    """A dense model as a folder of its family's Hugging Face class (`Family.hf_class`)."""
+    cfg = model.cfg
+    if not exports_to_hugging_face(cfg):
+        raise ExportError(f"only a dense model without patch layers of a family with a Hugging Face class exports to "
+                          f"Hugging Face; this is {cfg.arch!r}{' with patch layers' if cfg.patch_dim else ''}: use "
+                          f"--format own")  # fmt: skip
+    return HF_EXPORTERS[cfg.family.hf_class](model, out)
 
 
 def export_own(model: MultiModalLM, out: Path) -> Path:
@@ -144,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = load_checkpoint_model(args.run, trust=args.trust_checkpoint)
-        hf = args.format == "hf" or (args.format == "auto" and model.cfg.arch == "mamba" and not model.cfg.patch_dim)
-        out = (export_hf_mamba if hf else export_own)(model, Path(args.out))
+        hf = args.format == "hf" or (args.format == "auto" and exports_to_hugging_face(model.cfg))
+        out = (export_hf if hf else export_own)(model, Path(args.out))
     except ExportError as exc:
         parser.error(str(exc))
     print(f"export.py: wrote {out} ({'Hugging Face MambaForCausalLM' if hf else 'config.json + model.safetensors'})")

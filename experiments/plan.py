@@ -62,13 +62,13 @@ def plan(
 ) -> list[RunSpec]:
     """Settings outermost (a stopped comparison has whole settings done), then arms, then seeds; ablation last.
 
-    Within a setting the runs that take longest on a CPU come first (Mamba-family arms before transformer-family,
-    sparse before dense: benchmarks/README.md), so that parallel runs end together instead of one core waiting for
-    the last long run.
+    Within a setting the runs that take longest on a CPU come first (the families of the higher `cpu_step_cost`
+    first, sparse before dense: benchmarks/README.md), so that parallel runs end together instead of one core waiting
+    for the last long run.
     """
 
-    def slowest_first(arm: str) -> tuple[bool, bool]:
-        return get_arm(arm).family.name != "mamba", not get_arm(arm).is_sparse
+    def slowest_first(arm: str) -> tuple[float, bool]:
+        return -get_arm(arm).family.cpu_step_cost, not get_arm(arm).is_sparse
 
     arms = sorted(arms, key=slowest_first)  # stable: equal arms keep the order they were given in
     runs = [RunSpec(s, a, seed, a) for s in settings for a in arms for seed in seeds]

@@ -50,7 +50,7 @@ class Sampler:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.vocab, self.tokenizer = self.dm.vocab, self.dm.corpus.tokenizer
         # Transformers were trained on sequences of seq_len positions; a recurrent state has no such limit.
-        self.max_positions = None if self.model.cfg.family.name == "mamba" else self.dm.seq_len
+        self.max_positions = None if self.model.cfg.family.recurrent else self.dm.seq_len
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids

@@ -36,6 +36,11 @@ class Family(ABC):
         scales: {scale: ModelConfig fields} for every name in SCALES.
         image_attention: the blocks attend bidirectionally within a continuous image when given its mask
             (transformers, as Transfusion); False for causal-by-construction mixers (Mamba).
+        recurrent: generation carries a fixed-size state, so a model samples past its training length; otherwise
+            positions beyond the training sequence length are refused.
+        cpu_step_cost: a training step's CPU time relative to the other families' at equal size: a comparison starts
+            the costlier families' runs first so that parallel runs end together (benchmarks/README.md).
+        hf_class: the Hugging Face class a dense model of the family exports to (experiments/export.py), or None.
     """
 
     name: str
@@ -44,6 +49,9 @@ class Family(ABC):
     ablation_groups: tuple[tuple[str, ...], ...]
     scales: dict[str, dict[str, int]]
     image_attention: bool = False  # its blocks take an attention mask (bidirectional within an image)
+    recurrent: bool = False
+    cpu_step_cost: float = 1.0
+    hf_class: str | None = None
 
     def check(self, cfg: ModelConfig) -> None:
         """Raise ValueError if `cfg` is not a valid model of this family (beyond the generic checks)."""

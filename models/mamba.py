@@ -283,6 +283,9 @@ class MambaFamily(Family):
     parts = MAMBA_PARTS
     blocks_per_layer = 2
     ablation_groups = (("in_proj", "out_proj"), ("x_proj", "dt_proj"))
+    recurrent = True
+    cpu_step_cost = 1.3  # a tiny Mamba step against a tiny transformer step on the CPU (bench_step.py)
+    hf_class = "MambaForCausalLM"
     # n_layer counts transformer-layer equivalents. At 163m and 760m, 30 and 44 blocks (not 2 per layer, which would
     # overshoot the names by 4% and 7%) keep dense Mamba within 3% of the name; docs/papers.md derives the widths.
     scales = {

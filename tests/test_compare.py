@@ -19,6 +19,7 @@ from experiments.checkpoints import load_checkpoint
 from experiments.compare import build_parser, main
 from experiments.plan import ablation_variants, plan, plan_comparison, schedule
 from experiments.progress import ProgressReporter
+from models import ARMS
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
 STEPS = 4
@@ -277,6 +278,12 @@ def test_plan_puts_the_longest_runs_of_a_setting_first():
     order = [(r.setting, r.arm, r.seed) for r in runs]
     arms = ["mom", "mamba", "mot", "transformer"]
     assert order == [(s, a, seed) for s in ("transfusion", "chameleon") for a in arms for seed in (0, 1)]
+
+
+def test_the_plan_orders_families_by_their_cpu_step_cost_not_their_names(monkeypatch):
+    monkeypatch.setattr(type(ARMS["transformer"].family), "cpu_step_cost", 2.0)
+    runs = plan(["chameleon"], ["mamba", "mom", "transformer", "mot"], [0], None, "chameleon")
+    assert [r.arm for r in runs] == ["mot", "transformer", "mom", "mamba"]
 
 
 def test_ablation_runs_train_their_subset(tmp_path, cache):

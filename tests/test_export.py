@@ -53,7 +53,7 @@ def test_sparse_arms_round_trip_through_the_own_layout(runs, tmp_path, arm):
 
 def test_bad_exports_say_why(runs, tmp_path, capsys):
     for args, words in (
-        ([str(runs["mot"]), "--format", "hf"], "only a dense Mamba model without patch layers"),
+        ([str(runs["mot"]), "--format", "hf"], "only a dense model without patch layers of a family"),
         ([str(tmp_path)], "no checkpoint at"),
     ):
         with pytest.raises(SystemExit) as exc:
