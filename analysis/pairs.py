@@ -248,7 +248,7 @@ def ablation_variants(results: Results) -> list[tuple[str, str]]:
     """(variant, label) of the ablation arm's runs in the ablation setting, fewest decoupled parts first, the arm
     itself (every part) last. A variant's parts are its config's `decouple` (None: all), else its name's suffix."""
     meta = results.meta
-    setting, arm = meta.get("ablation_setting"), meta.get("ablation_arm") or "mom"
+    setting, arm = meta.ablation_setting, meta.ablation_arm
     runs = results.runs[(results.runs["setting"] == setting) & (results.runs["arm"] == arm)]
     every = ARMS[arm].parts if arm in ARMS else ()
     parts = {}

@@ -88,7 +88,7 @@ def curve_figure(
         ax.set_visible(False)
     stage = "validation" if kind == "val" else "training"
     versus = "cumulative training FLOPs" if x == "flops" else "optimizer steps"
-    fig.suptitle(f"{setting}: {stage} loss vs {versus} ({results.meta.get('scale', '?')} scale)")
+    fig.suptitle(f"{setting}: {stage} loss vs {versus} ({results.meta.scale} scale)")
     return fig
 
 
@@ -148,7 +148,7 @@ def ablation_figure(results: Results, summary: pd.DataFrame) -> Figure | None:
     reach the target in every seed is an empty hatched bar labelled with how many did and the budgets' lower bound,
     never a mean.
     """
-    setting, arm = results.meta.get("ablation_setting"), results.meta.get("ablation_arm") or "mom"
+    setting, arm = results.meta.ablation_setting, results.meta.ablation_arm
     variants = ablation_variants(results)
     names = {v for v, _ in variants}
     found = {
@@ -213,7 +213,7 @@ def write_plots(results: Results, grid: pd.DataFrame, matches: pd.DataFrame, sum
                 plots.append(Plot(setting, "curves", f"{setting}: {what}", path))
     fig = ablation_figure(results, summary)
     if fig is not None:
-        setting, arm = results.meta["ablation_setting"], results.meta.get("ablation_arm") or "mom"
+        setting, arm = results.meta.ablation_setting, results.meta.ablation_arm
         path = save_png(fig, folder / f"ablation_{setting}.png")
         caption = f"{setting}: FLOPs-to-match of the {arm_label(arm)} ablation variants"
         plots.append(Plot(setting, "ablation", caption, path))

@@ -3,7 +3,7 @@
     python -m analysis.report results/tiny               # writes the report into the folder
     python -m analysis.report results/tiny --headline    # prints the headline table (the README's)
 
-Input: `<out>/comparison.json` ({"meta": {...}, "runs": [{setting, arm, variant, seed, folder}, ...]}) and the run
+Input: `<out>/comparison.json` (analysis.run_record.ComparisonMeta and the runs it lists) and the run
 folders it names (analysis/run_record.py). Output, each file written atomically into `<out>`:
 
     report.md                     tables laid out like the papers', verdicts, plots, run statuses, setup
@@ -54,20 +54,19 @@ def render_report(
 ) -> str:
     """report.md's text."""
     meta = results.meta
-    recipe = meta.get("recipe") or {}
-    seeds = meta.get("seeds") or sorted(set(results.runs["seed"]))
-    val_every = recipe.get("val_every", "N")
-    scale = meta.get("scale", "?")
+    seeds = meta.seeds or sorted(set(results.runs["seed"]))
+    val_every = meta.val_every or "N"
+    scale = meta.scale
     out = [
         "# Mixture-of-Mamba vs dense baselines: FLOPs-to-match report",
         "",
         f"Scale **{scale}**, settings {', '.join(results.settings)}, seeds {', '.join(map(str, seeds))}, "
-        f"{meta.get('max_steps', '?')} steps per run. Command: `{meta.get('command', '?')}`.",
+        f"{meta.max_steps or '?'} steps per run. Command: `{meta.command}`.",
     ]
     if scale in ("tiny", "small"):
         out += [
             "",
-            f"*These are {scale} models trained for {meta.get('max_steps', '?')} steps: the numbers show whether the "
+            f"*These are {scale} models trained for {meta.max_steps or '?'} steps: the numbers show whether the "
             "trend of the papers appears at this size; they are not a reproduction of the papers' scale.*",
         ]
     evaluations = _evaluations(results)
@@ -157,11 +156,11 @@ def render_report(
         shown = [p for p in plots if p.setting == setting and p.section == "curves"]
         if shown:
             out += ["", f"### {setting}", "", *[_image(results, p) for p in shown]]
-    if meta.get("ablation_setting"):
-        arm = meta.get("ablation_arm") or "mom"
+    if meta.ablation_setting:
+        arm = meta.ablation_arm
         out += [
             "",
-            f"## Ablation: which {arm_label(arm)} parts to decouple ({meta['ablation_setting']})",
+            f"## Ablation: which {arm_label(arm)} parts to decouple ({meta.ablation_setting})",
             "",
             f"Each variant decouples only the listed parts per modality (the rest shared) and is compared with "
             f"dense {arm_label(dense_partner(arm))} of the same seed, on validation loss.",
@@ -274,8 +273,8 @@ def how_to_read(results: Results, summary: pd.DataFrame, points: int, val_every:
 
 def _evaluations(results: Results) -> int | None:
     """Evaluations per run of the recipe (max_steps // val_every), None when not recorded."""
-    recipe = results.meta.get("recipe") or {}
-    steps, every = results.meta.get("max_steps", recipe.get("max_steps")), recipe.get("val_every")
+    meta = results.meta
+    steps, every = meta.max_steps or meta.recipe.get("max_steps"), meta.val_every
     return steps // every if isinstance(steps, int) and isinstance(every, int) and every > 0 else None
 
 
@@ -307,9 +306,8 @@ def setup_lines(results: Results) -> list[str]:
                 if by_source
             )
             lines.append(f"- Image tokens by source, {setting}: {shares}")
-    recipe = meta.get("recipe") or {}
+    recipe, versions = meta.recipe, meta.versions
     lines.append(f"- Recipe (every run): {', '.join(f'{k} {v}' for k, v in recipe.items()) or 'not recorded'}")
-    versions = meta.get("versions") or {}
     lines.append(f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items()) or 'not recorded'}")
     run_versions = versions_text(results)
     if len(run_versions) > 1:
@@ -317,7 +315,7 @@ def setup_lines(results: Results) -> list[str]:
     for what in ("device", "backend"):
         values = sorted({str(v) for v in runs[what] if isinstance(v, str)}) if what in runs else []
         lines.append(f"- {what.capitalize()}s: {', '.join(values) or 'not recorded'}")
-    total = meta.get("wall_clock_s")
+    total = meta.wall_clock_s
     runs_total = runs["wall_clock_s"].fillna(0).sum() if "wall_clock_s" in runs else 0
     lines.append(
         f"- Wall-clock: {'not recorded' if total is None else f'{total:.0f} s'} for the comparison, "

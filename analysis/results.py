@@ -30,6 +30,7 @@ from analysis.run_record import (
     STEP,
     TOKENS,
     WALL,
+    ComparisonMeta,
     LossKey,
     RunRecordError,
     file_disagreements,
@@ -52,14 +53,14 @@ class Results:
     """A results folder: comparison.json's meta, its runs and the curves of the finished ones."""
 
     out: Path
-    meta: dict
+    meta: ComparisonMeta
     runs: pd.DataFrame
     curves: pd.DataFrame
 
     @property
     def settings(self) -> list[str]:
         """The settings in meta's order, then any other setting a run names."""
-        listed = list(self.meta.get("settings") or [])
+        listed = list(self.meta.settings)
         return listed + sorted(set(self.runs["setting"]) - set(listed))
 
     @property
@@ -83,8 +84,8 @@ def load_results(out: str | Path) -> Results:
         raise ReportError(f"{path}: not readable as JSON ({exc})") from exc
     if not isinstance(comparison, dict) or not isinstance(comparison.get("runs"), list):
         raise ReportError(f"{path}: expected an object with a 'runs' list")
-    meta = comparison.get("meta") or {}
-    val_every = (meta.get("recipe") or {}).get("val_every")
+    meta = ComparisonMeta.from_json(comparison.get("meta") or {})
+    val_every = meta.val_every
     runs, curves = [], []
     for i, entry in enumerate(comparison["runs"]):
         try:

@@ -16,6 +16,9 @@ FLOPs), `tokens` and `tokens/<modality>`, `time/wall_s`, `optim/lr`, `optim/grad
 validation rows hold `<valset>/loss_<modality>` for every validation set (`val`, `val_real_speech`), and the image
 loss of each image source as `<valset>/loss_image/<source>`.
 `loss_name` and `parse_loss_name` are the one mapping between a loss and its column.
+
+A results folder's `comparison.json` is {"meta": `ComparisonMeta`, "runs": [{setting, arm, variant, seed, folder}]}:
+experiments/compare.py writes it, analysis/results.py reads it.
 """
 
 from __future__ import annotations
@@ -80,6 +83,42 @@ def parse_loss_name(column: str) -> LossKey | None:
     if not sep or not prefix or not modality:
         return None
     return LossKey("train", "", modality, source) if prefix == "train" else LossKey("val", prefix, modality, source)
+
+
+@dataclass(frozen=True)
+class ComparisonMeta:
+    """comparison.json's "meta": what a comparison trained and how. A key an older or hand-written file lacks takes
+    the default here; keys this class does not name are kept in `other`."""
+
+    scale: str = "?"
+    seeds: tuple[int, ...] = ()
+    max_steps: int | None = None
+    settings: tuple[str, ...] = ()  # in the order the report shows them
+    arms: tuple[str, ...] = ()
+    ablation: str | None = None  # "basic", "full" or None
+    ablation_setting: str | None = None
+    ablation_arm: str = "mom"  # the sparse arm whose parts the ablation decouples
+    recipe: dict = field(default_factory=dict)  # the resolved recipe (experiments.plan.Comparison.meta_recipe)
+    command: str = "?"
+    wall_clock_s: float | None = None  # the whole comparison, written when it ends
+    versions: dict = field(default_factory=dict)
+    other: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ComparisonMeta:
+        known = {f.name for f in fields(cls)} - {"other"}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        for name in ("seeds", "settings", "arms"):
+            values[name] = tuple(values.get(name) or ())
+        return cls(**values, other={k: v for k, v in data.items() if k not in known})
+
+    def as_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "other"}
+        return {**{k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}, **self.other}
+
+    @property
+    def val_every(self) -> int | None:
+        return self.recipe.get("val_every")
 
 
 @dataclass

@@ -220,7 +220,7 @@ def field_table(results: Results, summary: pd.DataFrame, name: str, fmt: Callabl
 
 def ablation_table(results: Results, summary: pd.DataFrame, finals: pd.DataFrame) -> str:
     """Every variant of the ablation arm against its dense arm: FLOPs-to-match and final loss per modality."""
-    setting, variants = results.meta.get("ablation_setting"), ablation_variants(results)
+    setting, variants = results.meta.ablation_setting, ablation_variants(results)
     if not setting or not variants:
         return "No ablation in this comparison (meta.ablation_setting is not set)."
     rows = summary.to_dict("records")
@@ -230,7 +230,7 @@ def ablation_table(results: Results, summary: pd.DataFrame, finals: pd.DataFrame
         if (r["setting"], r["kind"], r["valset"], r["source"]) == (setting, "val", "val", "")
     }
     final_values = _finals(finals)
-    dense = dense_partner(results.meta.get("ablation_arm") or "mom")
+    dense = dense_partner(results.meta.ablation_arm)
     modalities = sorted(
         {k.modality for (s, k, _) in final_values if s == setting and k[:2] == ("val", "val") and not k.source},
         key=modality_rank,

@@ -23,6 +23,7 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from analysis.report import write_report
+from analysis.run_record import ComparisonMeta
 from common.cli import respell_flags
 from common.files import write_json
 from datamodules.errors import DATA_ERRORS
@@ -81,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "family's groups (MoM: in_proj+out_proj, x_proj+dt_proj); full = every subset",
     )
     parser.add_argument("--ablation-setting", default="chameleon", help="the setting of the ablation")
-    parser.add_argument("--ablation-arm", default="mom", help="the sparse arm whose parts the ablation varies")
+    parser.add_argument(
+        "--ablation-arm", default=ComparisonMeta.ablation_arm, help="the sparse arm whose parts the ablation varies"
+    )
     parser.add_argument(
         "--data",
         action="append",
@@ -144,23 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     except DATA_ERRORS as exc:
         parser.error(str(exc))
 
-    seeds = list(dict.fromkeys(s.seed for s in c.runs))
-    meta = {
-        "scale": c.scale,
-        "seeds": seeds,
-        "max_steps": c.recipe.max_steps,
-        "settings": list(dict.fromkeys(s.setting for s in c.runs if s.decouple is None)),
-        "arms": list(dict.fromkeys(s.arm for s in c.runs if s.decouple is None)),
-        "ablation": args.ablation,
-        "ablation_setting": args.ablation_setting if args.ablation else None,
-        "ablation_arm": args.ablation_arm if args.ablation else None,
-        "recipe": c.meta_recipe,
-        "parallel": c.parallel,
-        "threads_per_run": c.threads,
-        "command": "python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "root": str(c.root),
-        "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
-    }
+    meta = ComparisonMeta(
+        scale=c.scale,
+        seeds=tuple(dict.fromkeys(s.seed for s in c.runs)),
+        max_steps=c.recipe.max_steps,
+        settings=tuple(dict.fromkeys(s.setting for s in c.runs if s.decouple is None)),
+        arms=tuple(dict.fromkeys(s.arm for s in c.runs if s.decouple is None)),
+        ablation=args.ablation,
+        ablation_setting=args.ablation_setting if args.ablation else None,
+        ablation_arm=args.ablation_arm,
+        recipe=c.meta_recipe,
+        command="python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        versions={"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
+        other={"parallel": c.parallel, "threads_per_run": c.threads, "root": str(c.root)},
+    )
     refs = [
         {"setting": s.setting, "arm": s.arm, "variant": s.variant, "seed": s.seed, "folder": str(c.folder(s))}
         for s in c.runs
@@ -188,13 +189,13 @@ def results_lock(out: Path):
     return run_lock(out, wait=True, waiting=waiting)
 
 
-def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bool, started: float,
+def run_comparison(c: Comparison, meta: ComparisonMeta, refs: list[dict], main_process: bool, started: float,
                    samples: bool = True) -> int:  # fmt: skip
     """Train what is not finished, sample from the first seed's runs (`samples`) and write the report (its wall
     clock counted from `started`); the exit code."""
     if main_process:
         c.out.mkdir(parents=True, exist_ok=True)
-        write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
+        write_json(c.out / "comparison.json", {"meta": meta.as_json(), "runs": refs})
 
     todo = [s for s in c.runs if c.status(s) != "finished"]
     print(
@@ -229,8 +230,8 @@ def run_comparison(c: Comparison, meta: dict, refs: list[dict], main_process: bo
     statuses = {s.label: c.status(s) for s in c.runs}
     unfinished = {label: status for label, status in statuses.items() if status != "finished"}
     if main_process:
-        meta["wall_clock_s"] = time.perf_counter() - started
-        write_json(c.out / "comparison.json", {"meta": meta, "runs": refs})
+        meta = replace(meta, wall_clock_s=time.perf_counter() - started)
+        write_json(c.out / "comparison.json", {"meta": meta.as_json(), "runs": refs})
         if samples:
             silence_lightning()  # each run's data notes were printed above, once per setting
             done = [s for s in to_draw if statuses[s.label] == "finished"]

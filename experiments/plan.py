@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from analysis.run_record import RunRecordError, file_disagreements, read_summary
+from analysis.run_record import ComparisonMeta, RunRecordError, file_disagreements, read_summary
 from common.cli import parse_overrides
 from common.files import check_writable_folder
 from datamodules.multimodal import MultiModalDataModule
@@ -58,7 +58,7 @@ def ablation_variants(arm: str, full: bool = False) -> list[tuple[str, ...]]:
 
 
 def plan(
-    settings, arms, seeds, ablation: str | None, ablation_setting: str, ablation_arm: str = "mom"
+    settings, arms, seeds, ablation: str | None, ablation_setting: str, ablation_arm: str = ComparisonMeta.ablation_arm
 ) -> list[RunSpec]:
     """Settings outermost (a stopped comparison has whole settings done), then arms, then seeds; ablation last.
 

@@ -22,6 +22,7 @@ from analysis.run_record import (
     TOKENS,
     TRAIN_LOSS,
     WALL,
+    ComparisonMeta,
     LossKey,
     Summary,
     loss_name,
@@ -499,7 +500,7 @@ def test_read_metrics_step_semantics(tmp_path):
     assert curves.loc[curves["kind"] == "train", "step"].tolist() == [9, 10, 11] * 2
     identity = {"setting": "chameleon", "arm": "mom", "variant": "mom", "seed": 0}
     run = identity | {"status": "finished", "val_every": 10, "train_flops_per_step": 10255073280.0}
-    results = Results(tmp_path, {}, pd.DataFrame([run]), curves.assign(**identity)[CURVE_COLUMNS])
+    results = Results(tmp_path, ComparisonMeta(), pd.DataFrame([run]), curves.assign(**identity)[CURVE_COLUMNS])
     grid = evaluation_grid(results)
     text = grid[(grid["kind"] == "train") & (grid["modality"] == "text")]
     assert text[["step", "wall_s"]].values.tolist() == [[9.5, pytest.approx((23.34 + 24.32) / 2)]]

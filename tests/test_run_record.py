@@ -6,6 +6,7 @@ import pytest
 
 from analysis.run_record import (
     SCHEMA_VERSION,
+    ComparisonMeta,
     LossKey,
     RunRecordError,
     Summary,
@@ -71,3 +72,16 @@ def test_a_record_written_before_schema_versions_reads_as_version_1(tmp_path):
     (tmp_path / "summary.json").write_text("[1, 2]")
     with pytest.raises(RunRecordError, match="expected a JSON object"):
         read_summary(tmp_path)
+
+
+def test_comparison_meta_round_trips_and_fills_what_a_file_lacks():
+    """What compare.py writes reads back equal; keys a file lacks (or holds as null) take one default, defined once;
+    keys the record does not name survive a round trip."""
+    written = {"scale": "tiny", "seeds": [0, 1], "max_steps": 200, "settings": ["chameleon"], "arms": ["mom"],
+               "ablation": None, "ablation_setting": None, "ablation_arm": None, "recipe": {"val_every": 20},
+               "command": "python experiments/compare.py", "versions": {"torch": "x"}, "parallel": 2}  # fmt: skip
+    meta = ComparisonMeta.from_json(written)
+    assert meta.seeds == (0, 1) and meta.val_every == 20 and meta.ablation_arm == "mom" and meta.wall_clock_s is None
+    assert meta.other == {"parallel": 2}
+    assert ComparisonMeta.from_json(meta.as_json()) == meta
+    assert ComparisonMeta.from_json({}) == ComparisonMeta() and ComparisonMeta().scale == "?"
