@@ -68,9 +68,12 @@ def loss_unit(setting: str, modality: str) -> str:
     return SETTINGS[setting].loss_unit(modality) if setting in SETTINGS else "nats"
 
 
+KIND_WORDS = {"train": "training", "val": "validation"}  # a loss kind (LossKey.kind) in a sentence
+
+
 def axis_label(setting: str, key: LossKey) -> str:
     """Y-axis label with the unit, e.g. 'validation loss (nats)' or 'training diffusion MSE'."""
-    stage = "validation" if key.kind == "val" else "training"
+    stage = KIND_WORDS[key.kind]
     unit = loss_unit(setting, key.modality)
     return f"{stage} diffusion MSE" if unit == "diffusion MSE" else f"{stage} loss ({unit})"
 

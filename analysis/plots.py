@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
 from analysis.labels import (
+    KIND_WORDS,
     arm_colour,
     arm_label,
     arm_rank,
@@ -86,7 +87,7 @@ def curve_figure(
         _curve_panel(ax, [(arm, seed, c[key]) for arm, seed, c in runs if key in c], shown, setting, key, x)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
-    stage = "validation" if kind == "val" else "training"
+    stage = KIND_WORDS[kind]
     versus = "cumulative training FLOPs" if x == "flops" else "optimizer steps"
     fig.suptitle(f"{setting}: {stage} loss vs {versus} ({results.meta.scale} scale)")
     return fig

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import pandas as pd
 
 from analysis.labels import (
+    KIND_WORDS,
     arm_label,
     arm_rank,
     dense_partner,
@@ -135,9 +136,6 @@ VERDICTS = ("better", "worse", "no significant difference")
 def _holm_significant(agg: dict) -> bool:
     p = agg.get("loss_gap_p_holm")
     return p is not None and not pd.isna(p) and p < 0.05
-
-
-KIND_WORDS = {"train": "training", "val": "validation"}
 
 
 def multiplicity_text(summary: pd.DataFrame) -> str:

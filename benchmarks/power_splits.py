@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis.labels import is_twin  # noqa: E402
+from analysis.run_record import read_summary  # noqa: E402
 
 ARMS = "mamba,mom,transformer,mot"
 SPLITS = {
@@ -46,7 +47,7 @@ def training_minutes(name: str) -> float:
     """The split's runs' training wall-clock, summed (a comparison runs two at a time on 2 cores)."""
     comparison = json.loads((out(name) / "comparison.json").read_text())
     folders = [ROOT / run["folder"] for run in comparison["runs"] if not is_twin(run["variant"])]
-    return sum(json.loads((folder / "summary.json").read_text())["wall_clock_s"] for folder in folders) / 60
+    return sum(read_summary(folder).wall_clock_s for folder in folders) / 60
 
 
 def reading(name: str) -> dict:
