@@ -64,7 +64,7 @@ fi
 # sampling and the tests import, so they leave that bytecode behind; nothing else is compiled.
 unset PYTHONDONTWRITEBYTECODE
 .venv/bin/python -c "import experiments.compare, experiments.sample, experiments.train, torch.utils.tensorboard, pytest"
-# Build the compiled CPU kernels (selective scan, loss; once per machine, torch caches them) and prepare the default
+# Build the compiled CPU kernels (selective scan, loss; once per machine, cached under torch's extension root) and prepare the default
 # data (.cache/data: the text/image corpus of Transfusion and Chameleon, and the one with speech of three-modality,
 # each with its tokenizers, image codebook and speech units) side by side, so that runs pay for none of it. If the
 # kernels cannot build, runs fall back to torch's scan and loss and say so.

@@ -8,8 +8,8 @@
 - The training loss's cross-entropy per position (csrc/cross_entropy.h), float32 or bf16 logits.
 
 The extension is built once per machine with torch's cpp_extension (g++ and ninja; `bash setup.sh` builds it) and
-cached by torch. If the build or the load fails, `available()` is False, the scan's "auto" falls back to the "torch"
-backend and the loss to torch's cross-entropy, and a warning says so once.
+cached in `build_directory()`. If the build or the load fails, `available()` is False, the scan's "auto" falls back
+to the "torch" backend and the loss to torch's cross-entropy, and a warning says so once.
 """
 
 from __future__ import annotations
@@ -21,14 +21,26 @@ import warnings
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch.autograd.function import once_differentiable
 
+NAME = "mom_cpu_kernels"
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"  # includes the kernels' headers
 # -fassociative-math (with the two flags it needs) lets the state loop vectorise fully (benchmarks/README.md).
 # NaN and infinity keep their meaning (no -ffinite-math-only), and -ffast-math itself is never passed: at link time it
 # would switch the whole process to flush-to-zero.
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]
 FLAGS += ["-fno-signed-zeros", "-fassociative-math"]
+
+
+def build_directory() -> Path:
+    """Where the extension is built and cached: under torch's extension root (TORCH_EXTENSIONS_DIR, by default
+    ~/.cache/torch_extensions), a folder per Python and torch version."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()  # as torch's own `load` reads it
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return Path(root) / f"{NAME}-{python}-torch{torch.__version__}"
 
 
 @functools.cache
@@ -39,7 +51,15 @@ def _load() -> tuple[object | None, str | None]:
     try:
         from torch.utils.cpp_extension import load
 
-        module = load("mom_cpu_kernels", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"])
+        folder = build_directory()
+        folder.mkdir(parents=True, exist_ok=True)
+        # torch marks a build in progress with a plain file, `lock`, and waits for as long as it exists, so a process
+        # killed inside `load` would stop every later one. Loads take this OS lock first, which the kernel releases
+        # when its holder dies: whoever holds it is the only process in `load`, and a `lock` it finds is stale.
+        with FileLock(folder / "load.filelock"):
+            (folder / "lock").unlink(missing_ok=True)
+            module = load(NAME, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                          build_directory=str(folder))  # fmt: skip
     except Exception as exc:  # a missing compiler, a failed build or a failed load all mean: use "torch"
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         warnings.warn(

@@ -3,6 +3,11 @@ a float64 evaluation, numerics, dtypes, memory layout and dispatch."""
 
 import itertools
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -305,6 +310,25 @@ def test_resolve_backend_on_cpu():
     assert resolve_backend("torch", cpu) == "torch"
     assert resolve_backend("ref", cpu) == "ref"
     assert set(BACKENDS) == {"auto", "torch", "ref", "cpu", "cuda"}
+
+
+def test_a_build_lock_left_by_a_killed_process_does_not_stop_the_next_load(tmp_path):
+    """torch's cpp_extension marks a build in progress with a plain file, `lock`, and waits while it exists. A process
+    killed while it holds it (a comparison killed as a run starts, Ctrl-C during setup) leaves it behind; the next
+    process that loads the kernels must load them all the same, not wait forever."""
+    env = os.environ | {"TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    where = [sys.executable, "-c", "from models import cpu_kernels; print(cpu_kernels.build_directory())"]
+    folder = Path(subprocess.run(where, env=env, capture_output=True, text=True, check=True).stdout.strip())
+    assert folder.is_relative_to(tmp_path)
+    # the extension as built here, so that the load finds it up to date
+    shutil.copytree(cpu_kernels.build_directory(), folder, ignore=shutil.ignore_patterns("lock", "*.lock"))
+    (folder / "lock").touch()
+    load = [sys.executable, "-c", "from models import cpu_kernels as k; assert k.available(), k.load_error()"]
+    try:
+        done = subprocess.run(load, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading the kernels waited on the stale build lock")
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_kernel_that_does_not_load_falls_back_to_torch(monkeypatch):
