@@ -21,8 +21,8 @@ from common.cli import parse_overrides
 from common.files import check_writable_folder
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import SETTINGS, get_setting
-from experiments.recipes import RECIPES, Recipe, as_stored, recipe_conflicts, recipe_id
-from experiments.run import check_trainer, run_folder
+from experiments.recipes import RECIPES, Recipe, RunRequest, as_stored, recipe_id
+from experiments.run import check_trainer
 from models import ARMS, SCALES, ModelConfig, get_arm
 
 
@@ -99,28 +99,24 @@ class Comparison:
     threads: int | None  # torch threads per run on the CPU (None: torch's default)
 
     def folder(self, spec: RunSpec) -> Path:
-        return run_folder(**self.run_kwargs(spec))
+        return self.request(spec).folder
 
-    def module(self, spec: RunSpec) -> dict:
+    def request(self, spec: RunSpec, own_device: bool = False) -> RunRequest:
+        """One run of the matrix; `own_device`: the run's process sees one GPU of its own."""
         overrides = self.model_overrides | ({"decouple": list(spec.decouple)} if spec.decouple is not None else {})
-        return self.recipe.module() | ({"model_overrides": overrides} if overrides else {})
-
-    def run_kwargs(self, spec: RunSpec, own_device: bool = False) -> dict:
-        """train_run's arguments for one run; `own_device`: the run's process sees one GPU of its own."""
-        trainer = {k: v for k, v in self.trainer.items() if not (own_device and k == "devices")}
-        trainer |= self.recipe.trainer()
-        return dict(
+        return RunRequest(
             setting=spec.setting,
             arm=spec.arm,
             scale=self.scale,
             seed=spec.seed,
-            max_steps=self.recipe.max_steps,
             root=self.root,
+            variant=spec.variant,
+            max_steps=self.recipe.max_steps,
             val_every=self.recipe.val_every,
             data=self.data,
-            module=self.module(spec),
-            trainer=trainer,
-            variant=spec.variant,
+            module=self.recipe.module() | ({"model_overrides": overrides} if overrides else {}),
+            trainer={k: v for k, v in self.trainer.items() if not (own_device and k == "devices")}
+            | self.recipe.trainer(),
         )
 
     def prepare_data(self) -> None:
@@ -206,14 +202,7 @@ class Comparison:
             folder = self.folder(spec)
             try:
                 read_summary(folder)
-                conflicts = recipe_conflicts(
-                    folder,
-                    self.recipe.max_steps,
-                    self.recipe.val_every,
-                    self.data,
-                    self.module(spec),
-                    self.recipe.precision,
-                )
+                conflicts = self.request(spec).conflicts()
             except RunRecordError as exc:
                 found.append(str(exc))
                 continue

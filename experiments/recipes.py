@@ -1,10 +1,11 @@
-"""Training recipes: the one place the step budget, batch, validation and optimiser of a run are defined.
+"""Training recipes and run requests: the one place the step budget, batch, validation and optimiser of a run are
+defined, and the one place a run's folder is named.
 
-Every arm of a comparison at one scale trains with its scale's recipe (`RECIPES`); `train.py`, `train_run` and
-`compare.py` all start from it (`with_recipe`), and flags override single fields. A run's recipe has a name
-(`recipe_id`), the folder its runs live in, and a run folder that disagrees with a request says how
-(`recipe_conflicts`). The class defaults of `MultiModalDataModule` and
-`LitMultiModalLM` and the shipped YAMLs under experiments/configs/ are tested equal to these recipes.
+Every arm of a comparison at one scale trains with its scale's recipe (`RECIPES`). A `RunRequest` is one run: what
+it is, where its folder lives, and that recipe under the caller's overrides, resolved once; `train.py`, `train_run`
+and `compare.py` all make one. A run's recipe has a name (`recipe_id`), the folder its runs live in, and a run
+folder that disagrees with a request says how (`RunRequest.conflicts`). The class defaults of `MultiModalDataModule`
+and `LitMultiModalLM` and the shipped YAMLs under experiments/configs/ are tested equal to these recipes.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import hashlib
 import inspect
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from analysis.run_record import read_config
+from analysis.run_record import read_config, run_dir
 from datamodules.multimodal import MultiModalDataModule
+from datamodules.settings import get_setting
 from experiments.lit_module import LitMultiModalLM
+from models import SCALES, get_arm
 
 
 @dataclass(frozen=True)
@@ -105,47 +108,90 @@ RECIPES = {
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe) if f.name != "seeds")  # what a run's config resolves
 
 
-def with_recipe(scale: str, max_steps, val_every, data, module, trainer, variant: str):
-    """train_run's arguments with the scale's recipe under them."""
-    recipe = RECIPES[scale]
-    return (
-        recipe.max_steps if max_steps is None else max_steps,
-        recipe.val_every if val_every is None else val_every,
-        recipe.data() | (data or {}),
-        recipe.module() | (module or {}),
-        recipe.trainer() | (trainer or {}),
-        variant,
-    )
+@dataclass(frozen=True)
+class RunRequest:
+    """One run: what it is, where its folder lives, and the recipe it trains with.
 
+    Args:
+        setting: a registered setting (datamodules.settings.SETTINGS).
+        arm: a registered arm (models.ARMS), or the arm a variant varies.
+        scale: a named scale (models.SCALES): the model's size and the recipe under the overrides below.
+        seed: the data order's and the initial weights' seed.
+        root: where run folders live.
+        variant: the run's folder name when it is a variant of its arm (default: the arm).
+        max_steps: optimiser steps (the schedule decays to its floor at max_steps); default: the scale's recipe.
+        val_every: validate (and checkpoint) every this many steps; default: the scale's recipe.
+        data: MultiModalDataModule arguments on top of the recipe's (identical for every arm of a comparison).
+        module: LitMultiModalLM arguments on top of the recipe's (lr, warmup_steps, model_overrides, ...).
+        trainer: lightning.Trainer arguments (accelerator, devices, precision, strategy, ...); precision defaults to
+            the recipe's.
 
-def recipe_conflicts(
-    folder: Path,
-    max_steps: int,
-    val_every: int,
-    data: dict | None = None,
-    module: dict | None = None,
-    precision: str | None = None,
-) -> list[str]:
-    """How the run recorded in `folder` differs from the requested recipe ([] when it matches or nothing is there).
-
-    Only what the caller asked for is compared (every `data` and `module` key given, the step budget and validation
-    cadence, the precision); the other Trainer settings are not part of a recipe, so a run may resume on other
-    hardware.
+    Made, it holds the scale's recipe under those overrides (every field resolved), and an unknown setting, arm or
+    scale has raised ValueError listing the valid ones.
     """
-    stored = read_config(folder)
-    if stored is None:
-        return []
-    wanted = {"max_steps": max_steps, "val_every": val_every}
-    wanted |= {f"data.{k}": v for k, v in (data or {}).items() if k != "cache_dir"}  # where, not what
-    wanted |= {f"module.{k}": v for k, v in (module or {}).items()}
-    wanted |= {"trainer.precision": precision} if precision is not None else {}
-    conflicts = []
-    for key, value in wanted.items():
-        section, _, name = key.rpartition(".")
-        have = (stored.get(section, {}) if section else stored).get(name)
-        if as_stored(have) != as_stored(value):
-            conflicts.append(f"{key}: recorded {have!r}, requested {value!r}")
-    return conflicts
+
+    setting: str
+    arm: str
+    scale: str = "tiny"
+    seed: int = 0
+    root: str | Path = "runs"
+    variant: str | None = None
+    max_steps: int | None = None
+    val_every: int | None = None
+    data: dict = field(default_factory=dict)
+    module: dict = field(default_factory=dict)
+    trainer: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_setting(self.setting)
+        get_arm(self.arm)
+        if self.scale not in SCALES:
+            raise ValueError(f"unknown scale {self.scale!r}; valid choices are {list(SCALES)}")
+        recipe = RECIPES[self.scale]
+        resolved = {
+            "root": Path(self.root),
+            "variant": self.variant or self.arm,
+            "max_steps": recipe.max_steps if self.max_steps is None else self.max_steps,
+            "val_every": recipe.val_every if self.val_every is None else self.val_every,
+            "data": recipe.data() | self.data,
+            "module": recipe.module() | self.module,
+            "trainer": recipe.trainer() | self.trainer,
+        }
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def recipe_id(self) -> str:
+        return recipe_id(self.scale, self.max_steps, self.val_every, self.data, self.module, self.trainer["precision"])
+
+    @property
+    def folder(self) -> Path:
+        return run_dir(self.root, self.setting, self.scale, self.recipe_id, self.variant, self.seed)
+
+    def with_trainer(self, **flags) -> RunRequest:
+        """The same run with these Trainer arguments added (callbacks, a progress bar: not part of the recipe)."""
+        return replace(self, trainer=self.trainer | flags)
+
+    def conflicts(self) -> list[str]:
+        """How the run recorded in its folder differs from this request ([] when it matches or nothing is there).
+
+        The step budget and validation cadence, every data and module argument and the precision are compared; the
+        other Trainer settings are not part of a recipe, so a run may resume on other hardware.
+        """
+        stored = read_config(self.folder)
+        if stored is None:
+            return []
+        wanted = {"max_steps": self.max_steps, "val_every": self.val_every}
+        wanted |= {f"data.{k}": v for k, v in self.data.items() if k != "cache_dir"}  # where, not what
+        wanted |= {f"module.{k}": v for k, v in self.module.items()}
+        wanted |= {"trainer.precision": self.trainer["precision"]}
+        conflicts = []
+        for key, value in wanted.items():
+            section, _, name = key.rpartition(".")
+            have = (stored.get(section, {}) if section else stored).get(name)
+            if as_stored(have) != as_stored(value):
+                conflicts.append(f"{key}: recorded {have!r}, requested {value!r}")
+        return conflicts
 
 
 def as_stored(value):

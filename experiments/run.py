@@ -1,5 +1,6 @@
-"""One run = one (setting, arm or variant, scale, seed), trained into its own folder (the run record,
-analysis/run_record.py, defines the folder's files).
+"""Training one run: a `RunRequest` (experiments/recipes.py) trained into its own folder (the run record,
+analysis/run_record.py, defines the folder's files), in stages: the Trainer (which refuses bad flags before anything
+is written), the folder's record (`_previous`), then the data and model, the resume point, training and the record.
 
 A finished run is never overwritten: running it again is a no-op that says so. An interrupted run resumes from its
 last checkpoint and ends where an uninterrupted run would; a folder that holds a run of a different recipe (steps,
@@ -15,7 +16,8 @@ import platform
 import signal
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -37,18 +39,15 @@ from analysis.run_record import (
     file_record,
     parse_loss_name,
     read_summary,
-    run_dir,
     write_config,
     write_summary,
 )
 from datamodules.multimodal import MultiModalDataModule
-from datamodules.settings import get_setting
 from datamodules.vocab import PATCH
 from experiments.checkpoints import AtomicCheckpointIO, BatchOrder, RunCheckpoint
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss
-from experiments.recipes import recipe_conflicts, recipe_id, with_recipe
+from experiments.recipes import RunRequest
 from experiments.store import MetricsLogger, disk_full, resume_point, run_lock
-from models import SCALES, get_arm
 
 
 class RunRecorder(L.Callback):
@@ -102,95 +101,50 @@ def check_trainer(flags: dict) -> None:
     """ValueError naming the flag when Lightning would refuse these Trainer flags on this machine (an accelerator it
     does not have, more devices than it has, an unknown precision or strategy), before anything is written."""
     given = {k: v for k, v in flags.items() if k in ("accelerator", "devices", "num_nodes", "strategy", "precision")}
-    logging.disable(logging.INFO)  # the Trainer's notes on the hardware it found
+    with _named_flags(given):
+        L.Trainer(**given, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+
+
+@contextmanager
+def _named_flags(flags: dict) -> Iterator[None]:
+    """Lightning's refusal of Trainer flags as a ValueError that names them; its notes on the hardware it found are
+    not shown."""
+    logging.disable(logging.INFO)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            L.Trainer(**given, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+            yield
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as exc:
-        named = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+        named = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items() if k in _HARDWARE)
         raise ValueError(f"{named}: {exc}") from None
     finally:
         logging.disable(logging.NOTSET)
 
 
-def check_run(setting: str, arm: str, scale: str) -> None:
-    """Fail before anything is prepared or trained when a name is unknown, listing the valid ones."""
-    get_setting(setting)
-    get_arm(arm)
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; valid choices are {list(SCALES)}")
+_HARDWARE = ("accelerator", "devices", "num_nodes", "strategy", "precision")
 
 
-def run_folder(
-    setting: str,
-    arm: str,
-    scale: str = "tiny",
-    seed: int = 0,
-    max_steps: int | None = None,
-    root: str | Path = "runs",
-    val_every: int | None = None,
-    data: dict | None = None,
-    module: dict | None = None,
-    trainer: dict | None = None,
-    variant: str | None = None,
-) -> Path:
-    """The folder `train_run` with these arguments trains into."""
-    return _locate(setting, arm, scale, seed, max_steps, root, val_every, data, module, trainer, variant)[0]
-
-
-def _locate(setting, arm, scale, seed, max_steps, root, val_every, data, module, trainer, variant):
-    """(folder, recipe name, the arguments with the scale's recipe under them) of a run."""
-    resolved = with_recipe(scale, max_steps, val_every, data, module, trainer, variant or arm)
-    max_steps, val_every, data, module, trainer, variant = resolved
-    recipe = recipe_id(scale, max_steps, val_every, data, module, trainer["precision"])
-    return run_dir(root, setting, scale, recipe, variant, seed), recipe, resolved
-
-
-def train_run(
-    setting: str,
-    arm: str,
-    scale: str = "tiny",
-    seed: int = 0,
-    max_steps: int | None = None,
-    root: str | Path = "runs",
-    val_every: int | None = None,
-    data: dict | None = None,
-    module: dict | None = None,
-    trainer: dict | None = None,
-    variant: str | None = None,
-) -> Summary:
-    """Train one run to max_steps (resuming if interrupted); returns its summary.
-
-    Args:
-        setting, arm, scale, seed: what the run is.
-        variant: the run's folder name when it is a variant of its arm (default: the arm).
-        max_steps: optimiser steps (the schedule decays to its floor at max_steps); default: the scale's recipe.
-        root: where run folders live.
-        val_every: validate every this many steps; default: the scale's recipe.
-        data: MultiModalDataModule arguments on top of the recipe's (identical for every arm of a comparison).
-        module: LitMultiModalLM arguments on top of the recipe's (lr, warmup_steps, model_overrides, ...).
-        trainer: lightning.Trainer arguments (accelerator, devices, precision, strategy, ...); precision defaults to
-            the recipe's.
-    """
-    check_run(setting, arm, scale)
-    folder, recipe, resolved = _locate(setting, arm, scale, seed, max_steps, root, val_every, data, module, trainer,
-                                       variant)  # fmt: skip
-    max_steps, val_every, data, module, trainer, variant = resolved
-    check_trainer(trainer)
-    conflicts = recipe_conflicts(folder, max_steps, val_every, data, module, trainer["precision"])
+def train_run(request: RunRequest) -> Summary:
+    """Train one run to its max_steps (resuming if interrupted); returns its summary. The module docstring says what
+    happens to a folder that holds a run already."""
+    conflicts = request.conflicts()
     if conflicts:
         raise ValueError(
-            f"{folder} holds a run of a different recipe ({'; '.join(conflicts)}); "
+            f"{request.folder} holds a run of a different recipe ({'; '.join(conflicts)}); "
             "choose another root or delete the folder"
         )
+    order = BatchOrder()
+    recorder = RunRecorder(request.folder, order)
+    pl_trainer = _trainer(request, recorder, order)  # Lightning refuses bad flags here, before anything is written
     writer = rank_zero_only.rank == 0  # DDP: every rank runs this function; one of them owns the folder
     try:
-        with run_lock(folder) if writer else nullcontext():
-            return _train(folder, recipe, writer, setting, arm, scale, seed, max_steps, val_every, data, module,
-                          trainer, variant)  # fmt: skip
+        with run_lock(request.folder) if writer else nullcontext():
+            previous = _previous(request.folder)
+            if previous is not None and previous.finished:
+                return previous
+            return _fit(request, pl_trainer, recorder, previous, writer)
     except OSError as exc:
-        full = disk_full(exc, folder, _checkpoint_bytes(folder))
+        full = disk_full(exc, request.folder, _checkpoint_bytes(request.folder))
         if full is None:
             raise
         raise full from None
@@ -202,39 +156,52 @@ def _checkpoint_bytes(folder: Path) -> int:
     return last.stat().st_size if last.exists() else 64 * 2**20
 
 
-def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, max_steps, val_every, data, module,
-           trainer, variant) -> Summary:  # fmt: skip
-    """train_run's work in its folder, under the folder's lock."""
+def _previous(folder: Path) -> Summary | None:
+    """The folder's record: a finished run whose files agree with it, or an unfinished one to resume; None when
+    there is none, or a finished run's files disagree with it (that folder is moved aside and trained again)."""
     previous = read_summary(folder)
-    if previous and previous.finished:
-        problems = file_disagreements(folder, previous)
-        if not problems:
-            print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
-            return previous
-        aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-        folder.rename(aside)
-        print(f"{folder}: files disagree with the summary ({'; '.join(problems)}); moved to {aside}; training again")
-        previous = None
-    folder.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(seed, workers=True, verbose=False)
-    dm = MultiModalDataModule(setting=setting, seed=seed, **data)
-    dm.prepare_data()
-    dm.setup("fit")
-    lit = LitMultiModalLM(
-        arch=arm,
-        scale=scale,
-        vocab_size=dm.vocab_size,
-        n_modalities=dm.n_modalities,
-        patch_dim=dm.patch_dim,
-        val_names=tuple(dm.val_sets),
-        image_sources=dm.image_sources,
-        **module,
-    )
-    if lit.cfg.routing == "token_hash":  # a fixed expert per token id, balanced on this training set
-        lit.model.balance_token_experts(dm.token_counts())
-    settings = dict(
-        max_steps=max_steps,
-        val_check_interval=val_every,
+    if not (previous and previous.finished):
+        return previous
+    problems = file_disagreements(folder, previous)
+    if not problems:
+        print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
+        return previous
+    aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder.rename(aside)
+    print(f"{folder}: files disagree with the summary ({'; '.join(problems)}); moved to {aside}; training again")
+    return None
+
+
+def _trainer(request: RunRequest, recorder: RunRecorder, order: BatchOrder) -> L.Trainer:
+    """The run's Trainer: the suite's defaults (CPU, deterministic, no sanity check, ...) under the request's flags,
+    with the run's own loggers and checkpoints."""
+    settings = _trainer_settings(request)
+    if settings["deterministic"] is True:
+        # Deterministic algorithms also fill every new tensor with NaN (torch's fill_uninitialized_memory), a check
+        # that no op reads memory it did not write, at a cost measured in benchmarks/README.md. The tests that
+        # compare bits (a resumed run, 1 and 2 threads, runs side by side against runs alone) guard determinism
+        # instead. The setting is the process's, as torch has it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    callbacks = [recorder, order, RunCheckpoint(request.folder / CHECKPOINT, request.val_every)]
+    callbacks += settings.pop("callbacks", [])
+    plugins = [*(settings.pop("plugins", None) or []), AtomicCheckpointIO()]
+    if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
+        # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use
+        # (lit.flops_per_batch, set in `_fit`).
+        callbacks.append(
+            ThroughputMonitor(batch_size_fn=lambda b: b["tokens"].shape[0], length_fn=lambda b: b["tokens"].numel())
+        )
+    folder = request.folder
+    loggers = [MetricsLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version=TENSORBOARD)]
+    with _named_flags(settings):
+        return L.Trainer(default_root_dir=folder, callbacks=callbacks, logger=loggers, plugins=plugins, **settings)
+
+
+def _trainer_settings(request: RunRequest) -> dict:
+    """The Trainer's arguments but the loggers: the suite's defaults under the request's."""
+    defaults = dict(
+        max_steps=request.max_steps,
+        val_check_interval=request.val_every,
         check_val_every_n_epoch=None,
         gradient_clip_val=1.0,
         accelerator="cpu",
@@ -245,39 +212,65 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
         log_every_n_steps=1,
         num_sanity_val_steps=0,
     )
-    settings.update(trainer)
-    if settings["deterministic"] is True:
-        # Deterministic algorithms also fill every new tensor with NaN (torch's fill_uninitialized_memory), a check
-        # that no op reads memory it did not write, at a cost measured in benchmarks/README.md. The tests that
-        # compare bits (a resumed run, 1 and 2 threads, runs side by side against runs alone) guard determinism
-        # instead. The setting is the process's, as torch has it.
-        torch.utils.deterministic.fill_uninitialized_memory = False
-    extra_callbacks = list(settings.pop("callbacks", []))
-    plugins = [*(settings.pop("plugins", None) or []), AtomicCheckpointIO()]
-    if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
-        # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use
-        # (lit.flops_per_batch, set below).
-        extra_callbacks.append(
-            ThroughputMonitor(batch_size_fn=lambda b: b["tokens"].shape[0], length_fn=lambda b: b["tokens"].numel())
-        )
-    order = BatchOrder()
-    recorder = RunRecorder(folder, order)
-    pl_trainer = L.Trainer(
-        default_root_dir=folder,
-        callbacks=[recorder, order, RunCheckpoint(folder / CHECKPOINT, val_every), *extra_callbacks],
-        logger=[MetricsLogger(folder, name="", version=""), TensorBoardLogger(folder, name="", version=TENSORBOARD)],
-        plugins=plugins,
-        **settings,
+    return defaults | request.trainer
+
+
+def _config(request: RunRequest, lit: LitMultiModalLM, dm: MultiModalDataModule) -> dict:
+    """config.json: the run's identity and every resolved argument of its model, data, module and Trainer."""
+    trainer = {k: v for k, v in _trainer_settings(request).items() if k not in ("callbacks", "plugins")}
+    return {
+        "setting": request.setting,
+        "arm": request.arm,
+        "variant": request.variant,
+        "scale": request.scale,
+        "seed": request.seed,
+        "recipe": request.recipe_id,
+        "max_steps": request.max_steps,
+        "val_every": request.val_every,
+        "model": lit.cfg.to_dict(),
+        "data": dict(dm.hparams),
+        "module": dict(lit.hparams),
+        "trainer": trainer,
+    }
+
+
+def _build(request: RunRequest) -> tuple[MultiModalDataModule, LitMultiModalLM]:
+    """The run's data (set up for training) and model, seeded with the run's seed."""
+    L.seed_everything(request.seed, workers=True, verbose=False)
+    dm = MultiModalDataModule(setting=request.setting, seed=request.seed, **request.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    lit = LitMultiModalLM(
+        arch=request.arm,
+        scale=request.scale,
+        vocab_size=dm.vocab_size,
+        n_modalities=dm.n_modalities,
+        patch_dim=dm.patch_dim,
+        val_names=tuple(dm.val_sets),
+        image_sources=dm.image_sources,
+        **request.module,
     )
+    if lit.cfg.routing == "token_hash":  # a fixed expert per token id, balanced on this training set
+        lit.model.balance_token_experts(dm.token_counts())
+    return dm, lit
+
+
+def _fit(request: RunRequest, pl_trainer: L.Trainer, recorder: RunRecorder, previous: Summary | None,
+         writer: bool) -> Summary:  # fmt: skip
+    """Build, resume (from the folder's last checkpoint), record the start, train and record the end."""
+    folder = request.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    dm, lit = _build(request)
     world = pl_trainer.world_size
     if writer:
-        last, why = resume_point(folder, lambda step: dm.train_position(step, world), val_every)
+        last, why = resume_point(folder, lambda step: dm.train_position(step, world), request.val_every)
         if why:
             print(f"{folder}: {why}")
             previous = None
     else:
         last = folder / CHECKPOINT if (folder / CHECKPOINT).exists() else None
-    summary = _summary_start(lit, dm, Summary(setting, arm, variant, scale, seed, recipe), previous)
+    start = Summary(request.setting, request.arm, request.variant, request.scale, request.seed, request.recipe_id)
+    summary = _summary_start(lit, dm, start, previous)
     # DDP / FSDP: batch_size is per device, so a step trains on world_size batches (ThroughputMonitor's
     # flops_per_batch stays per device as Lightning wants it).
     lit.flops_per_batch = summary.train_flops_per_step
@@ -285,23 +278,7 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
     summary.tokens_per_step *= world
     summary.train_flops_per_step *= world
     recorder.start(summary)
-    write_config(
-        folder,
-        {
-            "setting": setting,
-            "arm": arm,
-            "variant": variant,
-            "scale": scale,
-            "seed": seed,
-            "recipe": recipe,
-            "max_steps": max_steps,
-            "val_every": val_every,
-            "model": lit.cfg.to_dict(),
-            "data": dict(dm.hparams),
-            "module": dict(lit.hparams),
-            "trainer": settings,
-        },
-    )
+    write_config(folder, _config(request, lit, dm))
     try:
         with warnings.catch_warnings():
             # The datamodule's sampler resumes mid-epoch itself (EpochSampler.skip); Lightning cannot know that.
@@ -324,7 +301,7 @@ def _train(folder: Path, recipe: str, writer: bool, setting, arm, scale, seed, m
         except OSError:  # a full disk: summary.json keeps its last state, which resumes the same way
             pass
         raise
-    if pl_trainer.global_step < max_steps:  # stopped early (a callback asked to stop): resumable
+    if pl_trainer.global_step < request.max_steps:  # stopped early (a callback asked to stop): resumable
         reason = f"stopped at step {pl_trainer.global_step}; run again to resume"
         recorder.finish(pl_trainer, lit, "interrupted", reason)
         return recorder.summary

@@ -7,7 +7,7 @@
 Options are spelled with underscores, as in the YAML files; the hyphen spelling compare.py uses names the same
 option (--max-steps = --max_steps, --trainer.enable-progress-bar = --trainer.enable_progress_bar).
 
-Parsing is LightningCLI's engine (jsonargparse) over the signatures of `train_run`, `MultiModalDataModule`,
+Parsing is LightningCLI's engine (jsonargparse) over the signatures of `RunRequest`, `MultiModalDataModule`,
 `LitMultiModalLM` and `lightning.Trainer`, so every Trainer flag works (`--trainer.devices 2
 --trainer.strategy ddp`, `--trainer.precision`, ...) and YAML files compose (`--config a.yaml --config b.yaml`).
 The run folder, its loggers and checkpoints are the suite's own (experiments/run.py), so those Trainer arguments
@@ -29,10 +29,9 @@ from analysis.run_record import TRAIN_LOSS, parse_loss_name
 from common.cli import respell_flags
 from datamodules.errors import DATA_ERRORS
 from datamodules.multimodal import MultiModalDataModule
-from experiments import run
 from experiments.lit_module import LitMultiModalLM
-from experiments.recipes import RECIPES, Recipe
-from experiments.run import check_run, check_trainer, train_run
+from experiments.recipes import RECIPES, Recipe, RunRequest
+from experiments.run import check_trainer, train_run
 from experiments.store import DiskFull, Locked
 from models import ModelConfig
 
@@ -66,7 +65,7 @@ class LossProgressBar(TQDMProgressBar):
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="train.py", description=__doc__, default_env=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with any of the options below")
-    parser.add_function_arguments(run.train_run, skip={"data", "module", "trainer"})
+    parser.add_class_arguments(RunRequest, skip={"data", "module", "trainer"})
     parser.add_class_arguments(MultiModalDataModule, "data", skip={"setting", "seed"})
     parser.add_class_arguments(LitMultiModalLM, "model", skip=LINKED)
     parser.add_class_arguments(L.Trainer, "trainer", skip=RUN_OWNED)
@@ -90,7 +89,7 @@ def parse(argv: list[str] | None = None):
     argv = respell_flags(sys.argv[1:] if argv is None else argv, "_")  # --max-steps as compare.py spells it
     cfg = parser.parse_args(argv)
     try:
-        check_run(cfg.setting, cfg.arm, cfg.scale)
+        RunRequest(cfg.setting, cfg.arm, cfg.scale)  # its names
     except ValueError as exc:
         parser.error(str(exc))
     parser.set_defaults(recipe_defaults(RECIPES[cfg.scale]))
@@ -138,19 +137,20 @@ def main(argv: list[str] | None = None):
     if cfg.trainer.enable_progress_bar is not False:  # on unless --trainer.enable_progress_bar false
         trainer |= {"enable_progress_bar": True, "callbacks": [LossProgressBar()]}
     try:
-        summary = train_run(
+        request = RunRequest(
             setting=cfg.setting,
             arm=cfg.arm,
             scale=cfg.scale,
             seed=cfg.seed,
-            max_steps=cfg.max_steps,
             root=cfg.root,
+            variant=cfg.variant,
+            max_steps=cfg.max_steps,
             val_every=cfg.val_every,
             data=cfg.data.as_dict(),
             module=cfg.model.as_dict(),
             trainer=trainer,
-            variant=cfg.variant,
         )
+        summary = train_run(request)
     except (DiskFull, Locked) as exc:  # nothing half-written: the same command continues once the cause is gone
         parser.exit(1, f"train.py: {exc.strerror if isinstance(exc, DiskFull) else exc}\n")
     print(f"{summary.status}: {summary.final_val_loss}")

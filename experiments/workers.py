@@ -30,6 +30,7 @@ from analysis.run_record import Summary
 from datamodules.settings import SETTINGS
 from experiments.plan import Comparison, RunSpec
 from experiments.progress import MatrixProgress, ProgressReporter
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from experiments.sample import ReportSample, draw_report_sample
 from models import ARMS
@@ -50,9 +51,8 @@ def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
     display = MatrixProgress(todo, steps_left(c, todo))
     with display.progress:
         for spec in todo:
-            kwargs = c.run_kwargs(spec)
-            kwargs["trainer"] = kwargs["trainer"] | {"callbacks": [ProgressReporter(spec, display.update)]}
-            display.end(spec, outcome(train_run(**kwargs)))
+            request = c.request(spec).with_trainer(callbacks=[ProgressReporter(spec, display.update)])
+            display.end(spec, outcome(train_run(request)))
 
 
 def train_parallel(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], drawn: dict[RunSpec, ReportSample]):
@@ -79,7 +79,7 @@ def train_parallel(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], d
             initargs=(slots, events, c.threads, gpu, dict(ARMS), dict(SETTINGS), os.getpid()),
         ) as pool,
     ):
-        futures = {pool.submit(_train_in_worker, c.run_kwargs(spec, gpu), spec, c.folder(spec)): spec for spec in todo}
+        futures = {pool.submit(_train_in_worker, c.request(spec, gpu), spec): spec for spec in todo}
         draws = {pool.submit(_draw_in_worker, c.folder(spec), spec.seed): spec
                  for spec in to_draw if spec not in todo and c.status(spec) == "finished"}  # fmt: skip
         try:
@@ -185,16 +185,15 @@ def _task(log: Path) -> Iterator[None]:
             os._exit(0)
 
 
-def _train_in_worker(kwargs: dict, spec: RunSpec, folder: Path) -> Summary:
+def _train_in_worker(request: RunRequest, spec: RunSpec) -> Summary:
     """train_run in a worker, its output appended to the run folder's train.log."""
-    folder.mkdir(parents=True, exist_ok=True)
+    request.folder.mkdir(parents=True, exist_ok=True)
 
     def send(*event) -> None:
         _WORKER["events"].put((os.getpid(), *event))
 
-    kwargs["trainer"] = kwargs["trainer"] | {"callbacks": [ProgressReporter(spec, send), _StopIfOrphaned()]}
-    with _task(folder / "train.log"):
-        return train_run(**kwargs)
+    with _task(request.folder / "train.log"):
+        return train_run(request.with_trainer(callbacks=[ProgressReporter(spec, send), _StopIfOrphaned()]))
 
 
 def _draw_in_worker(folder: Path, seed: int) -> ReportSample:

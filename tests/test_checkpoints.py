@@ -14,6 +14,7 @@ import torch
 from analysis.run_record import CHECKPOINT, SUMMARY, file_record, read_summary
 from experiments import export, sample
 from experiments.checkpoints import AtomicCheckpointIO, UnsafeCheckpoint, load_checkpoint, sha_path
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
@@ -36,8 +37,8 @@ class _StopAt(L.Callback):
 
 def run(root, cache, **kwargs):
     data = {**SMALL_DATA, "cache_dir": Path(cache)}  # a Path, as a Python caller may pass it
-    return train_run("chameleon", "mamba", max_steps=4, val_every=2, root=root, data=data,
-                     module={"model_overrides": TINY_MODEL}, **kwargs)  # fmt: skip
+    return train_run(RunRequest("chameleon", "mamba", max_steps=4, val_every=2, root=root, data=data,
+                                module={"model_overrides": TINY_MODEL}, **kwargs))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ from datamodules.samplers import EpochSampler, GlobalBatchShard
 from datamodules.vocab import PATCH
 from experiments.checkpoints import load_checkpoint
 from experiments.losses import multimodal_losses
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from models import ModelConfig, build_model
 from models.layers import ModalityLinear
@@ -145,8 +146,9 @@ def runs(tmp_path_factory, small_cache):
     tmp = tmp_path_factory.mktemp("ddp")
     data = {**SMALL_DATA, "cache_dir": small_cache}
     start = time.perf_counter()
-    single = train_run(SETTING, ARM, seed=SEED, max_steps=STEPS, val_every=VAL_EVERY, root=tmp / "single",
-                       data=data, module={"model_overrides": TINY_MODEL}, trainer={"precision": "64-true"})  # fmt: skip
+    request = RunRequest(SETTING, ARM, seed=SEED, max_steps=STEPS, val_every=VAL_EVERY, root=tmp / "single", data=data,
+                         module={"model_overrides": TINY_MODEL}, trainer={"precision": "64-true"})  # fmt: skip
+    single = train_run(request)
     single_s = time.perf_counter() - start
     log = tmp / "ddp.log"
     start = time.perf_counter()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from experiments.export import load_checkpoint_model, load_exported, main
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
@@ -15,7 +16,8 @@ def runs(tmp_path_factory, small_cache):
     data = {**SMALL_DATA, "cache_dir": small_cache}
     plan = (("chameleon", "mamba"), ("chameleon", "mot"), ("transfusion", "mom"))
     for setting, arm in plan:
-        train_run(setting, arm, max_steps=2, val_every=2, root=root, data=data, module={"model_overrides": TINY_MODEL})
+        module = {"model_overrides": TINY_MODEL}
+        train_run(RunRequest(setting, arm, max_steps=2, val_every=2, root=root, data=data, module=module))
     return {arm: trained_folder(root, setting, arm) for setting, arm in plan}
 
 

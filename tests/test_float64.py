@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from analysis.run_record import read_summary
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from models import ARMS, ModelConfig, build_model
 from tests.helpers import SMALL_DATA, TINY_MODEL, interleaved_ids, trained_folder
@@ -52,7 +53,7 @@ def test_a_float64_training_run_matches_float32(tmp_path, small_cache):
     runs = {}
     for precision in ("32-true", "64-true"):
         root = tmp_path / precision
-        train_run("transfusion", "mom", root=root, trainer={"precision": precision}, **common)
+        train_run(RunRequest("transfusion", "mom", root=root, trainer={"precision": precision}, **common))
         runs[precision] = read_summary(trained_folder(root, "transfusion", "mom"))
     assert runs["64-true"].status == "finished"
     for key, value in runs["32-true"].final_val_loss.items():

@@ -171,13 +171,14 @@ def test_token_hash_arm_routes_by_token_id_not_position_or_modality(arch):
 def test_a_token_hash_run_balances_its_experts_on_its_training_data(tmp_path, small_cache):
     """train_run gives mom_idhash the table balanced on the run's own training tokens, and the checkpoint keeps it."""
     from datamodules.multimodal import MultiModalDataModule
+    from experiments.recipes import RunRequest
     from experiments.run import train_run
     from models.lm import balanced_token_table
     from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
     data = {**SMALL_DATA, "cache_dir": small_cache}
-    train_run("chameleon", "mom_idhash", max_steps=2, val_every=2, root=tmp_path, data=data,
-              module={"model_overrides": TINY_MODEL})  # fmt: skip
+    train_run(RunRequest("chameleon", "mom_idhash", max_steps=2, val_every=2, root=tmp_path, data=data,
+              module={"model_overrides": TINY_MODEL}))  # fmt: skip
     state = load_checkpoint(trained_folder(tmp_path, "chameleon", "mom_idhash") / "checkpoints/last.ckpt")
     dm = MultiModalDataModule(setting="chameleon", **data)
     dm.setup("fit")

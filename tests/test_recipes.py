@@ -7,12 +7,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 
+from analysis.run_record import write_config
 from datamodules.multimodal import MultiModalDataModule
 from experiments import train
 from experiments.compare import build_parser
 from experiments.lit_module import LitMultiModalLM
 from experiments.plan import plan_comparison
-from experiments.recipes import RECIPE_FIELDS, RECIPES
+from experiments.recipes import RECIPE_FIELDS, RECIPES, RunRequest
 from models import ARMS, SCALES
 
 CONFIGS = Path(__file__).parents[1] / "experiments" / "configs"
@@ -76,3 +77,25 @@ def test_each_family_trains_at_its_own_peak_lr_and_a_sparse_arm_at_its_dense_par
     assert LitMultiModalLM(arch="mamba").peak_lr != LitMultiModalLM(arch="transformer").peak_lr
     one = plan_comparison(build_parser().parse_args(["--lr", "0.003"])).recipe
     assert LitMultiModalLM(arch="transformer", **one.module()).peak_lr == 0.003
+
+
+def test_a_run_request_resolves_its_recipe_names_its_folder_and_says_how_a_folder_differs(tmp_path):
+    """A request holds its scale's recipe under its overrides; its folder is root/setting/scale/recipe/variant/seedK,
+    the recipe's name equal for equal recipes and readable for others; a folder holding a run of another recipe is
+    described field by field; an unknown name fails as the request is made."""
+    tiny = RECIPES["tiny"]
+    plain = RunRequest("chameleon", "mom", root=str(tmp_path))
+    assert (plain.max_steps, plain.val_every) == (tiny.max_steps, tiny.val_every)
+    assert (plain.data, plain.module, plain.trainer) == (tiny.data(), tiny.module(), tiny.trainer())
+    assert plain.folder == tmp_path / "chameleon" / "tiny" / "200steps-efcc3e" / "mom" / "seed0"
+    assert RunRequest("chameleon", "mom", root=tmp_path, data={"batch_size": tiny.batch_size}).folder == plain.folder
+    other = RunRequest("chameleon", "mom", root=tmp_path, seed=3, variant="mom-in_proj", max_steps=50,
+                       module={"model_overrides": {"d_model": 256}})  # fmt: skip
+    assert other.folder.parent.parent.name.startswith("50steps-d_model256-")
+    assert other.folder.parts[-2:] == ("mom-in_proj", "seed3")
+    assert plain.conflicts() == []
+    write_config(plain.folder, {**plain.__dict__, "root": None, "module": tiny.module() | {"lr": 1.0}})
+    assert plain.conflicts() == [f"module.lr: recorded 1.0, requested {tiny.lr!r}"]
+    for bad, match in (("setting", "unknown setting 'dalle'"), ("arm", "unknown arm 'dalle'"), ("scale", "'dalle'")):
+        with pytest.raises(ValueError, match=match):
+            RunRequest(**{"setting": "chameleon", "arm": "mom", bad: "dalle"})

@@ -14,6 +14,7 @@ from analysis.run_record import CHECKPOINT, METRICS, read_summary
 from datamodules.multimodal import MultiModalDataModule
 from experiments import run as run_module
 from experiments.checkpoints import AtomicCheckpointIO
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
@@ -65,8 +66,10 @@ def data(small_cache):
 def run(root, data, arm="mom", callbacks=(), sequences=SEQUENCES, seed=0):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run_module, "MultiModalDataModule", few_sequences(sequences))
-        return train_run("chameleon", arm, seed=seed, max_steps=STEPS, val_every=VAL_EVERY, root=root, data=data,
-                         module={"model_overrides": TINY_MODEL}, trainer={"callbacks": list(callbacks)})  # fmt: skip
+        request = RunRequest("chameleon", arm, seed=seed, max_steps=STEPS, val_every=VAL_EVERY, root=root,
+                             data=data, module={"model_overrides": TINY_MODEL},
+                             trainer={"callbacks": list(callbacks)})  # fmt: skip
+        return train_run(request)
 
 
 def rows(folder) -> list[dict]:

@@ -9,6 +9,7 @@ import torch
 
 from analysis.run_record import Summary, read_summary
 from experiments.checkpoints import load_checkpoint
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
@@ -21,7 +22,9 @@ def data(small_cache):
 
 
 def run(root, data, arm="mom", **kwargs):
-    return train_run("chameleon", arm, max_steps=8, val_every=2, root=root, data=data, module=MODULE, **kwargs)
+    return train_run(
+        RunRequest("chameleon", arm, max_steps=8, val_every=2, root=root, data=data, module=MODULE, **kwargs)
+    )
 
 
 def rows(folder):

@@ -10,6 +10,7 @@ from PIL import Image
 
 from datamodules.sequences import cosine_alpha_bar
 from datamodules.vocab import BOS, TEXT
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from experiments.sample import SampleError, ddim_sample, load_sampler, main
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
@@ -36,7 +37,8 @@ def runs(tmp_path_factory, small_cache):
     root = tmp_path_factory.mktemp("sample")
     data = {**SMALL_DATA, "cache_dir": small_cache}
     for setting, arm in (("chameleon", "mot"), ("transfusion", "mom")):
-        train_run(setting, arm, max_steps=2, val_every=2, root=root, data=data, module={"model_overrides": TINY_MODEL})
+        module = {"model_overrides": TINY_MODEL}
+        train_run(RunRequest(setting, arm, max_steps=2, val_every=2, root=root, data=data, module=module))
     return {s: trained_folder(root, s, a) for s, a in (("chameleon", "mot"), ("transfusion", "mom"))}
 
 

@@ -25,6 +25,7 @@ from experiments import checkpoints, store
 from experiments.checkpoints import file_sha256, sha_path
 from experiments.compare import build_parser, main
 from experiments.plan import plan_comparison
+from experiments.recipes import RunRequest
 from experiments.run import train_run
 from experiments.store import DiskFull, Locked, run_lock
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
@@ -40,8 +41,8 @@ def data(small_cache):
 
 
 def run(root, data, **kwargs):
-    return train_run("chameleon", "mom", max_steps=STEPS, val_every=2, root=root, data=data,
-                     module={"model_overrides": TINY_MODEL}, **kwargs)  # fmt: skip
+    return train_run(RunRequest("chameleon", "mom", max_steps=STEPS, val_every=2, root=root, data=data,
+                                module={"model_overrides": TINY_MODEL}, **kwargs))  # fmt: skip
 
 
 def rows(folder):
