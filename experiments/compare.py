@@ -11,13 +11,12 @@ single-threaded run per core at a time, on GPUs one run after the other (`--para
 then writes the report (analysis/report.py) into `--out`. Interrupt it and
 run the same command again: it continues where it stopped. Every arm of one comparison gets the same data, seed,
 token budget and optimiser: the recipe of its scale (experiments/recipes.py), which `--max-steps` / `--tokens` may
-override. The plan and its checks live in experiments/plan.py; what every number of the report means is in
-docs/design.md.
+override. Its flags and their checks live in experiments/compare_cli.py, the run matrix in experiments/plan.py; what
+every number of the report means is in docs/design.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -32,104 +31,17 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from analysis.report import write_report
 from analysis.run_record import ComparisonMeta
-from common.cli import respell_flags
 from common.files import write_json
 from datamodules.errors import DATA_ERRORS
-from datamodules.settings import SETTINGS
-from experiments.plan import Comparison, RunSpec, plan_comparison
+from experiments.compare_cli import build_parser, plan_comparison
+from experiments.plan import Comparison, RunSpec
 from experiments.sample import ReportSample, draw_report_sample, write_comparison_samples
 from experiments.store import DiskFull, disk_full, is_locked, run_lock
 from experiments.workers import silence_lightning, train
-from models import ARMS, SCALES
-
-
-class _Parser(argparse.ArgumentParser):
-    """compare.py's flags are spelled with hyphens; train.py's underscore spelling names the same ones."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        return super().parse_known_args(respell_flags(sys.argv[1:] if args is None else args, "-"), namespace)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="compare.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Flags may also be spelled with underscores (--max_steps), as train.py spells them.",
-    )
-    parser.add_argument("--settings", default="all", help=f"'all' or a comma list of {', '.join(SETTINGS)}")
-    default_arms = ",".join(name for name, arm in ARMS.items() if arm.default)
-    parser.add_argument("--arms", default=default_arms, help=f"comma list of {', '.join(ARMS)}")
-    parser.add_argument("--scale", default="tiny", help=f"one of {', '.join(SCALES)} (sets the recipe)")
-    parser.add_argument(
-        "--seeds", help="a count (3 -> seeds 0,1,2) or a comma list of seeds (default: the scale's recipe; tiny: 6)"
-    )
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--max-steps", type=int, help="optimiser steps per run (default: the scale's recipe)")
-    budget.add_argument("--tokens", type=float, help="training tokens per run (rounded up to whole steps)")
-    parser.add_argument("--val-every", type=int, help="validate every this many steps (default: the scale's recipe)")
-    parser.add_argument(
-        "--lr",
-        type=float,
-        help="peak learning rate of every run, every family (default: the scale's recipe, each family its own rate "
-        "from benchmarks/lr_sweep.py)",
-    )
-    parser.add_argument(
-        "--ablation",
-        nargs="?",
-        const="basic",
-        choices=("basic", "full"),
-        help="also train --ablation-arm with subsets of its parts decoupled: basic = each one alone and the "
-        "family's groups (MoM: in_proj+out_proj, x_proj+dt_proj); full = every subset",
-    )
-    parser.add_argument("--ablation-setting", default="chameleon", help="the setting of the ablation")
-    parser.add_argument(
-        "--ablation-arm", default=ComparisonMeta.ablation_arm, help="the sparse arm whose parts the ablation varies"
-    )
-    parser.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a MultiModalDataModule argument for every run (repeatable)",
-    )
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a ModelConfig field for every run, e.g. d_model=256 (repeatable)",
-    )
-    parser.add_argument("--root", default="runs", help="where run folders live (default runs/)")
-    parser.add_argument(
-        "--out",
-        help="results folder for the report (default results/<scale> for the scale's own recipe, "
-        "results/<scale>-<recipe> for any other budget, data or model)",
-    )
-    parser.add_argument("--data-cache", default=".cache/data", help="prepared-data cache")
-    parser.add_argument(
-        "--no-samples", action="store_true", help="skip the report's samples (text and images from every arm)"
-    )
-    lightning = parser.add_argument_group("passed to lightning.Trainer")
-    lightning.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto, ...")
-    lightning.add_argument("--devices", default=None, help="e.g. 1, 8, 'auto'")
-    lightning.add_argument("--num-nodes", type=int, default=None)
-    lightning.add_argument("--strategy", default=None, help="e.g. ddp, fsdp")
-    lightning.add_argument(
-        "--precision", default=None, help="the recipe's is bf16-mixed (bf16 matmuls, float32 weights); 32-true: float32"
-    )
-    parser.add_argument(
-        "--parallel",
-        default="auto",
-        help="runs at a time, each in its own process. 'auto' (default): on the CPU one single-threaded run per core "
-        "(faster than one run on all cores; the results are bit-identical either way), elsewhere 1; K > 1 with "
-        "--accelerator gpu gives each run its own GPU",
-    )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(__doc__)
     args = parser.parse_args(argv)
     try:
         c = plan_comparison(args)

@@ -15,10 +15,13 @@ import torch
 
 from analysis.run_record import TOKENS_PER_S, WALL, read_summary
 from experiments import plan as plan_module
+from experiments import schedule as schedule_module
 from experiments.checkpoints import load_checkpoint
 from experiments.compare import build_parser, main
-from experiments.plan import ablation_variants, plan, plan_comparison, schedule
+from experiments.compare_cli import plan_comparison
+from experiments.plan import ablation_variants, plan
 from experiments.progress import ProgressReporter
+from experiments.schedule import schedule
 from models import ARMS
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 
@@ -321,7 +324,7 @@ def test_parallel_runs_are_bit_identical_to_runs_trained_alone(tmp_path, cache):
         assert all(torch.equal(side_weights[k], alone_weights[k]) for k in side_weights), arm
         assert (side / "train.log").exists()
     meta = json.loads((tmp_path / "side" / "results" / "comparison.json").read_text())["meta"]
-    assert meta["parallel"] == 2 and meta["threads_per_run"] == max(1, plan_module.cpu_cores() // 2)
+    assert meta["parallel"] == 2 and meta["threads_per_run"] == max(1, schedule_module.cpu_cores() // 2)
 
 
 def test_underscores_name_the_same_flags_as_hyphens():
@@ -339,13 +342,13 @@ def test_the_default_comparison_is_six_seeds_of_every_arm_in_every_setting():
 
 
 def test_auto_schedule_is_one_single_threaded_run_per_core(monkeypatch):
-    monkeypatch.setattr(plan_module, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(schedule_module, "cpu_cores", lambda: 2)
     assert schedule("auto", "cpu", None, None) == (2, 1)
     assert schedule("1", "cpu", None, None) == (1, 2)
     assert schedule("auto", "gpu", None, None) == (1, None)
     assert schedule("4", "gpu", None, None) == (4, None)
     assert schedule("auto", "cpu", 2, "ddp") == (1, None)
-    monkeypatch.setattr(plan_module, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(schedule_module, "cpu_cores", lambda: 8)
     assert schedule("auto", "cpu", None, None) == (8, 1) and schedule("2", "cpu", None, None) == (2, 4)
 
 

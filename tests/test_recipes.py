@@ -11,8 +11,8 @@ from analysis.run_record import write_config
 from datamodules.multimodal import MultiModalDataModule
 from experiments import train
 from experiments.compare import build_parser
+from experiments.compare_cli import plan_comparison
 from experiments.lit_module import LitMultiModalLM
-from experiments.plan import plan_comparison
 from experiments.recipes import RECIPE_FIELDS, RECIPES, RunRequest
 from models import ARMS, SCALES
 

@@ -24,7 +24,7 @@ from datamodules.samplers import DataPosition
 from experiments import checkpoints, store
 from experiments.checkpoints import file_sha256, sha_path
 from experiments.compare import build_parser, main
-from experiments.plan import plan_comparison
+from experiments.compare_cli import plan_comparison
 from experiments.recipes import RunRequest
 from experiments.run import train_run
 from experiments.store import DiskFull, Locked, run_lock
