@@ -1,19 +1,21 @@
-"""Train one run: one (setting, arm, scale, seed) into runs/<setting>/<scale>/<variant>/seed<k>/.
+"""Train one run: one (setting, arm, scale, seed) into runs/<setting>/<scale>/<recipe>/<variant>/seed<k>/.
 
     python experiments/train.py --setting chameleon --arm mom --scale tiny --seed 0 --max_steps 250 --root runs
     python experiments/train.py --config experiments/configs/debug.yaml --trainer.precision bf16-mixed
-    python experiments/train.py --help          # every option: run, --data.*, --model.*, --trainer.*
+    python experiments/train.py --setting chameleon --arm mom --model.d_model 256 --module.lr 3e-3
+    python experiments/train.py --help   # every option: the run, --data.*, --module.*, --model.*, --trainer.*
 
 Options are spelled with underscores, as in the YAML files; the hyphen spelling compare.py uses names the same
 option (--max-steps = --max_steps, --trainer.enable-progress-bar = --trainer.enable_progress_bar).
 
-Parsing is LightningCLI's engine (jsonargparse) over the signatures of `RunRequest`, `MultiModalDataModule`,
-`LitMultiModalLM` and `lightning.Trainer`, so every Trainer flag works (`--trainer.devices 2
---trainer.strategy ddp`, `--trainer.precision`, ...) and YAML files compose (`--config a.yaml --config b.yaml`).
-The run folder, its loggers and checkpoints are the suite's own (experiments/run.py), so those Trainer arguments
-are not offered. The defaults of the step budget, validation, data and optimiser options are the recipe of the
-chosen `--scale` (experiments/recipes.py); YAMLs and flags override them. Rerunning a finished run is a no-op; an
-unfinished one resumes.
+Parsing is LightningCLI's engine (jsonargparse) over the signatures of `RunRequest`, `MultiModalDataModule` (data),
+`LitMultiModalLM` (module: the optimiser), `ModelConfig` (model: the architecture, as compare.py's --model KEY=VALUE)
+and `lightning.Trainer`, so every Trainer flag works (`--trainer.devices 2 --trainer.strategy ddp`,
+`--trainer.precision`, ...) and YAML files compose (`--config a.yaml --config b.yaml`). The run folder, its loggers
+and checkpoints are the suite's own (experiments/run.py), so those Trainer arguments are not offered. The defaults of
+the step budget, validation, data and optimiser options are the recipe of the chosen `--scale`
+(experiments/recipes.py), those of the model options the arm's model at that scale; YAMLs and flags override them.
+Rerunning a finished run is a no-op; an unfinished one resumes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from common.cli import respell_flags
 from datamodules.errors import DATA_ERRORS
 from datamodules.multimodal import MultiModalDataModule
 from experiments.lit_module import LitMultiModalLM
-from experiments.recipes import RECIPES, Recipe, RunRequest
+from experiments.recipes import RECIPES, Recipe, RunRequest, as_stored
 from experiments.run import check_trainer, train_run
 from experiments.store import DiskFull, Locked
 from models import ModelConfig
@@ -45,7 +47,7 @@ RUN_OWNED = {
     "val_check_interval",
     "check_val_every_n_epoch",
 }
-# Set per run from the datamodule (stated once): not options of the model.
+# Set per run from the run and its datamodule (stated once): not options of the module or the model.
 LINKED = {"arch", "scale", "vocab_size", "n_modalities", "patch_dim", "val_names", "image_sources"}
 
 
@@ -67,7 +69,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with any of the options below")
     parser.add_class_arguments(RunRequest, skip={"data", "module", "trainer"})
     parser.add_class_arguments(MultiModalDataModule, "data", skip={"setting", "seed"})
-    parser.add_class_arguments(LitMultiModalLM, "model", skip=LINKED)
+    parser.add_class_arguments(LitMultiModalLM, "module", skip=LINKED | {"model_overrides"})
+    parser.add_class_arguments(ModelConfig, "model", skip=LINKED)
     parser.add_class_arguments(L.Trainer, "trainer", skip=RUN_OWNED)
     return parser
 
@@ -78,9 +81,20 @@ def recipe_defaults(recipe: Recipe) -> dict:
         "max_steps": recipe.max_steps,
         "val_every": recipe.val_every,
         **{f"data.{k}": v for k, v in recipe.data().items()},
-        **{f"model.{k}": v for k, v in recipe.module().items()},
+        **{f"module.{k}": v for k, v in recipe.module().items()},
         **{f"trainer.{k}": v for k, v in recipe.trainer().items()},
     }
+
+
+def model_defaults(scale: str, arm: str) -> dict:
+    """The model options' defaults: the arm's model at the scale (`ModelConfig.from_scale`)."""
+    return {k: v for k, v in ModelConfig.from_scale(scale, arch=arm).to_dict().items() if k not in LINKED}
+
+
+def model_overrides(cfg) -> dict:
+    """The model options that differ from the arm's model at the scale: the run's `model_overrides`."""
+    defaults = model_defaults(cfg.scale, cfg.arm)
+    return {k: v for k, v in cfg.model.as_dict().items() if as_stored(v) != as_stored(defaults[k])}
 
 
 def parse(argv: list[str] | None = None):
@@ -92,7 +106,9 @@ def parse(argv: list[str] | None = None):
         RunRequest(cfg.setting, cfg.arm, cfg.scale)  # its names
     except ValueError as exc:
         parser.error(str(exc))
-    parser.set_defaults(recipe_defaults(RECIPES[cfg.scale]))
+    parser.set_defaults(
+        recipe_defaults(RECIPES[cfg.scale]) | {f"model.{k}": v for k, v in model_defaults(cfg.scale, cfg.arm).items()}
+    )
     cfg = parser.parse_args(argv)
     if cfg.max_steps is not None and cfg.max_steps < 1:
         parser.error(f"--max_steps must be >= 1; got {cfg.max_steps}")
@@ -103,7 +119,7 @@ def parse(argv: list[str] | None = None):
         )
     try:  # the classes' own checks, before anything is written
         MultiModalDataModule(setting=cfg.setting, **cfg.data.as_dict())
-        ModelConfig.from_scale(cfg.scale, arch=cfg.arm, **(cfg.model.model_overrides or {}))
+        ModelConfig.from_scale(cfg.scale, arch=cfg.arm, **model_overrides(cfg))
     except ValueError as exc:
         parser.error(str(exc))
     return parser, cfg
@@ -147,7 +163,7 @@ def main(argv: list[str] | None = None):
             max_steps=cfg.max_steps,
             val_every=cfg.val_every,
             data=cfg.data.as_dict(),
-            module=cfg.model.as_dict(),
+            module=cfg.module.as_dict() | {"model_overrides": model_overrides(cfg) or None},
             trainer=trainer,
         )
         summary = train_run(request)

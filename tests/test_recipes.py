@@ -23,7 +23,7 @@ SMOKE_TESTS = {"debug.yaml"}  # deliberately not a recipe; trained end to end in
 def resolved(args: list[str]) -> dict:
     """The recipe fields train.py resolves from `args`."""
     _, cfg = train.parse(args)
-    merged = {"max_steps": cfg.max_steps, "val_every": cfg.val_every, **cfg.data.as_dict(), **cfg.model.as_dict()}
+    merged = {"max_steps": cfg.max_steps, "val_every": cfg.val_every, **cfg.data.as_dict(), **cfg.module.as_dict()}
     merged["precision"] = cfg.trainer.precision
     return {name: tuple(v) if isinstance(v := merged[name], list) else v for name in RECIPE_FIELDS}
 

@@ -9,6 +9,8 @@ import yaml
 
 from analysis.run_record import Summary
 from experiments import train
+from experiments.compare_cli import build_parser, plan_comparison
+from experiments.recipes import RunRequest
 
 
 def as_stored(value):
@@ -39,7 +41,8 @@ def test_every_shipped_config_reaches_the_run_with_its_values(path, captured, mo
     for key in ("setting", "arm", "scale", "seed", "max_steps", "val_every"):
         assert kw[key] == config[key], key
     assert str(kw["root"]) == config["root"]
-    resolved = {"data": kw["data"], "model": kw["module"], "trainer": kw["trainer"]}  # the recipe's under the YAML's
+    resolved = {"data": kw["data"], "module": kw["module"], "model": kw["module"]["model_overrides"] or {},
+                "trainer": kw["trainer"]}  # fmt: skip
     for section, values in resolved.items():
         for key, value in config.get(section, {}).items():
             assert as_stored(values[key]) == value, f"{section}.{key}"
@@ -72,7 +75,7 @@ def test_trainer_flags_pass_through_and_only_when_set(captured):
             "ddp",
             "--trainer.precision",
             "32-true",
-            "--model.lr",
+            "--module.lr",
             "0.001",
         ]
     )
@@ -106,7 +109,7 @@ def test_trainer_flags_pass_through_and_only_when_set(captured):
         (["--setting", "chameleon", "--arm", "mom", "--data.seq_len", "-1"], "need seq_len >= 2.*-1"),
         (["--setting", "chameleon", "--arm", "mom", "--data.batch_size", "0"], "batch_size >= 1.*0"),
         (
-            ["--setting", "chameleon", "--arm", "mom", "--model.model_overrides", "{d_model: -1}"],
+            ["--setting", "chameleon", "--arm", "mom", "--model.d_model", "-1"],
             "d_model must be >= 1",
         ),
     ],
@@ -134,3 +137,16 @@ def test_debug_config_runs_end_to_end(tmp_path, capfd):
     assert summary.status == "finished" and summary.steps == 20
     shown = capfd.readouterr().out  # Lightning's bar writes to stdout
     assert "20/20" in shown and all(re.search(rf"\b{name}=\d+\.\d{{3}}", shown) for name in ("loss", "loss_text"))
+
+
+def test_model_options_name_what_compares_model_flag_names_and_give_its_run_folder(captured, tmp_path):
+    """train.py's --model.d_model 64 is compare.py's --model d_model=64: the same ModelConfig override, the same run
+    folder; a model option left at the arm's own value is no override."""
+    root = str(tmp_path)
+    train.main(["--setting", "chameleon", "--arm", "mom", "--root", root, "--model.d_model", "64", "--model.d_state",
+                "16", "--module.lr", "0.008"])  # fmt: skip
+    (kw,) = captured
+    assert kw["module"]["model_overrides"] == {"d_model": 64}
+    args = ["--settings", "chameleon", "--arms", "mom", "--seeds", "1", "--root", root, "--model", "d_model=64"]
+    c = plan_comparison(build_parser().parse_args(args))
+    assert c.folder(c.runs[0]) == RunRequest(**{k: v for k, v in kw.items() if k != "trainer"}).folder
