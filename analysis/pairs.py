@@ -16,7 +16,6 @@ from scipy import stats
 from analysis.labels import arm_rank, dense_partner, is_twin, loss_rank
 from analysis.matching import (
     SMOOTHING_POINTS,
-    at_flops,
     compare_curves,
     holm,
     log_interval,
@@ -24,15 +23,13 @@ from analysis.matching import (
     smooth,
     t_test,
 )
+from analysis.metrics import METRICS, Pair
 from analysis.results import Curve, Results, run_curves
 from analysis.run_record import LossKey
 from models.arms import ARMS
 
 IDENTITY = ["setting", *LossKey._fields, "variant", "arm", "dense_arm"]
 Interval = tuple[float, float, float]
-# The per-pair numbers summarised over seeds (mean and 95% interval) in flops_to_match_summary.csv; FLOPs-to-match is
-# summarised on the log scale (`summarise`).
-SUMMARISED = ["sparse_final_loss", "dense_final_loss", "loss_gap", "wall_clock_fraction"]
 # A dense curve whose loss falls by more than this share of its final smoothed value over its last doubling of FLOPs
 # is still steep: the baseline is far from converged at this budget.
 STEEP = 0.05
@@ -43,21 +40,16 @@ FLAT_SIGMAS = 2.0
 
 
 def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, points: int = SMOOTHING_POINTS) -> dict:
-    """FLOPs-to-match, final losses, loss gap and wall-clock-to-match of one sparse curve against its dense curve.
+    """FLOPs-to-match and every registered metric (analysis/metrics.py) of one sparse curve against its dense curve.
 
     Returns the numbers of one flops_to_match.csv row: `fraction` (None = not reached) and `at_least` (its lower
     bound when not reached), the matching point in FLOPs and in the sparse run's steps, the FLOPs at which the dense
-    arm reached its best loss (the target) and its total, the target, both smoothed final losses, the loss gap at
-    equal FLOPs, the sparse wall-clock at the matching point over the dense wall-clock at its reach, and the dense
-    curve's end (`dense_end`: "steep", "flat" or "").
+    arm reached its best loss (the target) and its total, the target, the metrics (by default both smoothed final
+    losses, the loss gap at equal FLOPs and the wall-clock fraction), and the dense curve's end (`dense_end`:
+    "steep", "flat" or "").
     """
     m = compare_curves(dense.flops, dense.loss, sparse.flops, sparse.loss, points)
-    wall_fraction = None
-    timed, dense_timed = np.isfinite(sparse.wall), np.isfinite(dense.wall)
-    dense_wall = at_flops(dense.flops[dense_timed], dense.wall[dense_timed], m.dense_reach)
-    if m.sparse_reach is not None and dense_wall:
-        wall = at_flops(sparse.flops[timed], sparse.wall[timed], m.sparse_reach)
-        wall_fraction = None if wall is None else wall / dense_wall
+    pair = Pair(sparse, dense, m)
     return {
         "reached": m.fraction is not None,
         "fraction": m.fraction,
@@ -67,10 +59,7 @@ def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, points
         "dense_reach_flops": m.dense_reach,
         "dense_total_flops": float(dense.flops[-1]),
         "target_loss": m.target,
-        "sparse_final_loss": m.sparse_final,
-        "dense_final_loss": m.dense_final,
-        "loss_gap": m.loss_gap,
-        "wall_clock_fraction": wall_fraction,
+        **{name: metric.value(pair) for name, metric in METRICS.items()},
         "dense_end": curve_end(dense, points),
     }
 
@@ -141,7 +130,7 @@ def match_runs(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POI
 def summarise(matches: pd.DataFrame) -> pd.DataFrame:
     """One row per setting, loss and variant over its seeds, and the verdicts (`verdict`, `fraction_verdict`).
 
-    Columns: the seeds; `n_reached`; for every SUMMARISED number its mean and 95% Student-t interval (empty unless
+    Columns: the seeds; `n_reached`; for every metric (METRICS) its mean and 95% Student-t interval (empty unless
     every seed has the number); `loss_gap_p`, the paired t-test's p-value, and `loss_gap_p_holm`, the same adjusted
     by Holm's method over every row of the summary but the twins' (a report's family of tests; the twins' rows are
     one of their own, so the null control never dilutes the real verdicts); `fraction_mean`, `_low`, `_high`:
@@ -153,7 +142,7 @@ def summarise(matches: pd.DataFrame) -> pd.DataFrame:
     for identity, group in matches.groupby(IDENTITY, sort=False, dropna=False):
         row = dict(zip(IDENTITY, identity, strict=True))
         row |= {"seeds": " ".join(map(str, group["seed"])), "n_reached": int(group["reached"].sum())}
-        for name in SUMMARISED:
+        for name in METRICS:
             values = group[name].to_numpy(dtype=np.float64)
             mean, low, high = mean_interval(values) if np.isfinite(values).all() else (None, None, None)
             row |= {f"{name}_mean": mean, f"{name}_low": low, f"{name}_high": high}

@@ -26,16 +26,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.labels import arm_label, dense_partner, is_twin, percent
+from analysis.labels import arm_label, dense_partner, is_twin
 from analysis.matching import MIN_EVALUATIONS, SMOOTHING_POINTS
+from analysis.metrics import METRICS
 from analysis.pairs import FLAT_SIGMAS, STEEP, final_losses, match_runs, order_mismatches, summarise
 from analysis.plots import Plot, write_plots
 from analysis.results import ReportError, Results, evaluation_grid, load_results
 from analysis.tables import (
     ablation_table,
-    field_table,
     markdown_table,
     match_table,
+    metric_table,
     multiplicity_text,
     null_rate,
     paper_sources,
@@ -143,15 +144,10 @@ def render_report(
         "",
         params_table(results),
         "",
-        "## Wall-clock to match",
-        "",
-        "The sparse run's wall-clock at its matching point divided by the dense run's wall-clock at its best loss. "
-        "Comparable only between runs on the same device and backend (see [Runs](#runs)).",
-        "",
-        field_table(results, summary, "wall_clock_fraction", percent),
-        "",
-        "## Plots",
     ]
+    for metric in (m for m in METRICS.values() if m.heading):
+        out += [f"## {metric.heading}", "", metric.how_to_read, "", metric_table(results, summary, metric), ""]
+    out += ["## Plots"]
     for setting in results.settings:
         shown = [p for p in plots if p.setting == setting and p.section == "curves"]
         if shown:

@@ -29,6 +29,7 @@ from analysis.labels import (
     percent,
 )
 from analysis.matching import mean_interval
+from analysis.metrics import Metric
 from analysis.pairs import MIN_SEEDS, Interval, ablation_variants, interval, loss_key, n_seeds, not_reached_text
 from analysis.papers import PAPER_NUMBERS, PAPER_SOURCES
 from analysis.results import Results
@@ -192,14 +193,13 @@ def _finals(finals: pd.DataFrame) -> dict[tuple[str, LossKey, str], list[float]]
     return out
 
 
-def field_table(results: Results, summary: pd.DataFrame, name: str, fmt: Callable[[float], str]) -> str:
-    """A table of one summarised number ('loss_gap', 'wall_clock_fraction', ...) on validation loss, one column per
-    sparse arm."""
+def metric_table(results: Results, summary: pd.DataFrame, metric: Metric) -> str:
+    """A table of one metric (analysis/metrics.py) on validation loss, one column per sparse arm."""
     found = main_pairs(summary, "val")
     if not found:
         return "No finished sparse/dense pair."
     variants = sorted({v for _, _, v in found}, key=arm_rank)
-    with_unit = name == "loss_gap"
+    unit = metric.in_loss_unit
     rows = []
     for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
         cells = []
@@ -207,12 +207,12 @@ def field_table(results: Results, summary: pd.DataFrame, name: str, fmt: Callabl
             agg = found.get((setting, key, v))
             if agg is None:
                 cells.append("–")
-            elif name == "wall_clock_fraction" and interval(agg, "fraction") is None:
+            elif metric.needs_reach and interval(agg, "fraction") is None:
                 cells.append(not_reached_text(agg))
             else:
-                cells.append(with_interval(interval(agg, name), n_seeds(agg), fmt))
-        rows.append([setting, loss_label(key), *([loss_unit(setting, key.modality)] if with_unit else []), *cells])
-    header = ["setting", "loss", *(["unit"] if with_unit else []), *map(pair_label, variants)]
+                cells.append(with_interval(interval(agg, metric.name), n_seeds(agg), metric.fmt))
+        rows.append([setting, loss_label(key), *([loss_unit(setting, key.modality)] if unit else []), *cells])
+    header = ["setting", "loss", *(["unit"] if unit else []), *map(pair_label, variants)]
     return markdown_table(header, rows)
 
 

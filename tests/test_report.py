@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from analysis import metrics
 from analysis.matching import SMOOTHING_POINTS
+from analysis.metrics import Metric
 from analysis.report import ReportError, main
 from analysis.results import CURVE_COLUMNS, Results, evaluation_grid, load_results, read_metrics
 from analysis.run_record import (
@@ -577,3 +579,31 @@ def test_the_headline_command_prints_the_folders_numbers(out, capsys):
             assert percent(fraction) == pytest.approx(float(r["fraction_mean"]), abs=5e-4)
         else:
             assert f"≥ {100 * float(r['fraction_at_least']):.1f}%" in fraction
+
+
+def test_a_metric_registered_in_one_entry_reaches_both_csvs_and_a_report_section(tmp_path, monkeypatch):
+    """One `Metric` entry, and nothing else, gives a flops_to_match.csv column computed per pair, its mean over seeds in
+    the summary, and a report section with its text and its values per sparse arm."""
+    ratio = Metric(
+        "final_loss_ratio",
+        lambda p: p.match.sparse_final / p.match.dense_final,
+        "{:.4f}".format,
+        heading="Final-loss ratio",
+        how_to_read="The sparse arm's smoothed final loss divided by its dense arm's.",
+    )
+    monkeypatch.setitem(metrics.METRICS, ratio.name, ratio)
+    folder = write_all(tmp_path)
+    assert main([str(folder)]) == 0
+    pairs = csv_rows(folder / "flops_to_match.csv")
+    for row in pairs:
+        assert float(row["final_loss_ratio"]) == pytest.approx(
+            float(row["sparse_final_loss"]) / float(row["dense_final_loss"]), rel=1e-12
+        )
+    chosen = dict(kind="val", valset="val", setting="chameleon", modality="image", variant="mom")
+    per_seed = [float(find(pairs, **chosen, seed=seed)["final_loss_ratio"]) for seed in (0, 1)]
+    summary = find(csv_rows(folder / "flops_to_match_summary.csv"), **chosen)
+    assert float(summary["final_loss_ratio_mean"]) == pytest.approx(np.mean(per_seed), rel=1e-12)
+    body = section((folder / "report.md").read_text(), "Final-loss ratio")
+    assert "The sparse arm's smoothed final loss divided by its dense arm's." in body
+    cell = table(body)[("chameleon", "image")]["MoM vs Mamba"]
+    assert cell.startswith(f"{np.mean(per_seed):.4f} [")
