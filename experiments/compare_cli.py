@@ -22,7 +22,7 @@ from experiments.plan import Comparison, ablation_variants, plan, recipe_name
 from experiments.recipes import RECIPES
 from experiments.run import check_trainer
 from experiments.schedule import schedule
-from models import ARMS, SCALES, ModelConfig
+from models import ARMS, SCALES, ModelConfig, check_scale
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,8 +141,7 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
     """compare.py's arguments -> Comparison; a ValueError names any bad value and the valid choices."""
     settings = parse_list(args.settings, SETTINGS, "setting", all_means=SETTINGS)
     arms = parse_list(args.arms, ARMS, "arm")
-    if args.scale not in SCALES:
-        raise ValueError(f"unknown scale {args.scale!r}; valid choices are {list(SCALES)}")
+    check_scale(args.scale)
     get_setting(args.ablation_setting)  # checked even without --ablation: a typo never passes silently
     ablation_variants(args.ablation_arm)
     data_args = typing.get_type_hints(MultiModalDataModule.__init__)

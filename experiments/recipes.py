@@ -21,7 +21,7 @@ from analysis.run_record import read_config, run_dir
 from datamodules.multimodal import MultiModalDataModule
 from datamodules.settings import get_setting
 from experiments.lit_module import LitMultiModalLM
-from models import SCALES, get_arm
+from models import check_scale, get_arm
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,7 @@ class RunRequest:
     def __post_init__(self) -> None:
         get_setting(self.setting)
         get_arm(self.arm)
-        if self.scale not in SCALES:
-            raise ValueError(f"unknown scale {self.scale!r}; valid choices are {list(SCALES)}")
-        recipe = RECIPES[self.scale]
+        recipe = RECIPES[check_scale(self.scale)]
         resolved = {
             "root": Path(self.root),
             "variant": self.variant or self.arm,

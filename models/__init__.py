@@ -8,7 +8,7 @@ out = model(tokens, modality_ids)          # out.logits: (B, L, V)
 
 from models.arms import ARMS, ROUTINGS, Arm, get_arm, register_arm
 from models.config import ModelConfig, ParamCount, param_count
-from models.family import SCALES, Family
+from models.family import SCALES, Family, check_scale
 from models.layers import (
     ModalityLinear,
     ModalityRMSNorm,
@@ -42,6 +42,7 @@ __all__ = [
     "ParamCount",
     "TransformerBlock",
     "build_model",
+    "check_scale",
     "expert_state_dict",
     "get_arm",
     "param_count",

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 from models.arms import Arm, get_arm, sparse_arms
-from models.family import SCALES, Family
+from models.family import Family, check_scale
 from models.layers import validate_parts
 from models.scan import BACKENDS
 from models.transformer import NORM_PLACEMENTS, mlp_hidden
@@ -120,9 +120,7 @@ class ModelConfig:
     @classmethod
     def from_scale(cls, scale: str, arch: str = "mamba", **overrides) -> ModelConfig:
         """The named scale's config for `arch`, with any field overridden (vocab_size, n_modalities, ...)."""
-        if scale not in SCALES:
-            raise ValueError(f"unknown scale {scale!r}; valid choices are {list(SCALES)}")
-        return cls(arch=arch, **{**get_arm(arch).family.scales[scale], **overrides})
+        return cls(arch=arch, **{**get_arm(arch).family.scales[check_scale(scale)], **overrides})
 
     def dense(self) -> ModelConfig:
         """The dense baseline's config (itself for a dense arch)."""

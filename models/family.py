@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 
 # Named sizes every family provides, from the CPU default to the papers' scales.
 SCALES = ("tiny", "small", "163m", "760m", "1.4b")
+
+
+def check_scale(scale: str) -> str:
+    """`scale` when it is one of SCALES; ValueError listing them otherwise."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid choices are {list(SCALES)}")
+    return scale
+
+
 # The parts of FlopReport (analysis/flops.py) a block's forward FLOPs are split into.
 FLOP_PARTS = ("matmul", "attention", "scan", "conv")
 
