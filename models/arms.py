@@ -13,7 +13,8 @@ An arm is a family (Mamba or transformer) plus how its sparse parts pick an expe
     transformer_twin        dense arm like a sparse arm is: what "significant" means when nothing differs
 
 The model config, model building, FLOPs, the comparison's plan and the report's labels, colours and column order all
-read `ARMS`. A new arm is one `register_arm(Arm(...))` call (a test registers one and trains it end to end).
+read `ARMS`. Each family's module registers its own arms (models/mamba.py, models/transformer.py); a new arm is one
+`register_arm(Arm(...))` call (a test registers one and trains it end to end).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from models.family import Family
-from models.mamba import MAMBA
-from models.transformer import TRANSFORMER
 
 # What picks a token's expert in every sparse part: nothing (dense arms), the token's modality, a fixed hash of its
 # position in the sequence, or a fixed expert per token id balanced on the training data (models/lm.py).
@@ -114,27 +113,7 @@ def sparse_arms(family: Family, routing: str = "modality") -> list[str]:
     return [a.name for a in ARMS.values() if a.family is family and a.routing == routing]
 
 
-register_arm(Arm("mamba", MAMBA, "Mamba", "tab:blue", default=True))
-register_arm(Arm("mom", MAMBA, "MoM", "tab:orange", dense="mamba", routing="modality", default=True))
-register_arm(Arm("transformer", TRANSFORMER, "Transformer", "tab:green", default=True))
-register_arm(Arm("mot", TRANSFORMER, "MoT", "tab:red", dense="transformer", routing="modality", default=True))
-register_arm(Arm("mom_hash", MAMBA, "MoM-pos-hash", "tab:purple", dense="mamba", routing="position_hash"))
-register_arm(Arm("mot_hash", TRANSFORMER, "MoT-pos-hash", "tab:brown", dense="transformer", routing="position_hash"))
-register_arm(Arm("mom_idhash", MAMBA, "MoM-id-hash", "tab:cyan", dense="mamba", routing="token_hash"))
-register_arm(Arm("mot_idhash", TRANSFORMER, "MoT-id-hash", "tab:gray", dense="transformer", routing="token_hash"))
-# The Llama block (pre-norm, no QK-norm) the suite used before it adopted the MoT / Chameleon block: kept so that the
-# block's effect is measured.
-PRENORM = {"norm_placement": "pre", "qk_norm": False}
-register_arm(Arm("transformer_prenorm", TRANSFORMER, "Transformer (pre-norm)", "tab:olive", config=PRENORM))
-register_arm(
-    Arm("mot_prenorm", TRANSFORMER, "MoT (pre-norm)", "tab:pink", dense="transformer_prenorm", routing="modality",
-        config=PRENORM)
-)  # fmt: skip
 # The twins draw their initial weights from the run's seed + TWIN_SEED_OFFSET (models/lm.py) and train on the same
 # batches as the dense run of their seed. The offset is far from any seed a comparison uses, so no twin starts from
 # the weights of a dense run of another seed.
 TWIN_SEED_OFFSET = 10_000
-register_arm(Arm("mamba_twin", MAMBA, "Mamba twin", "lightsteelblue", dense="mamba",
-                 config={"init_seed_offset": TWIN_SEED_OFFSET}))  # fmt: skip
-register_arm(Arm("transformer_twin", TRANSFORMER, "Transformer twin", "darkseagreen", dense="transformer",
-                 config={"init_seed_offset": TWIN_SEED_OFFSET}))  # fmt: skip

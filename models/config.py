@@ -13,8 +13,6 @@ from typing import NamedTuple
 from models.arms import Arm, get_arm, sparse_arms
 from models.family import Family, check_scale
 from models.layers import validate_parts
-from models.scan import BACKENDS
-from models.transformer import NORM_PLACEMENTS, mlp_hidden
 
 # Fields whose default depends on the arm (Arm.config); these are the defaults of every other arm.
 BLOCK_DEFAULTS = {"norm_placement": "post", "qk_norm": True, "init_seed_offset": 0}
@@ -92,15 +90,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.patch_dim < 0:
             raise ValueError(f"patch_dim must be >= 0, got {self.patch_dim}")
-        if self.norm_placement not in NORM_PLACEMENTS:
-            raise ValueError(
-                f"unknown norm_placement {self.norm_placement!r}; valid choices are {list(NORM_PLACEMENTS)}"
-            )
-        if self.scan_backend not in BACKENDS:
-            raise ValueError(f"unknown scan_backend {self.scan_backend!r}; valid choices are {list(BACKENDS)}")
-        if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
-            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
-        self.family.check(self)
+        self.family.check(self)  # the family's own fields
         if self.decouple is None:
             self.decouple = arm.parts
         self.decouple = validate_parts(self.decouple, self.family.parts, self.family.name)
@@ -150,10 +140,6 @@ class ModelConfig:
     @property
     def dt_rank_value(self) -> int:
         return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
-
-    @property
-    def mlp_hidden(self) -> int:
-        return mlp_hidden(self.d_model, self.mlp_multiple_of)
 
     def to_dict(self) -> dict:
         """Plain, JSON-friendly dict; `ModelConfig(**cfg.to_dict()) == cfg`."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import cpu_kernels
+from models.arms import TWIN_SEED_OFFSET, Arm, register_arm
 from models.family import Family
 from models.layers import (
     ModalityLinear,
@@ -296,6 +297,12 @@ class MambaFamily(Family):
         "1.4b": dict(d_model=2048, n_layer=24, vocab_size=32000),
     }
 
+    def check(self, cfg: ModelConfig) -> None:
+        if cfg.scan_backend not in BACKENDS:
+            raise ValueError(f"unknown scan_backend {cfg.scan_backend!r}; valid choices are {list(BACKENDS)}")
+        if cfg.dt_rank != "auto" and (not isinstance(cfg.dt_rank, int) or cfg.dt_rank < 1):
+            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {cfg.dt_rank!r}")
+
     def block(self, cfg: ModelConfig) -> nn.Module:
         return MambaBlock(cfg)
 
@@ -331,3 +338,9 @@ class MambaFamily(Family):
 
 
 MAMBA = MambaFamily()
+register_arm(Arm("mamba", MAMBA, "Mamba", "tab:blue", default=True))
+register_arm(Arm("mom", MAMBA, "MoM", "tab:orange", dense="mamba", routing="modality", default=True))
+register_arm(Arm("mom_hash", MAMBA, "MoM-pos-hash", "tab:purple", dense="mamba", routing="position_hash"))
+register_arm(Arm("mom_idhash", MAMBA, "MoM-id-hash", "tab:cyan", dense="mamba", routing="token_hash"))
+register_arm(Arm("mamba_twin", MAMBA, "Mamba twin", "lightsteelblue", dense="mamba",
+                 config={"init_seed_offset": TWIN_SEED_OFFSET}))  # fmt: skip

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.arms import TWIN_SEED_OFFSET, Arm, register_arm
 from models.family import Family
 from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, upcast, validate_parts
 
@@ -236,6 +237,10 @@ class TransformerFamily(Family):
     }
 
     def check(self, cfg: ModelConfig) -> None:
+        if cfg.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(
+                f"unknown norm_placement {cfg.norm_placement!r}; valid choices are {list(NORM_PLACEMENTS)}"
+            )
         if cfg.d_model % cfg.n_head:
             raise ValueError(f"d_model={cfg.d_model} is not divisible by n_head={cfg.n_head}")
 
@@ -243,7 +248,7 @@ class TransformerFamily(Family):
         return TransformerBlock(
             cfg.d_model,
             cfg.n_head,
-            cfg.mlp_hidden,
+            mlp_hidden(cfg.d_model, cfg.mlp_multiple_of),
             n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
             decouple=cfg.decouple,
             norm_placement=cfg.norm_placement,
@@ -262,15 +267,15 @@ class TransformerFamily(Family):
                 nn.init.normal_(module.weight, std=std)
 
     def block_params(self, cfg: ModelConfig) -> tuple[dict[str, int], int]:
-        d = cfg.d_model
+        d, hidden = cfg.d_model, mlp_hidden(cfg.d_model, cfg.mlp_multiple_of)
         norms = 2 * d + (2 * (d // cfg.n_head) if cfg.qk_norm else 0)  # sublayer norms, QK-norms
-        parts = {"wq": d * d, "wk": d * d, "wv": d * d, "wo": d * d, "mlp": 3 * d * cfg.mlp_hidden, "norm": norms}
+        parts = {"wq": d * d, "wk": d * d, "wv": d * d, "wo": d * d, "mlp": 3 * d * hidden, "norm": norms}
         return parts, 0
 
     def block_flops(self, cfg: ModelConfig, seq_len: int) -> dict[str, int]:
-        d = cfg.d_model
+        d, hidden = cfg.d_model, mlp_hidden(cfg.d_model, cfg.mlp_multiple_of)
         return {
-            "matmul": 2 * (4 * d * d + 3 * d * cfg.mlp_hidden),  # Wq, Wk, Wv, Wo; SwiGLU's w1, w3 (D -> F), w2
+            "matmul": 2 * (4 * d * d + 3 * d * hidden),  # Wq, Wk, Wv, Wo; SwiGLU's w1, w3 (D -> F), w2
             "attention": 2 * 2 * seq_len * d,  # QK^T and AV over the full L x L, L·d MACs each per token
         }
 
@@ -279,3 +284,17 @@ class TransformerFamily(Family):
 
 
 TRANSFORMER = TransformerFamily()
+register_arm(Arm("transformer", TRANSFORMER, "Transformer", "tab:green", default=True))
+register_arm(Arm("mot", TRANSFORMER, "MoT", "tab:red", dense="transformer", routing="modality", default=True))
+register_arm(Arm("mot_hash", TRANSFORMER, "MoT-pos-hash", "tab:brown", dense="transformer", routing="position_hash"))
+register_arm(Arm("mot_idhash", TRANSFORMER, "MoT-id-hash", "tab:gray", dense="transformer", routing="token_hash"))
+# The Llama block (pre-norm, no QK-norm) the suite used before it adopted the MoT / Chameleon block: kept so that the
+# block's effect is measured.
+PRENORM = {"norm_placement": "pre", "qk_norm": False}
+register_arm(Arm("transformer_prenorm", TRANSFORMER, "Transformer (pre-norm)", "tab:olive", config=PRENORM))
+register_arm(
+    Arm("mot_prenorm", TRANSFORMER, "MoT (pre-norm)", "tab:pink", dense="transformer_prenorm", routing="modality",
+        config=PRENORM)
+)  # fmt: skip
+register_arm(Arm("transformer_twin", TRANSFORMER, "Transformer twin", "darkseagreen", dense="transformer",
+                 config={"init_seed_offset": TWIN_SEED_OFFSET}))  # fmt: skip

@@ -14,6 +14,7 @@ from analysis.flops import (
 )
 from models import ARMS, ModelConfig, build_model, param_count
 from models.scan import SCAN_FLOPS_PER_CHANNEL, SCAN_FLOPS_PER_STATE, scan_flops
+from models.transformer import mlp_hidden
 from tests.helpers import interleaved_ids
 
 V, P, B, L = 96, 12, 2, 32
@@ -102,7 +103,7 @@ def test_mixture_flops_equal_dense(sparse):
 def test_transformer_known_answer():
     """Dense transformer: matmul + head = 2(4d² + 3dF)·n_layer + 2dV, attention = 4Ld·n_layer; ≈ 6N + 12·n_layer·L·d."""
     cfg = tiny_cfg("transformer", d_model=64, vocab_size=128)
-    d, F, n, Vc = cfg.d_model, cfg.mlp_hidden, cfg.n_layer, cfg.vocab_size
+    d, F, n, Vc = cfg.d_model, mlp_hidden(cfg.d_model, cfg.mlp_multiple_of), cfg.n_layer, cfg.vocab_size
     report = analytic_flops(cfg, 64)
     assert report.matmul + report.head == 2 * (4 * d * d + 3 * d * F) * n + 2 * d * Vc
     assert report.attention == 4 * 64 * d * n
