@@ -53,10 +53,26 @@ __all__ = ["ReportError", "render_report", "write_report"]
 def render_report(
     results: Results, summary: pd.DataFrame, finals: pd.DataFrame, plots: list[Plot], points: int = SMOOTHING_POINTS
 ) -> str:
-    """report.md's text."""
+    """report.md's text: its sections, top to bottom."""
+    val_every = results.meta.val_every or "N"
+    own = own_data(results)
+    out = [*_preamble(results, own), *_verdict_section(results, summary)]
+    out += _headline_sections(results, summary, own, val_every)
+    out += _null_control_section(results, summary) if _has_twins(summary) else []
+    out += _parameters_and_metrics(results, summary)
+    out += _plot_sections(results, plots)
+    out += _ablation_section(results, summary, finals, plots) if results.meta.ablation_setting else []
+    out += samples_section(results)
+    out += ["", *how_to_read(results, summary, points, val_every)]
+    out += ["", "## Runs", "", runs_table(results)]
+    out += ["", *setup_lines(results)]
+    return "\n".join(out) + "\n"
+
+
+def _preamble(results: Results, own: bool) -> list[str]:
+    """The title, what was run, and every warning that qualifies the numbers below."""
     meta = results.meta
     seeds = meta.seeds or sorted(set(results.runs["seed"]))
-    val_every = meta.val_every or "N"
     scale = meta.scale
     out = [
         "# Mixture-of-Mamba vs dense baselines: FLOPs-to-match report",
@@ -78,7 +94,6 @@ def render_report(
             f"from {MIN_EVALUATIONS} evaluations on (docs/design.md); with fewer, a FLOPs-to-match is coarse. "
             "Validate more often (`--val-every`) or train longer.",
         ]
-    own = own_data(results)
     if own:
         out += ["", "*Trained on own data: the papers' numbers are not shown beside these (their data differ).*"]
     n_runs, unfinished = len(results.runs), len(results.runs) - len(results.finished)
@@ -94,10 +109,20 @@ def render_report(
             "batches** (their summaries' `batch_order` digests differ) and are left out of every number: "
             f"{'; '.join(mismatched)}. Delete those run folders and run the comparison again.",
         ]
+    return out
+
+
+def _verdict_section(results: Results, summary: pd.DataFrame) -> list[str]:
+    return [
+        *["", "## Verdict", "", "On training loss (the papers' measure):", "", *verdicts(results, summary, "train")],
+        *["", "On validation loss (held-out sequences, the confirmation):", "", *verdicts(results, summary, "val")],
+    ]
+
+
+def _headline_sections(results: Results, summary: pd.DataFrame, own: bool, val_every: object) -> list[str]:
+    """The loss gap and FLOPs-to-match tables: training loss beside the papers' numbers, then validation loss."""
     sources = "" if own else paper_sources(results)
-    out += ["", "## Verdict", "", "On training loss (the papers' measure):", "", *verdicts(results, summary, "train")]
-    out += ["", "On validation loss (held-out sequences, the confirmation):", "", *verdicts(results, summary, "val")]
-    out += [
+    return [
         "",
         "## Loss gap at equal FLOPs and FLOPs-to-match on training loss (primary: the papers' measure)",
         "",
@@ -120,23 +145,30 @@ def render_report(
         match_table(results, summary, "val", papers=False),
         "",
     ]
-    if _has_twins(summary):
-        cells, positive, holm_kept = null_rate(summary)
-        out += [
-            "## Null control: each dense arm against its twin",
-            "",
-            "A twin is its dense arm with other initial weights (seed + 10000), trained on the same batches: nothing "
-            "real differs, so every verdict here should read *no significant difference*, and about 5% of them "
-            f"*better* or *worse* by chance. This run: **{positive} of {cells}** twin cells (training and validation "
-            f"loss) read *better* or *worse* from their unadjusted 95% intervals ({positive / max(cells, 1):.0%}), "
-            f"{holm_kept} after Holm's adjustment.",
-            "",
-            match_table(results, summary, "train", papers=False, twins=True),
-            "",
-            match_table(results, summary, "val", papers=False, twins=True),
-            "",
-        ]
-    out += [
+
+
+def _null_control_section(results: Results, summary: pd.DataFrame) -> list[str]:
+    """The twins against their dense arms, with the false-positive rate of the report's intervals."""
+    cells, positive, holm_kept = null_rate(summary)
+    return [
+        "## Null control: each dense arm against its twin",
+        "",
+        "A twin is its dense arm with other initial weights (seed + 10000), trained on the same batches: nothing "
+        "real differs, so every verdict here should read *no significant difference*, and about 5% of them "
+        f"*better* or *worse* by chance. This run: **{positive} of {cells}** twin cells (training and validation "
+        f"loss) read *better* or *worse* from their unadjusted 95% intervals ({positive / max(cells, 1):.0%}), "
+        f"{holm_kept} after Holm's adjustment.",
+        "",
+        match_table(results, summary, "train", papers=False, twins=True),
+        "",
+        match_table(results, summary, "val", papers=False, twins=True),
+        "",
+    ]
+
+
+def _parameters_and_metrics(results: Results, summary: pd.DataFrame) -> list[str]:
+    """The parameters of every arm, then a section for each metric that has one (analysis/metrics.py)."""
+    out = [
         "## Parameters",
         "",
         "Total parameters of each arm (and the active ones, those a token passes through, for sparse arms), per "
@@ -147,29 +179,32 @@ def render_report(
     ]
     for metric in (m for m in METRICS.values() if m.heading):
         out += [f"## {metric.heading}", "", metric.how_to_read, "", metric_table(results, summary, metric), ""]
-    out += ["## Plots"]
+    return out
+
+
+def _plot_sections(results: Results, plots: list[Plot]) -> list[str]:
+    out = ["## Plots"]
     for setting in results.settings:
         shown = [p for p in plots if p.setting == setting and p.section == "curves"]
         if shown:
             out += ["", f"### {setting}", "", *[_image(results, p) for p in shown]]
-    if meta.ablation_setting:
-        arm = meta.ablation_arm
-        out += [
-            "",
-            f"## Ablation: which {arm_label(arm)} parts to decouple ({meta.ablation_setting})",
-            "",
-            f"Each variant decouples only the listed parts per modality (the rest shared) and is compared with "
-            f"dense {arm_label(dense_partner(arm))} of the same seed, on validation loss.",
-            "",
-            ablation_table(results, summary, finals),
-            "",
-            *[_image(results, p) for p in plots if p.section == "ablation"],
-        ]
-    out += samples_section(results)
-    out += ["", *how_to_read(results, summary, points, val_every)]
-    out += ["", "## Runs", "", runs_table(results)]
-    out += ["", *setup_lines(results)]
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _ablation_section(results: Results, summary: pd.DataFrame, finals: pd.DataFrame, plots: list[Plot]) -> list[str]:
+    meta = results.meta
+    arm = meta.ablation_arm
+    return [
+        "",
+        f"## Ablation: which {arm_label(arm)} parts to decouple ({meta.ablation_setting})",
+        "",
+        f"Each variant decouples only the listed parts per modality (the rest shared) and is compared with "
+        f"dense {arm_label(dense_partner(arm))} of the same seed, on validation loss.",
+        "",
+        ablation_table(results, summary, finals),
+        "",
+        *[_image(results, p) for p in plots if p.section == "ablation"],
+    ]
 
 
 def _has_twins(summary: pd.DataFrame) -> bool:
