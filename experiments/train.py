@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import fields
 
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -153,20 +154,9 @@ def main(argv: list[str] | None = None):
     if cfg.trainer.enable_progress_bar is not False:  # on unless --trainer.enable_progress_bar false
         trainer |= {"enable_progress_bar": True, "callbacks": [LossProgressBar()]}
     try:
-        request = RunRequest(
-            setting=cfg.setting,
-            arm=cfg.arm,
-            scale=cfg.scale,
-            seed=cfg.seed,
-            root=cfg.root,
-            variant=cfg.variant,
-            max_steps=cfg.max_steps,
-            val_every=cfg.val_every,
-            data=cfg.data.as_dict(),
-            module=cfg.module.as_dict() | {"model_overrides": model_overrides(cfg) or None},
-            trainer=trainer,
-        )
-        summary = train_run(request)
+        run = {f.name: cfg[f.name] for f in fields(RunRequest) if f.name not in ("data", "module", "trainer")}
+        module = cfg.module.as_dict() | {"model_overrides": model_overrides(cfg) or None}
+        summary = train_run(RunRequest(**run, data=cfg.data.as_dict(), module=module, trainer=trainer))
     except (DiskFull, Locked) as exc:  # nothing half-written: the same command continues once the cause is gone
         parser.exit(1, f"train.py: {exc.strerror if isinstance(exc, DiskFull) else exc}\n")
     print(f"{summary.status}: {summary.final_val_loss}")
