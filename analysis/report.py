@@ -56,11 +56,16 @@ def render_report(
     """report.md's text: its sections, top to bottom."""
     val_every = results.meta.val_every or "N"
     own = own_data(results)
-    out = [*_preamble(results, own), *_verdict_section(results, summary)]
+    out = _preamble(results, own)
+    out += ["", "## Verdict", "", "On training loss (the papers' measure):", "", *verdicts(results, summary, "train")]
+    out += ["", "On validation loss (held-out sequences, the confirmation):", "", *verdicts(results, summary, "val")]
     out += _headline_sections(results, summary, own, val_every)
     out += _null_control_section(results, summary) if _has_twins(summary) else []
     out += _parameters_and_metrics(results, summary)
-    out += _plot_sections(results, plots)
+    out += ["## Plots"]
+    for setting in results.settings:
+        if shown := [p for p in plots if p.setting == setting and p.section == "curves"]:
+            out += ["", f"### {setting}", "", *[_image(results, p) for p in shown]]
     out += _ablation_section(results, summary, finals, plots) if results.meta.ablation_setting else []
     out += samples_section(results)
     out += ["", *how_to_read(results, summary, points, val_every)]
@@ -70,53 +75,42 @@ def render_report(
 
 
 def _preamble(results: Results, own: bool) -> list[str]:
-    """The title, what was run, and every warning that qualifies the numbers below."""
+    """The title, what was run, and every note that qualifies the numbers below."""
     meta = results.meta
     seeds = meta.seeds or sorted(set(results.runs["seed"]))
-    scale = meta.scale
     out = [
         "# Mixture-of-Mamba vs dense baselines: FLOPs-to-match report",
         "",
-        f"Scale **{scale}**, settings {', '.join(results.settings)}, seeds {', '.join(map(str, seeds))}, "
+        f"Scale **{meta.scale}**, settings {', '.join(results.settings)}, seeds {', '.join(map(str, seeds))}, "
         f"{meta.max_steps or '?'} steps per run. Command: `{meta.command}`.",
     ]
-    if scale in ("tiny", "small"):
-        out += [
-            "",
-            f"*These are {scale} models trained for {meta.max_steps or '?'} steps: the numbers show whether the "
-            "trend of the papers appears at this size; they are not a reproduction of the papers' scale.*",
-        ]
+    notes = []
+    if meta.scale in ("tiny", "small"):
+        notes.append(
+            f"*These are {meta.scale} models trained for {meta.max_steps or '?'} steps: the numbers show whether the "
+            "trend of the papers appears at this size; they are not a reproduction of the papers' scale.*"
+        )
     evaluations = _evaluations(results)
     if evaluations is not None and evaluations < MIN_EVALUATIONS:
-        out += [
-            "",
+        notes.append(
             f"**Warning: each curve has {evaluations} evaluations.** The matching rule is checked exact within 1.5% "
             f"from {MIN_EVALUATIONS} evaluations on (docs/design.md); with fewer, a FLOPs-to-match is coarse. "
-            "Validate more often (`--val-every`) or train longer.",
-        ]
+            "Validate more often (`--val-every`) or train longer."
+        )
     if own:
-        out += ["", "*Trained on own data: the papers' numbers are not shown beside these (their data differ).*"]
-    n_runs, unfinished = len(results.runs), len(results.runs) - len(results.finished)
-    if unfinished:
-        out += [
-            "",
-            f"**{unfinished} of {n_runs} runs are not finished** and are left out of every number (see [Runs](#runs)).",
-        ]
+        notes.append("*Trained on own data: the papers' numbers are not shown beside these (their data differ).*")
+    if unfinished := len(results.runs) - len(results.finished):
+        notes.append(
+            f"**{unfinished} of {len(results.runs)} runs are not finished** and are left out of every number (see "
+            "[Runs](#runs))."
+        )
     if mismatched := order_mismatches(results):
-        out += [
-            "",
+        notes.append(
             f"**{len(mismatched)} {'pair' if len(mismatched) == 1 else 'pairs'} of runs did not train the same "
             "batches** (their summaries' `batch_order` digests differ) and are left out of every number: "
-            f"{'; '.join(mismatched)}. Delete those run folders and run the comparison again.",
-        ]
-    return out
-
-
-def _verdict_section(results: Results, summary: pd.DataFrame) -> list[str]:
-    return [
-        *["", "## Verdict", "", "On training loss (the papers' measure):", "", *verdicts(results, summary, "train")],
-        *["", "On validation loss (held-out sequences, the confirmation):", "", *verdicts(results, summary, "val")],
-    ]
+            f"{'; '.join(mismatched)}. Delete those run folders and run the comparison again."
+        )
+    return out + [line for note in notes for line in ("", note)]
 
 
 def _headline_sections(results: Results, summary: pd.DataFrame, own: bool, val_every: object) -> list[str]:
@@ -182,18 +176,8 @@ def _parameters_and_metrics(results: Results, summary: pd.DataFrame) -> list[str
     return out
 
 
-def _plot_sections(results: Results, plots: list[Plot]) -> list[str]:
-    out = ["## Plots"]
-    for setting in results.settings:
-        shown = [p for p in plots if p.setting == setting and p.section == "curves"]
-        if shown:
-            out += ["", f"### {setting}", "", *[_image(results, p) for p in shown]]
-    return out
-
-
 def _ablation_section(results: Results, summary: pd.DataFrame, finals: pd.DataFrame, plots: list[Plot]) -> list[str]:
-    meta = results.meta
-    arm = meta.ablation_arm
+    meta, arm = results.meta, results.meta.ablation_arm
     return [
         "",
         f"## Ablation: which {arm_label(arm)} parts to decouple ({meta.ablation_setting})",

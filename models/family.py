@@ -11,13 +11,14 @@ The FLOPs convention every `block_flops` follows is stated once, in `analysis/fl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from models.config import ModelConfig
+# The config a family reads (models.config.ModelConfig, which looks its arm's family up: the family module names it,
+# `MambaFamily(Family[ModelConfig])`, so that this module needs no import of it).
+Config = TypeVar("Config")
 
 # Named sizes every family provides, from the CPU default to the papers' scales.
 SCALES = ("tiny", "small", "163m", "760m", "1.4b")
@@ -34,8 +35,9 @@ def check_scale(scale: str) -> str:
 FLOP_PARTS = ("matmul", "attention", "scan", "conv")
 
 
-class Family(ABC):
-    """One architecture family. Subclasses set the class attributes and implement the methods.
+class Family(ABC, Generic[Config]):
+    """One architecture family over the config it reads. Subclasses set the class attributes and implement the
+    methods.
 
     Attributes:
         name: the family's name ("mamba", "transformer").
@@ -62,27 +64,27 @@ class Family(ABC):
     cpu_step_cost: float = 1.0
     hf_class: str | None = None
 
-    def check(self, cfg: ModelConfig) -> None:
+    def check(self, cfg: Config) -> None:
         """Raise ValueError if `cfg` is not a valid model of this family (beyond the generic checks)."""
         return None
 
     @abstractmethod
-    def block(self, cfg: ModelConfig) -> nn.Module:
+    def block(self, cfg: Config) -> nn.Module:
         """One residual block: `forward(x (B, L, D), routing: ModalityRouting | None, attn_mask=None) -> (B, L, D)`;
         a block of a family without image_attention never receives a mask."""
 
     @abstractmethod
-    def init_block(self, block: nn.Module, cfg: ModelConfig) -> None:
+    def init_block(self, block: nn.Module, cfg: Config) -> None:
         """The family's initialisation of one block, applied after each layer's own (biases are zeroed before)."""
 
     @abstractmethod
-    def block_params(self, cfg: ModelConfig) -> tuple[dict[str, int], int]:
+    def block_params(self, cfg: Config) -> tuple[dict[str, int], int]:
         """Parameters of one block: ({part: parameters of one copy}, parameters of everything never decoupled)."""
 
     @abstractmethod
-    def block_flops(self, cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+    def block_flops(self, cfg: Config, seq_len: int) -> dict[str, int]:
         """Forward FLOPs per token of one block, by FLOP_PARTS name (missing names are 0)."""
 
-    def backend(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> str:
+    def backend(self, cfg: Config, device: torch.device, dtype: torch.dtype) -> str:
         """The kernel a forward on `device` runs, recorded in every run's summary."""
         return "torch"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from models import cpu_kernels
 from models.arms import TWIN_SEED_OFFSET, Arm, register_arm
+from models.config import ModelConfig
 from models.family import Family
 from models.layers import (
     ModalityLinear,
@@ -32,9 +33,6 @@ from models.layers import (
     validate_parts,
 )
 from models.scan import BACKENDS, resolve_backend, scan_flops, selective_scan, selective_state_update
-
-if TYPE_CHECKING:
-    from models.config import ModelConfig
 
 MAMBA_PARTS = ("in_proj", "x_proj", "dt_proj", "out_proj")
 
@@ -276,7 +274,7 @@ class MambaCache(NamedTuple):
     ssm_state: Tensor
 
 
-class MambaFamily(Family):
+class MambaFamily(Family[ModelConfig]):
     """Mamba-1 blocks; two per transformer-layer equivalent (mamba-ssm's convention: two Mamba blocks replace
     attention + MLP), so the dense arms of one scale have about the same parameters."""
 

@@ -21,18 +21,15 @@ import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.arms import TWIN_SEED_OFFSET, Arm, register_arm
+from models.config import ModelConfig
 from models.family import Family
 from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, upcast, validate_parts
-
-if TYPE_CHECKING:
-    from models.config import ModelConfig
 
 TRANSFORMER_PARTS = ("wq", "wk", "wv", "wo", "mlp", "norm")
 NORM_PLACEMENTS = ("pre", "post")  # pre: x + f(norm(x)); post: x + norm(f(x)), MoT's / Chameleon's "SwinNorm"
@@ -218,7 +215,7 @@ class TransformerBlock(nn.Module):
         return KVCache(weight.new_zeros(shape, dtype=dtype), weight.new_zeros(shape, dtype=dtype))
 
 
-class TransformerFamily(Family):
+class TransformerFamily(Family[ModelConfig]):
     """Transformer blocks (attention + SwiGLU MLP), one per layer."""
 
     name = "transformer"

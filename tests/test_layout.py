@@ -38,19 +38,11 @@ def module_name(path: Path) -> str:
 
 
 def suite_imports(path: Path, modules: set[str] = frozenset()) -> set[str]:
-    """Suite modules `path` imports when it runs (imports under `if TYPE_CHECKING:` are for annotations only);
-    `from package import module` counts as importing that module when `modules` knows it."""
-    tree = ast.parse(path.read_text())
-    skip = {
-        id(node)
-        for guard in ast.walk(tree)
-        if isinstance(guard, ast.If) and "TYPE_CHECKING" in ast.unparse(guard.test)
-        for node in ast.walk(guard)
-    }
+    """Suite modules `path` imports, anywhere in it (an import under `if TYPE_CHECKING:` or inside a function counts:
+    a cycle through one is a cycle of the design); `from package import module` counts as importing that module when
+    `modules` knows it."""
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [
                 f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names
@@ -80,7 +72,7 @@ def test_imports_point_down_the_layers():
 
 
 def test_no_import_cycle():
-    """The module graph of the suite (run-time imports) has no cycle."""
+    """The module graph of the suite (every import, annotations' included) has no cycle."""
     modules = package_modules()
 
     def resolve(name: str) -> str | None:
