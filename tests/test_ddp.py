@@ -28,7 +28,6 @@ of step 0 and rank 1 of step 1 hold no image token (asserted below, so the test 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -111,7 +110,8 @@ def _ddp_command(root: Path, data: dict) -> list[str]:
     cmd += ["--max_steps", str(STEPS), "--val_every", str(VAL_EVERY), "--root", str(root)]
     for key, value in data.items():
         cmd += [f"--data.{key}", str(value)]
-    cmd += ["--model.model_overrides", json.dumps(TINY_MODEL)]
+    for key, value in TINY_MODEL.items():
+        cmd += [f"--model.{key}", str(value)]
     cmd += ["--trainer.accelerator", "cpu", "--trainer.devices", str(WORLD), "--trainer.strategy", "ddp"]
     cmd += ["--trainer.precision", "64-true"]
     return cmd
