@@ -77,34 +77,47 @@ DENSE = Arm("shift", SHIFT, "Shift", "black")
 SPARSE = Arm("mos", SHIFT, "MoS", "gold", dense="shift", routing="modality")
 
 
-@pytest.fixture
-def registered():
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_cache):
+    """The family's two arms registered, and a comparison of them trained in Chameleon (4 steps): its folders."""
     for arm in (DENSE, SPARSE):
         register_arm(arm)
-    yield
-    for arm in (SPARSE, DENSE):
-        del ARMS[arm.name]
+    try:
+        tmp = tmp_path_factory.mktemp("family")
+        args = small(tmp, small_cache, "--settings", "chameleon", "--arms", "shift,mos", "--max-steps", "4")
+        assert main(args) == 0
+        yield {arm: trained_folder(tmp / "runs", "chameleon", arm) for arm in ("shift", "mos")} | {
+            "results": tmp / "results"
+        }
+    finally:
+        for arm in (SPARSE, DENSE):
+            del ARMS[arm.name]
 
 
-def test_a_family_defined_in_one_file_trains_counts_reports_samples_and_exports(registered, tmp_path, small_cache):
+def test_its_arms_resolve_and_train_through_compare(trained):
     assert ModelConfig.from_scale("tiny", arch="mos").decouple == ("mix", "out")
-    args = small(tmp_path, small_cache, "--settings", "chameleon", "--arms", "shift,mos", "--max-steps", "4")
-    assert main(args) == 0
-    runs = tmp_path / "runs"
-    folders = {arm: trained_folder(runs, "chameleon", arm) for arm in ("shift", "mos")}
-    dense, sparse = (read_summary(folders[arm]) for arm in ("shift", "mos"))
-    assert dense.status == sparse.status == "finished" and sparse.steps == 4
-    # Counted by fvcore as the family's formula says, and the sparse arm costs exactly its dense partner.
+    assert isinstance(build_model(ModelConfig.from_scale("tiny", arch="shift")).layers[0], ShiftBlock)
+    summaries = [read_summary(trained[arm]) for arm in ("shift", "mos")]
+    assert [(s.status, s.steps) for s in summaries] == [("finished", 4)] * 2
+
+
+def test_fvcore_counts_its_formula_and_the_sparse_arm_costs_the_dense_arms_flops(trained):
+    dense, sparse = (read_summary(trained[arm]) for arm in ("shift", "mos"))
     assert sparse.flops_per_token == pytest.approx(sparse.flops_per_token_analytic, rel=1e-9)
     assert sparse.flops_per_token_analytic == dense.flops_per_token_analytic
     assert sparse.params_active == dense.params_total < sparse.params_total
-    assert "MoS vs Shift" in (tmp_path / "results" / "report.md").read_text()
-    # Samples: the cached generation (the family's state) equals a full forward, past the training length too.
+
+
+def test_the_report_pairs_its_arms(trained):
+    assert "MoS vs Shift" in (trained["results"] / "report.md").read_text()
+
+
+def test_it_samples_and_its_cached_generation_is_the_full_forward_past_the_training_length(trained, tmp_path):
     out = tmp_path / "samples"
-    assert sample.main([str(folders["mos"]), "--prompt", "It is", "--out", str(out), "--max-new-tokens", "8"]) == 0
+    assert sample.main([str(trained["mos"]), "--prompt", "It is", "--out", str(out), "--max-new-tokens", "8"]) == 0
     assert list(out.iterdir())
-    model = export.load_checkpoint_model(folders["mos"])
-    tokens = torch.randint(0, model.cfg.vocab_size, (1, 200))
+    model = export.load_checkpoint_model(trained["mos"])
+    tokens = torch.randint(0, model.cfg.vocab_size, (1, 200))  # training sequences are 128 long
     modality = torch.zeros_like(tokens)
     with torch.no_grad():
         full = model(tokens, modality).logits
@@ -112,10 +125,14 @@ def test_a_family_defined_in_one_file_trains_counts_reports_samples_and_exports(
         stepped = torch.cat([model(tokens[:, i : i + 1], modality[:, i : i + 1], cache=cache).logits
                              for i in range(200)], dim=1)  # fmt: skip
     torch.testing.assert_close(stepped, full, rtol=1e-4, atol=1e-4)
-    # Exported in the suite's own layout (the family names no Hugging Face class) and loaded back: the same logits.
-    assert export.main([str(folders["mos"]), "--out", str(tmp_path / "export")]) == 0
-    back = export.load_exported(tmp_path / "export")
+
+
+def test_it_exports_in_the_suites_own_layout_and_loads_back_to_the_same_logits(trained, tmp_path):
+    """The family names no Hugging Face class, so `export.py` writes the suite's own layout."""
+    assert export.main([str(trained["mos"]), "--out", str(tmp_path / "export")]) == 0
+    model, back = export.load_checkpoint_model(trained["mos"]), export.load_exported(tmp_path / "export")
     assert back.cfg == model.cfg
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, 33))
+    modality = torch.zeros_like(tokens)
     with torch.no_grad():
-        torch.testing.assert_close(back(tokens, modality).logits, full)
-    assert isinstance(build_model(model.cfg.dense()).layers[0], ShiftBlock)
+        torch.testing.assert_close(back(tokens, modality).logits, model(tokens, modality).logits)

@@ -18,7 +18,7 @@ ARM = Arm("mom_io", MAMBA, "MoM-io", "tab:pink", dense="mamba", routing="modalit
 SETTING = Setting("transfusion_speech", ("text", "image", "speech"), "continuous", paper_vocab=32000)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def registered():
     register_arm(ARM)
     register_setting(SETTING)
@@ -26,25 +26,41 @@ def registered():
     del ARMS[ARM.name], SETTINGS[SETTING.name]
 
 
-def test_new_arm_and_setting_run_end_to_end(registered, tmp_path, small_cache):
-    args = small(tmp_path, small_cache, "--settings", SETTING.name, "--arms", "mamba,mom_io", "--max-steps", "4")
+@pytest.fixture(scope="module")
+def trained(registered, tmp_path_factory, small_cache):
+    """mamba and the new arm trained in the new setting (4 steps): the folder holding runs/ and results/."""
+    tmp = tmp_path_factory.mktemp("registries")
+    args = small(tmp, small_cache, "--settings", SETTING.name, "--arms", "mamba,mom_io", "--max-steps", "4")
     assert main(args) == 0
-    runs = tmp_path / "runs"
-    sparse, dense = (read_summary(trained_folder(runs, SETTING.name, arm)) for arm in ("mom_io", "mamba"))
+    return tmp
+
+
+def runs(tmp) -> dict:
+    return {arm: trained_folder(tmp / "runs", SETTING.name, arm) for arm in ("mom_io", "mamba")}
+
+
+def test_a_new_arm_trains_in_a_new_setting_with_what_they_define(trained):
+    folders = runs(trained)
+    sparse, dense = (read_summary(folders[arm]) for arm in ("mom_io", "mamba"))
     assert sparse.status == dense.status == "finished" and sparse.steps == 4
-    config = read_config(trained_folder(runs, SETTING.name, "mom_io"))
+    config = read_config(folders["mom_io"])
     assert config["model"]["decouple"] == ["in_proj", "out_proj"] and config["model"]["n_modalities"] == 3
-    # Counted: fvcore agrees with the family's formula, and the sparse arm costs exactly its dense partner.
-    assert sparse.flops_per_token == pytest.approx(sparse.flops_per_token_analytic, rel=1e-9)
-    assert sparse.flops_per_token_analytic == dense.flops_per_token_analytic
-    assert sparse.params_active == dense.params_total < sparse.params_total
     # The setting: continuous image patches with a diffusion loss, and speech beside them.
     assert {"val/loss_text", "val/loss_image", "val_real_speech/loss_speech"} <= set(sparse.final_val_loss)
     assert config["model"]["patch_dim"] > 0
-    # Reported under the arm's label and the setting's units, drawn in the arm's colour.
-    report = (tmp_path / "results" / "report.md").read_text()
+
+
+def test_a_new_arm_is_counted_and_costs_its_dense_partners_flops(trained):
+    sparse, dense = (read_summary(folder) for folder in runs(trained).values())
+    assert sparse.flops_per_token == pytest.approx(sparse.flops_per_token_analytic, rel=1e-9)
+    assert sparse.flops_per_token_analytic == dense.flops_per_token_analytic
+    assert sparse.params_active == dense.params_total < sparse.params_total
+
+
+def test_a_new_arm_and_setting_are_reported_under_their_label_units_and_colour(trained):
+    report = (trained / "results" / "report.md").read_text()
     assert "MoM-io vs Mamba" in report and f"| {SETTING.name} | image | diffusion MSE |" in report
-    results = load_results(tmp_path / "results")
+    results = load_results(trained / "results")
     grid = evaluation_grid(results)
     figure = curve_figure(results, grid, match_runs(results, grid), SETTING.name)
     colours = {line.get_color() for ax in figure.axes for line in ax.get_lines()}
