@@ -31,30 +31,22 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from models import scan as scan_module
 from models.config import ModelConfig
-from models.family import FLOP_PARTS
+from models.family import FLOP_PARTS, FlopOp
 from models.lm import MultiModalLM
-from models.mamba import MambaMixer
-from models.scan import scan_flops
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # fvcore.nn's import calls the deprecated torch.jit.script
     from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import conv_flop_jit, get_shape
+    from fvcore.nn.jit_handles import get_shape
 
-# fvcore's name for the scan: torch.jit traces a torch.autograd.Function as "prim::PythonOp.<class name>".
-SCAN_OP = "prim::PythonOp._SelectiveScanFn"
-SDPA_OP = "aten::scaled_dot_product_attention"
-CONV_OP = "aten::_convolution"
 
 # Ops fvcore leaves unpriced that the convention does not count. Anything else unpriced is an error.
 IGNORED_OPS: dict[str, str] = {
@@ -156,49 +148,13 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, patch_fraction: float = 0.0)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _shape(value: Any) -> list[int]:
-    shape = get_shape(value)
-    if shape is None:
-        raise ValueError("fvcore handle: an input has no complete shape in the traced graph")
-    return list(shape)
+def fvcore_handle(op: FlopOp) -> Callable[[list[Any], list[Any]], Counter]:
+    """An fvcore op handle pricing `op` (a family's `FlopOp`) from the traced inputs' shapes, under its label."""
 
+    def handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+        return Counter({op.label: op.macs([get_shape(x) for x in inputs])})
 
-def scan_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
-    """fvcore handle for `_SelectiveScanFn`: `scan_flops` of its u (B, E, L) and A (E, N), in fvcore units (MACs)."""
-    batch, d_inner, seq_len = _shape(inputs[0])
-    d_state = _shape(inputs[2])[1]
-    return Counter({"selective_scan": scan_flops(batch, d_inner, seq_len, d_state) / 2})
-
-
-def sdpa_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
-    """fvcore handle for SDPA: q (.., L, K), k (.., S, K), v (.., S, Kv) -> L·S·K (QK^T) + L·S·Kv (AV) MACs per head.
-
-    The full L×S score matrix is counted, whatever the mask (no causal halving).
-    """
-    q, k, v = (_shape(x) for x in inputs[:3])
-    *lead, L, K = q
-    S, Kv = k[-2], v[-1]
-    heads = 1
-    for n in lead:
-        heads *= n
-    return Counter({"scaled_dot_product_attention": heads * L * S * (K + Kv)})
-
-
-def conv_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
-    """fvcore handle for 1-D convolutions: MACs for one output per input position (the kept causal outputs).
-
-    MambaMixer's nn.Conv1d pads d_conv - 1 on both sides and keeps the first L outputs; fvcore's default would also
-    price the d_conv - 1 discarded ones. Other convolutions fall back to fvcore's handle.
-    """
-    x, w = _shape(inputs[0]), _shape(inputs[1])
-    transposed = inputs[6].toIValue()
-    if len(x) != 3 or transposed:
-        return conv_flop_jit(inputs, outputs)
-    batch, _, length = x
-    n_weight = 1
-    for n in w:
-        n_weight *= n  # C_out · C_in / groups · kernel
-    return Counter({"conv": batch * length * n_weight})
+    return handle
 
 
 @dataclass(frozen=True)
@@ -223,45 +179,15 @@ class _TraceAdapter(nn.Module):
         return (out.logits,) if out.patch_pred is None else (out.logits, out.patch_pred)
 
 
-@contextmanager
-def countable_scan(model: nn.Module) -> Iterator[None]:
-    """Run every Mamba mixer on the "torch" scan (one traced op, `SCAN_OP`) while fvcore traces the model.
-
-    The "ref" backend would trace as L copies of its per-step einsum, and the "cuda" one is not on this path.
-    """
-    mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
-    backends = [m.scan_backend for m in mixers]
-    try:
-        for m in mixers:
-            m.scan_backend = "torch"
-        yield
-    finally:
-        for m, backend in zip(mixers, backends, strict=True):
-            m.scan_backend = backend
-
-
-class _Scan(nn.Module):
-    def forward(self, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor) -> Tensor:
-        return scan_module.selective_scan(u, delta, A, B, C, D=D, z=z, delta_softplus=True, backend="torch")
-
-
-def count_scan_flops(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor) -> int:
-    """FLOPs fvcore (× 2, with `scan_handle`) gives one selective_scan call, made as MambaMixer makes it."""
-    analysis = FlopCountAnalysis(_Scan(), (u, delta, A, B, C, D, z)).set_op_handle(SCAN_OP, scan_handle)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    with countable_scan(nn.Module()), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return round(2 * analysis.total())
-
-
 BATCH_KEYS = ("tokens", "modality_ids", "patches", "patch_mask", "timesteps")
 
 
 def count_flops(model: MultiModalLM, batch: dict[str, Tensor], strict: bool = True) -> CountedFlops:
-    """Forward FLOPs of `model` on `batch`, counted by fvcore with handles for the scan, SDPA and the causal conv.
+    """Forward FLOPs of `model` on `batch`, counted by fvcore, with the handles of its family's `flop_ops` (the scan
+    and the causal conv of Mamba, attention of the transformer).
 
     Args:
-        model: the model; its Mamba mixers are traced on the "torch" scan backend, whatever they are set to.
+        model: the model, traced under its family's `traceable` (Mamba: the "torch" scan, whatever it is set to).
         batch: tokens (B, L) and optionally modality_ids, patches, patch_mask, timesteps; other keys are ignored.
         strict: raise if fvcore leaves an op unpriced that IGNORED_OPS does not list (nothing silently counts zero).
 
@@ -271,10 +197,12 @@ def count_flops(model: MultiModalLM, batch: dict[str, Tensor], strict: bool = Tr
     names = tuple(k for k in BATCH_KEYS if batch.get(k) is not None)
     inputs = tuple(batch[k] for k in names)
     tokens = batch["tokens"]
+    family = model.cfg.family
     analysis = FlopCountAnalysis(_TraceAdapter(model, names), inputs)
-    analysis.set_op_handle(SCAN_OP, scan_handle, SDPA_OP, sdpa_handle, CONV_OP, conv_handle)
+    for name, op in family.flop_ops.items():
+        analysis.set_op_handle(name, fvcore_handle(op))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    with countable_scan(model), torch.no_grad(), warnings.catch_warnings():
+    with family.traceable(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes turned into constants: fine for one batch
         by_operator = {op: round(2 * n) for op, n in analysis.by_operator().items()}
         unsupported = dict(analysis.unsupported_ops())

@@ -11,7 +11,9 @@ The FLOPs convention every `block_flops` follows is stated once, in `analysis/fl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -35,6 +37,15 @@ def check_scale(scale: str) -> str:
 FLOP_PARTS = ("matmul", "attention", "scan", "conv")
 
 
+class FlopOp(NamedTuple):
+    """How the FLOP counter (analysis/flops.py) prices one traced op of a family's blocks that fvcore does not price
+    as the convention says: its name in the counter's breakdown, and its forward multiply-accumulates (fvcore's
+    unit) from the shapes of the op's inputs (None for an input that is not a tensor)."""
+
+    label: str
+    macs: Callable[[list[tuple[int, ...] | None]], float]
+
+
 class Family(ABC, Generic[Config]):
     """One architecture family over the config it reads. Subclasses set the class attributes and implement the
     methods.
@@ -52,6 +63,8 @@ class Family(ABC, Generic[Config]):
         cpu_step_cost: a training step's CPU time relative to the other families' at equal size: a comparison starts
             the costlier families' runs first so that parallel runs end together (benchmarks/README.md).
         hf_class: the Hugging Face class a dense model of the family exports to (experiments/export.py), or None.
+        flop_ops: {torch.jit's name of a traced op: FlopOp} for the ops of its blocks the FLOP counter must price
+            itself (a custom autograd function, attention); `traceable` makes the blocks run them while it traces.
     """
 
     name: str
@@ -63,6 +76,7 @@ class Family(ABC, Generic[Config]):
     recurrent: bool = False
     cpu_step_cost: float = 1.0
     hf_class: str | None = None
+    flop_ops: dict[str, FlopOp] = {}
 
     def check(self, cfg: Config) -> None:
         """Raise ValueError if `cfg` is not a valid model of this family (beyond the generic checks)."""
@@ -84,6 +98,11 @@ class Family(ABC, Generic[Config]):
     @abstractmethod
     def block_flops(self, cfg: Config, seq_len: int) -> dict[str, int]:
         """Forward FLOPs per token of one block, by FLOP_PARTS name (missing names are 0)."""
+
+    def traceable(self, model: nn.Module) -> AbstractContextManager:
+        """While the FLOP counter traces `model`, its blocks run the ops `flop_ops` prices (e.g. a kernel that fvcore
+        cannot see into, swapped for its one-op torch form)."""
+        return nullcontext()
 
     def backend(self, cfg: Config, device: torch.device, dtype: torch.dtype) -> str:
         """The kernel a forward on `device` runs, recorded in every run's summary."""

@@ -11,7 +11,8 @@ Shapes: B batch, L sequence, D d_model, E d_inner (= expand * D), N d_state, R d
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from models import cpu_kernels
 from models.arms import TWIN_SEED_OFFSET, Arm, register_arm
 from models.config import ModelConfig
-from models.family import Family
+from models.family import Family, FlopOp
 from models.layers import (
     ModalityLinear,
     ModalityRMSNorm,
@@ -274,6 +275,19 @@ class MambaCache(NamedTuple):
     ssm_state: Tensor
 
 
+def _scan_macs(shapes: list) -> float:
+    """One selective scan: `scan_flops` of its u (B, E, L) and A (E, N), in MACs."""
+    (batch, d_inner, seq_len), d_state = shapes[0], shapes[2][1]
+    return scan_flops(batch, d_inner, seq_len, d_state) / 2
+
+
+def _conv_macs(shapes: list) -> int:
+    """The depthwise causal conv, x (B, E, L) and weight (E, 1, d_conv): one output per input position. The mixer's
+    nn.Conv1d pads d_conv - 1 on both sides and keeps the first L outputs; the discarded ones are not counted."""
+    (batch, _, length), weight = shapes[0], shapes[1]
+    return batch * length * math.prod(weight)
+
+
 class MambaFamily(Family[ModelConfig]):
     """Mamba-1 blocks; two per transformer-layer equivalent (mamba-ssm's convention: two Mamba blocks replace
     attention + MLP), so the dense arms of one scale have about the same parameters."""
@@ -294,6 +308,26 @@ class MambaFamily(Family[ModelConfig]):
         "760m": dict(d_model=1536, n_layer=22, vocab_size=32000),
         "1.4b": dict(d_model=2048, n_layer=24, vocab_size=32000),
     }
+
+    flop_ops = {
+        # torch.jit traces a torch.autograd.Function as "prim::PythonOp.<class name>": the whole scan, one op
+        "prim::PythonOp._SelectiveScanFn": FlopOp("selective_scan", _scan_macs),
+        "aten::_convolution": FlopOp("conv", _conv_macs),
+    }
+
+    @contextmanager
+    def traceable(self, model: nn.Module) -> Iterator[None]:
+        """Every mixer on the "torch" scan: one traced op (the "ref" backend would trace as L copies of its per-step
+        einsum, and the compiled ones are opaque to the tracer)."""
+        mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
+        backends = [m.scan_backend for m in mixers]
+        try:
+            for m in mixers:
+                m.scan_backend = "torch"
+            yield
+        finally:
+            for m, backend in zip(mixers, backends, strict=True):
+                m.scan_backend = backend
 
     def check(self, cfg: ModelConfig) -> None:
         if cfg.scan_backend not in BACKENDS:

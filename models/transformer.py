@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from models.arms import TWIN_SEED_OFFSET, Arm, register_arm
 from models.config import ModelConfig
-from models.family import Family
+from models.family import Family, FlopOp
 from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, upcast, validate_parts
 
 TRANSFORMER_PARTS = ("wq", "wk", "wv", "wo", "mlp", "norm")
@@ -215,6 +215,14 @@ class TransformerBlock(nn.Module):
         return KVCache(weight.new_zeros(shape, dtype=dtype), weight.new_zeros(shape, dtype=dtype))
 
 
+def _attention_macs(shapes: list) -> int:
+    """SDPA over q (.., L, K), k (.., S, K), v (.., S, Kv): L·S·K (QK^T) + L·S·Kv (AV) MACs per head, the full L×S
+    score matrix whatever the mask (no causal halving)."""
+    q, k, v = shapes[:3]
+    *lead, length, head_dim = q
+    return math.prod(lead) * length * k[-2] * (head_dim + v[-1])
+
+
 class TransformerFamily(Family[ModelConfig]):
     """Transformer blocks (attention + SwiGLU MLP), one per layer."""
 
@@ -223,6 +231,7 @@ class TransformerFamily(Family[ModelConfig]):
     blocks_per_layer = 1
     ablation_groups = (("wq", "wk", "wv", "wo"), ("mlp", "norm"))
     image_attention = True  # attends bidirectionally within a continuous image (Transfusion)
+    flop_ops = {"aten::scaled_dot_product_attention": FlopOp("scaled_dot_product_attention", _attention_macs)}
     # The paper scales reproduce their names with the Transfusion setting's 32k vocabulary and untied embeddings
     # (docs/papers.md). Head counts are not published: head_dim 64 at 163m and 128 above are our choice.
     scales = {
