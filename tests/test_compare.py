@@ -49,18 +49,29 @@ def summaries(root):
     return {p.parent.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.glob("*/*/*/*/*/summary.json")}
 
 
-def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path, cache, capsys):
-    args = small(tmp_path, cache, "--settings", "all", "--max-steps", str(STEPS), samples=True)
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, cache):
+    """The whole default matrix (3 settings x 4 arms) trained once at test size, with the report's samples: (its
+    arguments, its folder)."""
+    tmp = tmp_path_factory.mktemp("full")
+    args = small(tmp, cache, "--settings", "all", "--max-steps", str(STEPS), samples=True)
     assert main(args) == 0
-    runs = tmp_path / "runs"
-    first = summaries(runs)
+    return args, tmp
+
+
+def test_the_full_matrix_trains_every_run_to_its_budget(full):
+    _, tmp = full
+    first = summaries(tmp / "runs")
     assert len(first) == 12  # 3 settings x 4 arms
     for folder in first:
-        summary = read_summary(runs / folder)
+        summary = read_summary(tmp / "runs" / folder)
         assert summary.status == "finished" and summary.steps == STEPS, folder
-    results = tmp_path / "results"
-    comparison = json.loads((results / "comparison.json").read_text())
+    comparison = json.loads((tmp / "results" / "comparison.json").read_text())
     assert len(comparison["runs"]) == 12 and comparison["meta"]["max_steps"] == STEPS
+
+
+def test_the_full_matrix_writes_the_report_its_plots_and_every_arms_samples(full):
+    results = full[1] / "results"
     assert (results / "report.md").exists() and (results / "flops_to_match.csv").exists()
     assert list(results.rglob("*.png"))
     samples = json.loads((results / "samples" / "samples.json").read_text())["settings"]  # every arm, every setting
@@ -70,11 +81,15 @@ def test_full_matrix_writes_the_report_and_reruns_only_what_is_missing(tmp_path,
     report = (results / "report.md").read_text()
     assert "## Samples" in report and all(f"({entry['grid']})" in report for entry in samples.values())
 
+
+def test_a_rerun_trains_nothing_and_a_deleted_run_alone_is_trained_again(full, capsys):
+    args, tmp = full
+    runs = tmp / "runs"
+    first = summaries(runs)
     capsys.readouterr()
     assert main(args) == 0  # nothing new to train
     assert "0 to train" in capsys.readouterr().out
     assert summaries(runs) == first
-
     gone = trained_folder(runs, "chameleon", "mom").relative_to(runs).as_posix()
     for path in sorted((runs / gone).rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
