@@ -58,6 +58,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
+def check_heads(d_model: int, n_head: int) -> None:
+    """ValueError unless the heads split the width evenly."""
+    if d_model % n_head:
+        raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention, causal unless a mask says otherwise; Wq/Wk/Wv/Wo (and the QK-norms) per modality
     when decoupled, attention always global."""
@@ -73,8 +79,7 @@ class CausalSelfAttention(nn.Module):
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        if d_model % n_head:
-            raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
+        check_heads(d_model, n_head)
         self.d_model, self.n_head, self.head_dim, self.rope_theta = d_model, n_head, d_model // n_head, rope_theta
         decouple = set(decouple)
         for name in ("wq", "wk", "wv", "wo"):
@@ -247,8 +252,7 @@ class TransformerFamily(Family[ModelConfig]):
             raise ValueError(
                 f"unknown norm_placement {cfg.norm_placement!r}; valid choices are {list(NORM_PLACEMENTS)}"
             )
-        if cfg.d_model % cfg.n_head:
-            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_head={cfg.n_head}")
+        check_heads(cfg.d_model, cfg.n_head)
 
     def block(self, cfg: ModelConfig) -> nn.Module:
         return TransformerBlock(
