@@ -129,13 +129,10 @@ def analytic_flops(cfg: ModelConfig, seq_len: int, patch_fraction: float = 0.0) 
     d = cfg.d_model
     block = cfg.family.block_flops(cfg, seq_len)  # one block's forward FLOPs per token, by part (Family)
     per_part = {part: cfg.n_block * block.get(part, 0) for part in FLOP_PARTS}
-    head = 2 * d * cfg.vocab_size
     patch = 0.0
-    if cfg.patch_dim:
-        P = cfg.patch_dim
-        # patch_in P -> D, time MLP D -> D -> D, patch_head D -> P, at patch positions only
+    if P := cfg.patch_dim:  # patch_in P -> D, time MLP D -> D -> D, patch_head D -> P, at patch positions only
         patch = patch_fraction * 2 * (P * d + 2 * d * d + d * P)
-    return FlopReport(**per_part, head=head, patch=patch)
+    return FlopReport(**per_part, head=2 * d * cfg.vocab_size, patch=patch)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, patch_fraction: float = 0.0) -> int:

@@ -14,15 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.labels import arm_rank, dense_partner, is_twin, loss_rank
-from analysis.matching import (
-    SMOOTHING_POINTS,
-    compare_curves,
-    holm,
-    log_interval,
-    mean_interval,
-    smooth,
-    t_test,
-)
+from analysis.matching import SMOOTHING_POINTS, compare_curves, holm, log_interval, mean_interval, smooth, t_test
 from analysis.metrics import METRICS, Pair
 from analysis.results import Curve, Results, run_curves
 from analysis.run_record import LossKey
@@ -152,10 +144,8 @@ def summarise(matches: pd.DataFrame) -> pd.DataFrame:
         mean, low, high = log_interval(fractions) if np.isfinite(fractions).all() else (None, None, None)
         row |= {"fraction_mean": mean, "fraction_low": low, "fraction_high": high}
         row["fraction_at_least"] = log_interval(group["at_least"].to_numpy(dtype=np.float64))[0]
-        ends = group["dense_end"].fillna("")
-        row["dense_end"] = ", ".join(
-            f"{e} {(ends == e).sum()}/{len(ends)}" for e in ("steep", "flat") if (ends == e).any()
-        )
+        ends = group["dense_end"].value_counts()
+        row["dense_end"] = ", ".join(f"{e} {ends[e]}/{len(group)}" for e in ("steep", "flat") if e in ends)
         rows.append(row)
     adjusted = {}
     for twins in (False, True):  # the null control is a family of its own: it never dilutes the real verdicts
@@ -250,3 +240,15 @@ def ablation_variants(results: Results) -> list[tuple[str, str]]:
     ordered = sorted(parts, key=lambda v: (len(parts[v]), ranks[v]))
     label = PART_COUNT.get(len(every), f"all {len(every)}")
     return [(v, label if set(parts[v]) == set(every) else "+".join(parts[v])) for v in ordered]
+
+
+def ablation_cells(results: Results, summary: pd.DataFrame) -> tuple[list[tuple[str, str]], dict[tuple, dict]]:
+    """`ablation_variants`, and their `summarise` rows on the primary validation set keyed by (variant, modality)."""
+    variants, setting = ablation_variants(results), results.meta.ablation_setting
+    names = {v for v, _ in variants}
+    cells = {
+        (r["variant"], r["modality"]): r
+        for r in summary.to_dict("records")
+        if (r["setting"], r["kind"], r["valset"], r["source"]) == (setting, "val", "val", "") and r["variant"] in names
+    }
+    return variants, cells

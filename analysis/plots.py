@@ -36,10 +36,12 @@ from analysis.labels import (
     modality_rank,
 )
 from analysis.matching import smooth
-from analysis.pairs import ablation_variants, interval, n_seeds, not_reached_text
+from analysis.pairs import ablation_cells, interval, n_seeds, not_reached_text
 from analysis.results import Curve, Results, run_curves
 from analysis.run_record import LossKey
 from common.files import atomic_write
+
+X_AXES = {"flops": "cumulative training FLOPs", "steps": "optimizer steps"}  # a curve figure's `x`, in words
 
 
 class Plot(NamedTuple):
@@ -87,9 +89,7 @@ def curve_figure(
         _curve_panel(ax, [(arm, seed, c[key]) for arm, seed, c in runs if key in c], shown, setting, key, x)
     for ax in axes[len(keys) :]:
         ax.set_visible(False)
-    stage = KIND_WORDS[kind]
-    versus = "cumulative training FLOPs" if x == "flops" else "optimizer steps"
-    fig.suptitle(f"{setting}: {stage} loss vs {versus} ({results.meta.scale} scale)")
+    fig.suptitle(f"{setting}: {KIND_WORDS[kind]} loss vs {X_AXES[x]} ({results.meta.scale} scale)")
     return fig
 
 
@@ -135,7 +135,7 @@ def _curve_panel(
     low, top = min(np.min(curve.loss) for _, _, curve in runs), max(tops)
     ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low) + 1e-9)
     ax.set_xlim(left=min(lefts))
-    ax.set_xlabel("cumulative training FLOPs" if x == "flops" else "optimizer steps")
+    ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(axis_label(setting, key))
     ax.set_title(loss_label(key))
     ax.grid(alpha=0.3, which="both")
@@ -150,13 +150,7 @@ def ablation_figure(results: Results, summary: pd.DataFrame) -> Figure | None:
     never a mean.
     """
     setting, arm = results.meta.ablation_setting, results.meta.ablation_arm
-    variants = ablation_variants(results)
-    names = {v for v, _ in variants}
-    found = {
-        (a["variant"], a["modality"]): a
-        for a in summary.to_dict("records")
-        if (a["setting"], a["kind"], a["valset"], a["source"]) == (setting, "val", "val", "") and a["variant"] in names
-    }
+    variants, found = ablation_cells(results, summary)
     if not found:
         return None
     dense = arm_label(dense_partner(arm))

@@ -232,7 +232,6 @@ def how_to_read(results: Results, summary: pd.DataFrame, points: int, val_every:
         counted, analytic = runs["flops_per_token"], runs["flops_per_token_analytic"]
         ratios = list((analytic / counted)[(counted > 0) & (analytic > 0)])
     check = f"analytic / fvcore is {min(ratios):.4f}-{max(ratios):.4f} over the runs" if ratios else "no run to check"
-    twins = _has_twins(summary)
     return [
         "## How to read this report",
         "",
@@ -262,7 +261,7 @@ def how_to_read(results: Results, summary: pd.DataFrame, points: int, val_every:
         "- **Null control**: "
         + (
             "the twins' section above measures how often this report's intervals call a difference where there is none."
-            if twins
+            if _has_twins(summary)
             else "not run here; add `mamba_twin,transformer_twin` to `--arms` to measure, in this run, how often "
             "the intervals call a difference where there is none (`docs/statistics.md` has the measurement on the "
             "default recipe)."
@@ -293,10 +292,15 @@ def _evaluations(results: Results) -> int | None:
     return steps // every if isinstance(steps, int) and isinstance(every, int) and every > 0 else None
 
 
+def _listed(runs: pd.DataFrame, column: str) -> list:
+    """The entries of a list-valued summary field (data sources, data notes) over `runs`, in order; [] where no run
+    recorded it (no summary.json)."""
+    return [item for value in runs.get(column, []) if isinstance(value, list) for item in value]
+
+
 def own_data(results: Results) -> bool:
     """Whether any run trained on a researcher's own corpus (its data sources name it)."""
-    sources = results.runs["data_sources"] if "data_sources" in results.runs else []
-    return any(str(s).startswith("own data") for value in sources if isinstance(value, list) for s in value)
+    return any(str(s).startswith("own data") for s in _listed(results.runs, "data_sources"))
 
 
 def setup_lines(results: Results) -> list[str]:
@@ -304,16 +308,13 @@ def setup_lines(results: Results) -> list[str]:
     meta, runs = results.meta, results.runs
     lines = ["## Setup", ""]
     for setting in results.settings:
-        mine = runs.loc[runs["setting"] == setting, "data_sources"] if "data_sources" in runs else []
-        sources = sorted({s for value in mine if isinstance(value, list) for s in value})
+        mine = runs[runs["setting"] == setting]
+        sources = sorted(set(_listed(mine, "data_sources")))
         lines.append(f"- Data, {setting}: {'; '.join(sources) or 'not recorded (no summary.json)'}")
         # the first seed's runs: other seeds differ by a few tokens
-        first = (runs["setting"] == setting) & (runs["seed"] == runs["seed"].min())
-        notes = runs.loc[first, "data_notes"] if "data_notes" in runs else []
-        for note in dict.fromkeys(n for value in notes if isinstance(value, list) for n in value):
+        for note in dict.fromkeys(_listed(mine[mine["seed"] == runs["seed"].min()], "data_notes")):
             lines.append(f"  - left out of the data: {note}")
-        mixes = runs.loc[runs["setting"] == setting, "image_mix"] if "image_mix" in runs else []
-        mix = next((m for m in mixes if isinstance(m, dict) and m), None)
+        mix = next((m for m in mine.get("image_mix", []) if isinstance(m, dict) and m), None)
         if mix:
             shares = "; ".join(
                 f"{split} " + ", ".join(f"{source} {share:.0%}" for source, share in by_source.items())
@@ -341,10 +342,8 @@ def setup_lines(results: Results) -> list[str]:
 
 def _csv(frame: pd.DataFrame) -> str:
     """CSV text: booleans as true/false, missing numbers as empty cells."""
-    frame = frame.copy()
-    for column in frame.select_dtypes(bool).columns:
-        frame[column] = frame[column].map({True: "true", False: "false"})
-    return frame.to_csv(index=False)
+    words = {column: frame[column].map({True: "true", False: "false"}) for column in frame.select_dtypes(bool)}
+    return frame.assign(**words).to_csv(index=False)
 
 
 def write_report(out: str | Path, points: int = SMOOTHING_POINTS) -> Path:

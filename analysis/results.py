@@ -85,11 +85,10 @@ def load_results(out: str | Path) -> Results:
     if not isinstance(comparison, dict) or not isinstance(comparison.get("runs"), list):
         raise ReportError(f"{path}: expected an object with a 'runs' list")
     meta = ComparisonMeta.from_json(comparison.get("meta") or {})
-    val_every = meta.val_every
     runs, curves = [], []
     for i, entry in enumerate(comparison["runs"]):
         try:
-            run, curve = load_run(entry, out, val_every)
+            run, curve = load_run(entry, out, meta.val_every)
         except (KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"{path}: runs[{i}] lacks setting/arm/seed/folder or has a bad value ({exc!r})") from exc
         runs.append(run)
@@ -204,13 +203,10 @@ def evaluation_grid(results: Results) -> pd.DataFrame:
         evaluations = sorted(set(run.loc[run["kind"] == "val", "step"].tolist()))
         for modality, train in run[run["kind"] == "train"].groupby("modality", sort=False):
             points = dict(zip(train["step"].tolist(), train["loss"].tolist(), strict=True))
-            steps, losses = [], []
-            for s in evaluations:
-                block = [t for t in range(s - val_every + 1, s + 1) if t in points]
-                if block:
-                    steps.append(float(np.mean(block)))
-                    losses.append(float(np.mean([points[t] for t in block])))
-            at = np.asarray(steps, dtype=np.float64)
+            blocks = [[t for t in range(s - val_every + 1, s + 1) if t in points] for s in evaluations]
+            blocks = [block for block in blocks if block]
+            at = np.array([np.mean(block) for block in blocks], dtype=np.float64)
+            losses = [float(np.mean([points[t] for t in block])) for block in blocks]
             known = train.sort_values("step")
             frame = pd.DataFrame(
                 {
@@ -251,11 +247,6 @@ def run_curves(grid: pd.DataFrame) -> dict[tuple, dict[LossKey, Curve]]:
     out: dict[tuple, dict[LossKey, Curve]] = {}
     for (setting, variant, seed, *key), c in grid.groupby([*RUN_KEY, *LossKey._fields], sort=False):
         c = c.sort_values("step")
-        curve = Curve(
-            steps=c["step"].to_numpy(np.float64),
-            flops=c["flops"].to_numpy(np.float64),
-            wall=c["wall_s"].to_numpy(np.float64),
-            loss=c["loss"].to_numpy(np.float64),
-        )
+        curve = Curve(*(c[column].to_numpy(np.float64) for column in ("step", "flops", "wall_s", "loss")))
         out.setdefault((setting, variant, seed), {})[LossKey(*key)] = curve
     return out

@@ -181,12 +181,12 @@ class Summary:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         missing = [name for name in ("setting", "arm", "variant", "scale", "seed") if name not in data]
         wrong = [name for name, value in data.items() if name in hints and not fits(value, hints[name])]
-        if unknown or missing or wrong or data.get("status") not in STATUSES:
-            problems = [f"unknown fields {unknown}"] if unknown else []
-            problems += [f"missing fields {missing}"] if missing else []
-            problems += [f"fields of the wrong type {wrong}"] if wrong else []
-            if data.get("status") not in STATUSES:
-                problems.append(f"status {data.get('status')!r} is not one of {list(STATUSES)}")
+        problems = [f"unknown fields {unknown}"] if unknown else []
+        problems += [f"missing fields {missing}"] if missing else []
+        problems += [f"fields of the wrong type {wrong}"] if wrong else []
+        if data.get("status") not in STATUSES:
+            problems.append(f"status {data.get('status')!r} is not one of {list(STATUSES)}")
+        if problems:
             raise RunRecordError(f"{path}: not a run summary ({'; '.join(problems)})")
         return cls(**data)
 
@@ -203,13 +203,11 @@ def read_summary(folder: Path) -> Summary | None:
     """The run's summary, None when the folder has none; RunRecordError naming the file when it is unreadable."""
     path = Path(folder) / SUMMARY
     try:
-        text = path.read_text()
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise RunRecordError(f"{path}: unreadable ({exc})") from exc
-    try:
-        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RunRecordError(f"{path}: not valid JSON ({exc})") from exc
     return Summary.from_dict(data, path)
@@ -243,7 +241,6 @@ def file_disagreements(folder: Path, summary: Summary, checkpoint_sha256: bool =
     if not summary.finished or not summary.files:
         return []
     folder = Path(folder)
-    expected = summary.files
     try:
         found = file_record(folder, checkpoint_sha256)
     except FileNotFoundError as exc:
@@ -251,7 +248,7 @@ def file_disagreements(folder: Path, summary: Summary, checkpoint_sha256: bool =
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
         return [f"{folder / METRICS}: unreadable ({exc})"]
     problems = []
-    for name, record in expected.items():
+    for name, record in summary.files.items():
         for key, value in record.items():
             have = found.get(name, {}).get(key, value)  # a value not computed (the checkpoint's SHA) is not compared
             if have != value:

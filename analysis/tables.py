@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -30,7 +30,7 @@ from analysis.labels import (
 )
 from analysis.matching import mean_interval
 from analysis.metrics import Metric
-from analysis.pairs import MIN_SEEDS, Interval, ablation_variants, interval, loss_key, n_seeds, not_reached_text
+from analysis.pairs import MIN_SEEDS, Interval, ablation_cells, interval, loss_key, n_seeds, not_reached_text
 from analysis.papers import PAPER_NUMBERS, PAPER_SOURCES
 from analysis.results import Results
 from analysis.run_record import LossKey
@@ -85,9 +85,12 @@ def main_pairs(summary: pd.DataFrame, kind: str) -> dict[tuple[str, LossKey, str
     }
 
 
-def _rows(results: Results, keys: Iterable[tuple[str, LossKey]]) -> list[tuple[str, LossKey]]:
-    settings = results.settings
-    return sorted(set(keys), key=lambda sk: (settings.index(sk[0]), loss_rank(sk[1])))
+def _by_loss(results: Results, found: dict) -> tuple[list[str], list[tuple[str, LossKey, list[dict | None]]]]:
+    """The variants of `found` (`main_pairs`) in arm order, and per setting and loss, in table order, each variant's
+    summary row (None where it has none)."""
+    settings, variants = results.settings, sorted({v for _, _, v in found}, key=arm_rank)
+    keys = sorted({(s, k) for s, k, _ in found}, key=lambda sk: (settings.index(sk[0]), loss_rank(sk[1])))
+    return variants, [(s, k, [found.get((s, k, v)) for v in variants]) for s, k in keys]
 
 
 def match_table(
@@ -100,7 +103,7 @@ def match_table(
     found = {k: v for k, v in main_pairs(summary, kind).items() if is_twin(k[2]) == twins}
     if not found:
         return f"No finished {'twin' if twins else 'sparse'}/dense pair has a {kind} loss."
-    variants = sorted({v for _, _, v in found}, key=arm_rank)
+    variants, by_loss = _by_loss(results, found)
     paper_arms = [v for v in variants if papers and any(arm == v for arm, _, _ in PAPER_NUMBERS)]
     header = ["setting", "loss", "unit"]
     for v in variants:
@@ -111,39 +114,39 @@ def match_table(
         ]
     header += [f"{arm_label(a)} (paper)" for a in paper_arms]
     rows = []
-    for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
+    for setting, key, aggs in by_loss:
         primary = key.valset in ("val", "") and not key.source
         papers = [PAPER_NUMBERS.get((a, setting, key.modality)) if primary else None for a in paper_arms]
         cells = [setting, loss_label(key), loss_unit(setting, key.modality)]
-        for v in variants:
-            agg = found.get((setting, key, v))
+        for agg in aggs:
             cells += [gap_cell(agg), fraction_cell(agg), _flags(agg)]
         cells += ["" if p is None else f"{p.value} at {p.scale} [{p.source}]" for p in papers]
         rows.append(cells)
     return markdown_table(header, rows)
 
 
-def null_rate(summary: pd.DataFrame) -> tuple[int, int, int]:
-    """The twins' null control over a report: (cells with a verdict, of them "better" or "worse" from the unadjusted
-    interval, of them significant after Holm's adjustment)."""
-    rows = [r for r in summary.to_dict("records") if is_twin(r["variant"]) and r["verdict"] in VERDICTS]
-    positive = [r for r in rows if r["verdict"] != "no significant difference"]
-    return len(rows), len(positive), sum(1 for r in positive if _holm_significant(r))
-
-
 VERDICTS = ("better", "worse", "no significant difference")
 
 
-def _holm_significant(agg: dict) -> bool:
-    p = agg.get("loss_gap_p_holm")
-    return p is not None and not pd.isna(p) and p < 0.05
+def _tests(summary: pd.DataFrame, twins: bool) -> tuple[list[dict], list[dict], list[dict]]:
+    """The twins' (or the other variants') summary rows with a verdict, those of them that say "better" or "worse"
+    from the unadjusted interval, and those of these that stay significant after Holm's adjustment."""
+    rows = [r for r in summary.to_dict("records") if r["verdict"] in VERDICTS and is_twin(r["variant"]) == twins]
+    positive = [r for r in rows if r["verdict"] != "no significant difference"]
+    kept = [r for r in positive if not pd.isna(r.get("loss_gap_p_holm")) and r["loss_gap_p_holm"] < 0.05]
+    return rows, positive, kept
+
+
+def null_rate(summary: pd.DataFrame) -> tuple[int, int, int]:
+    """The twins' null control over a report: (cells with a verdict, of them "better" or "worse" from the unadjusted
+    interval, of them significant after Holm's adjustment)."""
+    rows, positive, kept = _tests(summary, twins=True)
+    return len(rows), len(positive), len(kept)
 
 
 def multiplicity_text(summary: pd.DataFrame) -> str:
     """How many tests the report's verdicts make and what Holm's adjustment leaves of them."""
-    rows = [r for r in summary.to_dict("records") if r["verdict"] in VERDICTS and not is_twin(r["variant"])]
-    positive = [r for r in rows if r["verdict"] != "no significant difference"]
-    kept = [r for r in positive if _holm_significant(r)]
+    rows, positive, kept = _tests(summary, twins=False)
     named = "; ".join(
         f"{r['setting']} {loss_label(loss_key(r))}, {KIND_WORDS[r['kind']]} loss, {pair_label(r['variant'])} "
         f"({r['verdict']})"
@@ -198,13 +201,12 @@ def metric_table(results: Results, summary: pd.DataFrame, metric: Metric) -> str
     found = main_pairs(summary, "val")
     if not found:
         return "No finished sparse/dense pair."
-    variants = sorted({v for _, _, v in found}, key=arm_rank)
+    variants, by_loss = _by_loss(results, found)
     unit = metric.in_loss_unit
     rows = []
-    for setting, key in _rows(results, ((s, k) for s, k, _ in found)):
+    for setting, key, aggs in by_loss:
         cells = []
-        for v in variants:
-            agg = found.get((setting, key, v))
+        for agg in aggs:
             if agg is None:
                 cells.append("–")
             elif metric.needs_reach and interval(agg, "fraction") is None:
@@ -218,15 +220,10 @@ def metric_table(results: Results, summary: pd.DataFrame, metric: Metric) -> str
 
 def ablation_table(results: Results, summary: pd.DataFrame, finals: pd.DataFrame) -> str:
     """Every variant of the ablation arm against its dense arm: FLOPs-to-match and final loss per modality."""
-    setting, variants = results.meta.ablation_setting, ablation_variants(results)
+    setting = results.meta.ablation_setting
+    variants, found = ablation_cells(results, summary)
     if not setting or not variants:
         return "No ablation in this comparison (meta.ablation_setting is not set)."
-    rows = summary.to_dict("records")
-    found = {
-        (r["variant"], r["modality"]): r
-        for r in rows
-        if (r["setting"], r["kind"], r["valset"], r["source"]) == (setting, "val", "val", "")
-    }
     final_values = _finals(finals)
     dense = dense_partner(results.meta.ablation_arm)
     modalities = sorted(
@@ -238,22 +235,21 @@ def ablation_table(results: Results, summary: pd.DataFrame, finals: pd.DataFrame
         values = final_values.get((setting, LossKey("val", "val", modality), variant))
         return "–" if not values else with_interval(mean_interval(values), len(values), "{:.4f}".format)
 
-    statuses = defaultdict(list)
-    for r in results.runs[results.runs["setting"] == setting].itertuples():
-        statuses[r.variant].append(r.status)
+    runs = results.runs[results.runs["setting"] == setting]
+    statuses = {variant: ", ".join(sorted(set(group["status"]))) for variant, group in runs.groupby("variant")}
     table = [
         [
             f"{label} (`{variant}`)",
             *[fraction_cell(found.get((variant, m))) for m in modalities],
             *[final(variant, m) for m in modalities],
-            ", ".join(sorted(set(statuses[variant]))),
+            statuses.get(variant, ""),
         ]
         for variant, label in variants
     ]
     table.append(
         [f"none: dense {arm_label(dense)} (`{dense}`)", *["100% (baseline)"] * len(modalities)]
         + [final(dense, m) for m in modalities]
-        + [", ".join(sorted(set(statuses[dense]))) or "not run"]
+        + [statuses.get(dense) or "not run"]
     )
     header = ["decoupled", *[f"FLOPs-to-match {m}" for m in modalities], *[f"final {m} loss" for m in modalities]]
     return markdown_table([*header, "status"], table)
@@ -271,14 +267,13 @@ def runs_table(results: Results) -> str:
         counted, analytic = getattr(r, "flops_per_token", None), getattr(r, "flops_per_token_analytic", None)
         ratio = f"{analytic / counted:.4f}" if counted and analytic and not pd.isna(counted) else "–"
         finished = r.status == "finished"
-        steps = getattr(r, "steps", None)
         rows.append(
             [
                 r.setting,
                 r.variant,
                 str(r.seed),
                 r.status if finished else f"**{r.status}**",
-                "–" if steps is None or pd.isna(steps) else str(int(steps)),
+                _number(r, "steps", ".0f"),
                 _number(r, "params_total", ".3f", 1e6),
                 _number(r, "params_active", ".3f", 1e6),
                 _number(r, "flops_per_token", ".4g"),
@@ -328,12 +323,10 @@ def _joined(items: list[str]) -> str:
 
 
 def _loss_gap_text(agg: dict, setting: str) -> str:
-    gap, unit = interval(agg, "loss_gap"), loss_unit(setting, agg["modality"])
+    gap = interval(agg, "loss_gap")
     if gap is None:
         return "no loss at equal FLOPs (the sparse run is shorter)"
-    if n_seeds(agg) == 1:
-        return f"{gap[0]:+.3f} {unit} at equal FLOPs"
-    return f"{gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}] {unit} at equal FLOPs"
+    return f"{with_interval(gap, n_seeds(agg), '{:+.3f}'.format)} {loss_unit(setting, agg['modality'])} at equal FLOPs"
 
 
 def _verdict(setting: str, aggs: list[dict]) -> str:

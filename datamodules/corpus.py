@@ -37,6 +37,18 @@ class Ragged:
         return int(self.offsets[-1])
 
 
+def save_ragged(path: Path, arrays: dict[str, Ragged]) -> None:
+    """Named ragged arrays into one .npz, each as `<name>_values` and `<name>_offsets`."""
+    np.savez(path, **{f"{n}_{part}": getattr(r, part) for n, r in arrays.items() for part in ("values", "offsets")})
+
+
+def load_ragged(path: Path) -> dict[str, Ragged]:
+    """The arrays `save_ragged` wrote, by name."""
+    with np.load(path) as z:
+        names = [n[: -len("_values")] for n in z.files if n.endswith("_values")]
+        return {n: Ragged(z[f"{n}_values"], z[f"{n}_offsets"]) for n in names}
+
+
 @dataclass
 class ImageSource:
     """One image source, encoded: uint8 images, caption ids, VQ codes, and its fitted VQ and normaliser."""
@@ -75,12 +87,7 @@ def load_corpus(folder: str | Path) -> Corpus:
     """Read a prepared corpus back (the folder was verified by prepare_corpus)."""
     folder = Path(folder)
     card = json.loads((folder / "card.json").read_text())
-    with np.load(folder / "ragged.npz") as z:
-        ragged = {
-            n[: -len("_values")]: Ragged(z[n], z[n[: -len("_values")] + "_offsets"])
-            for n in z.files
-            if n.endswith("_values")
-        }
+    ragged = load_ragged(folder / "ragged.npz")
     images = []
     for k in range(len(card["images"])):
         with np.load(folder / f"image{k}.npz") as z:

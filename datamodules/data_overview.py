@@ -18,6 +18,7 @@ joint ids of one image back into pixels.
 from __future__ import annotations
 
 import argparse
+import itertools
 import textwrap
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from datamodules.prepare import prepare_corpus
 from datamodules.settings import SETTINGS
 from datamodules.speech import EspeakSynth
 from datamodules.units import SpeechUnits, log_mel, merge_repeats
-from datamodules.vocab import IMAGE, PAD, SPECIAL_TOKENS, SPEECH, JointVocab
+from datamodules.vocab import MODALITY_NAMES, PAD, SPECIAL_TOKENS, SPEECH, JointVocab
 
 FONT = 8.5  # points, for the decoded sequences
 CHAR_W = 0.602 * FONT  # DejaVu Sans Mono advance width
@@ -50,11 +51,8 @@ SPECIAL_COLOUR = "#127a2e"
 
 def image_code_ranges(corpus: Corpus, vocab: JointVocab) -> list[tuple[int, int]]:
     """[start, end) joint-id range of each image source's codes (sources are laid out in corpus order)."""
-    ranges, start = [], vocab.image_offset
-    for src in corpus.images:
-        ranges.append((start, start + src.vq.codebook_size))
-        start += src.vq.codebook_size
-    return ranges
+    sizes = (src.vq.codebook_size for src in corpus.images)
+    return list(itertools.pairwise(itertools.accumulate(sizes, initial=vocab.image_offset)))
 
 
 def decode_image_span(corpus: Corpus, vocab: JointVocab, ids: np.ndarray) -> tuple[int, np.ndarray]:
@@ -90,13 +88,9 @@ def split_segments(ids: np.ndarray, vocab: JointVocab) -> list[Segment]:
     n_real = len(ids)
     while n_real and ids[n_real - 1] == PAD:
         n_real -= 1
-    kinds = {0: "text", IMAGE: "image", SPEECH: "speech"}
-    modality = vocab.modality_of(ids[:n_real])
-    segments, start = [], 0
-    for i in range(1, n_real + 1):
-        if i == n_real or modality[i] != modality[start]:
-            segments.append(Segment(kinds[int(modality[start])], ids[start:i]))
-            start = i
+    real = ids[:n_real]
+    runs = np.split(real, np.flatnonzero(np.diff(vocab.modality_of(real))) + 1) if n_real else []
+    segments = [Segment(MODALITY_NAMES[vocab.modality_of(run[0])], run) for run in runs]
     if n_real < len(ids):
         segments.append(Segment("pad", ids[n_real:]))
     return segments
@@ -177,8 +171,7 @@ def _draw_sequence(ax, items: list[_Item], n_units: int) -> None:
     placed, height = _flow(items, STRIP_W)
     ax.set_xlim(0, STRIP_W)
     ax.set_ylim(height, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     cmap = plt.get_cmap("turbo", max(n_units, 2))
     for it, x, bottom in placed:
         if it.kind in ("text", "special"):
@@ -193,10 +186,6 @@ def _draw_sequence(ax, items: list[_Item], n_units: int) -> None:
             cells = np.asarray(it.payload)[None]
             ax.imshow(cells, cmap=cmap, vmin=0, vmax=max(n_units - 1, 1), aspect="auto", interpolation="nearest",
                       extent=(x, x + it.width, bottom - 1, bottom - it.height + 1))  # fmt: skip
-
-
-def _sequence_height(items: list[_Item]) -> float:
-    return _flow(items, STRIP_W)[1]
 
 
 def pick_sequences(ids: np.ndarray, vocab: JointVocab, corpus: Corpus, n: int = 4) -> list[int]:
@@ -261,15 +250,13 @@ def render_data_overview(dm, out_path: str | Path, n_images: int = 8, n_sequence
     rows = dm.train_set.packed.ids
     chosen = pick_sequences(rows, vocab, c, n_sequences)
     seq_items = [_sequence_items(rows[i], c, vocab) for i in chosen]
-    seq_heights = [_sequence_height(items) for items in seq_items]
 
-    fig_w, margin = FIG_W, MARGIN  # inches
-    img_h = 1.3 * 2 * len(c.images)
+    img_h = 1.3 * 2 * len(c.images)  # inches
     speech_h = 4.0 if units_model is not None else 0.0
-    seq_h = [h / 72.0 for h in seq_heights]  # drawn in points, one data unit = one point
+    seq_h = [_flow(items, STRIP_W)[1] / 72.0 for items in seq_items]  # drawn in points, one data unit = one point
     title_h, gap = 0.85, 0.5
     fig_h = title_h + img_h + gap + (speech_h + gap if speech_h else 0) + sum(h + gap for h in seq_h)
-    fig = plt.figure(figsize=(fig_w, fig_h))
+    fig = plt.figure(figsize=(FIG_W, fig_h))
     fig.suptitle(f"Data overview: {dm.setting}, seq_len {dm.seq_len}, joint vocab {vocab.size} (text {vocab.text_size}"
                  f", image {vocab.image_size}, speech {vocab.speech_size})", fontsize=13, weight="bold",
                  y=1 - 0.15 / fig_h)  # fmt: skip
@@ -278,7 +265,7 @@ def render_data_overview(dm, out_path: str | Path, n_images: int = 8, n_sequence
     def block(height: float) -> dict:
         """GridSpec keyword arguments for the next block of `height` inches."""
         nonlocal top
-        rect = {"left": margin / fig_w, "right": 1 - MARGIN_R / fig_w, "top": top / fig_h,
+        rect = {"left": MARGIN / FIG_W, "right": 1 - MARGIN_R / FIG_W, "top": top / fig_h,
                 "bottom": (top - height) / fig_h}  # fmt: skip
         top -= height + gap
         return rect
@@ -294,8 +281,7 @@ def render_data_overview(dm, out_path: str | Path, n_images: int = 8, n_sequence
                 ax = fig.add_subplot(grid[2 * k + r, j])
                 ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
                           interpolation="nearest")  # fmt: skip
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.set(xticks=[], yticks=[])
                 if r == 0:
                     caption = c.tokenizer.decode(list(src.captions[i]))
                     ax.set_title("\n".join(textwrap.wrap(caption, 22)[:2]), fontsize=8)

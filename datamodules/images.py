@@ -10,7 +10,6 @@ Images are float32 in [0, 1] with layout (N, H, W, C): N images, H×W pixels, C 
 from __future__ import annotations
 
 import gzip
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import numpy as np
 
 from common.hashing import stable_fraction
 from datamodules.errors import SourceUnavailable
-from datamodules.patches import PatchVQ
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
@@ -186,9 +184,8 @@ def _render_emoji(font, text: str, size: int) -> np.ndarray | None:
 def load_emoji(size: int = 32, skin_tones: bool = False, font_path: str | Path = EMOJI_FONT) -> ImageSet:
     """Renders the fully-qualified emoji with Noto Color Emoji, captioned with their CLDR names.
 
-    About 1,900 images without skin-tone variants (3,880 with them), (size, size, 3) RGB on white, in about 1.3 s.
-    Emoji the font cannot draw (newer than its Emoji 15 data) come out blank and are dropped. About 10% go to val,
-    chosen by a stable hash of the rendered picture.
+    Images are (size, size, 3) RGB on white. Emoji the font cannot draw (newer than its Emoji 15 data) come out blank
+    and are dropped. About 10% go to val, chosen by a stable hash of the rendered picture.
 
     Args:
         size: output side in pixels.
@@ -237,27 +234,3 @@ def load_digits_images() -> ImageSet:
     captions = _template_captions(digits.target, DIGIT_WORDS, DIGIT_TEMPLATES, seed=0)
     split = np.where(np.arange(len(pixels)) % 10 == 0, "val", "train")
     return ImageSet(pixels, captions, split, "digits")
-
-
-def _timings() -> None:
-    """Prints load, render and fit times and the VQ error (``python -m datamodules.images``)."""
-    t = time.perf_counter()
-    fm = load_fashion_mnist()
-    print(f"fashion-mnist: {fm.images.shape} in {time.perf_counter() - t:.2f} s")
-    t = time.perf_counter()
-    em = load_emoji()
-    n_val = int((em.split == "val").sum())
-    print(f"emoji: {em.images.shape} ({n_val} val) in {time.perf_counter() - t:.2f} s")
-    for data, n_fit in ((fm, 20_000), (em, None)):
-        train, val = data.select("train"), data.select("val")
-        t = time.perf_counter()
-        vq = PatchVQ.fit(train.images[:n_fit], patch=4, codebook_size=256)
-        fit_s = time.perf_counter() - t
-        print(
-            f"{data.source} VQ K=256 p=4: fit {fit_s:.1f} s, val MSE {vq.reconstruction_mse(val.images):.4f}, "
-            f"pixel variance {val.images.var():.4f}"
-        )
-
-
-if __name__ == "__main__":
-    _timings()

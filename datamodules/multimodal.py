@@ -92,12 +92,8 @@ class MultiModalDataModule(L.LightningDataModule):
             )
         self.save_hyperparameters()
         self.setting, self.seq_len, self.batch_size, self.seed = setting, seq_len, batch_size, seed
-        self.val_sequences, self.text_ratio, self.caption_first, self.cache_dir = (
-            val_sequences,
-            text_ratio,
-            caption_first,
-            cache_dir,
-        )
+        self.val_sequences, self.text_ratio = val_sequences, text_ratio
+        self.caption_first, self.cache_dir = caption_first, cache_dir
         self.params = PrepareParams(
             text_vocab_size=text_vocab_size,
             image_patch=image_patch,
@@ -299,17 +295,17 @@ class MultiModalDataModule(L.LightningDataModule):
 
     def _patches(self, k: int, keep: np.ndarray, split: str) -> np.ndarray:
         """The normalised patches of image source k's images `keep` (N, n, P); the training split's are cached."""
-        src = self.corpus.images[k]
-        if split != "train":
-            return src.normalizer.encode(as_rgb(as_float(src.images[keep])))
         key = (str(self.corpus_folder), k)
-        if key not in _TRAIN_PATCHES:
+        if split == "train" and key in _TRAIN_PATCHES:
+            return _TRAIN_PATCHES[key]
+        src = self.corpus.images[k]
+        patches = src.normalizer.encode(as_rgb(as_float(src.images[keep])))
+        if split == "train":
             if len(_TRAIN_PATCHES) >= 8:  # another corpus (own data): keep the memory of a few
                 _TRAIN_PATCHES.clear()
-            patches = src.normalizer.encode(as_rgb(as_float(src.images[keep])))
             patches.setflags(write=False)  # shared by every later run of this process
             _TRAIN_PATCHES[key] = patches
-        return _TRAIN_PATCHES[key]
+        return patches
 
     def token_counts(self) -> torch.Tensor:
         """(vocab_size,) how often each id is an input position of the training set (the token-hash arms' loads)."""

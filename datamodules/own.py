@@ -209,7 +209,7 @@ def load_own_data(folder: str | Path) -> OwnData:
         except CorruptSource as exc:
             raise CorruptSource(f"{index}:{n}: {exc}") from None
     text_val = _assign([d for _, d in texts], "text", index)
-    if not any(not v for v in text_val) and not images:
+    if all(text_val) and not images:
         raise SourceUnavailable(f"own data: {index} holds no training documents")
     sets = []
     for shape, items in images.items():
@@ -218,17 +218,10 @@ def load_own_data(folder: str | Path) -> OwnData:
         split = np.array(["val" if v else "train" for v in val])
         sets.append(ImageSet(np.stack([i for i, _, _ in items]), [c for _, c, _ in items], split, name))
     speech_val = _assign([d for _, d in speech], "speech", index)
-    text = TextCorpus(
-        [t for (t, _), v in zip(texts, text_val, strict=True) if not v],
-        [t for (t, _), v in zip(texts, text_val, strict=True) if v],
-        [f"own data: {folder}"],
-        [],
-    )
-    utterances = [u for u, _ in speech]
-    return OwnData(
-        text,
-        sets,
-        [u for u, v in zip(utterances, speech_val, strict=True) if not v],
-        [u for u, v in zip(utterances, speech_val, strict=True) if v],
-        [f"own data: {folder}"],
-    )
+    text = TextCorpus(*_by_split([t for t, _ in texts], text_val), [f"own data: {folder}"], [])
+    return OwnData(text, sets, *_by_split([u for u, _ in speech], speech_val), [f"own data: {folder}"])
+
+
+def _by_split(items: list, val: list[bool]) -> tuple[list, list]:
+    """(the training items, the validation items), in their order."""
+    return [x for x, v in zip(items, val, strict=True) if not v], [x for x, v in zip(items, val, strict=True) if v]

@@ -129,15 +129,11 @@ class PatchVQ:
         max_fit_patches: int = 500_000,
         n_init: int = 1,
     ) -> PatchVQ:
-        """Fits the codebook with MiniBatchKMeans on training images (N, H, W, C).
+        """Fits a codebook of K = `codebook_size` entries with MiniBatchKMeans on training images (N, H, W, C).
 
-        Deterministic: the patch sample and k-means are both seeded, so two fits give the same codebook.
+        Deterministic: `seed` seeds both the patch sample and k-means, so two fits give the same codebook.
 
         Args:
-            images: training images.
-            patch: patch side p.
-            codebook_size: K.
-            seed: seeds the patch sample and k-means.
             max_fit_patches: fit on at most this many patches, a seeded random sample.
             n_init: k-means restarts (the best inertia wins).
         """

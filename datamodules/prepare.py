@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from datamodules import cache
-from datamodules.corpus import Ragged, SpeechSplit, format_card
+from datamodules.corpus import Ragged, format_card, load_ragged, save_ragged
 from datamodules.errors import DataMismatch, SourceUnavailable
 from datamodules.images import load_digits_images, load_emoji, load_fashion_mnist
 from datamodules.own import OwnData, data_name, load_own_data
@@ -85,14 +85,6 @@ def _speech_texts(texts: list[str], seed: int) -> list[str]:
     return [texts[i] for i in order]
 
 
-def _encode_speech(units: SpeechUnits, utts: list[Utterance], tok, source: str) -> SpeechSplit:
-    return SpeechSplit(
-        Ragged.from_rows([np.array(tok.encode(u.text).ids) for u in utts]),
-        Ragged.from_rows([units.encode(u.audio, u.sample_rate) for u in utts]),
-        source,
-    )
-
-
 @dataclass
 class Found:
     """What a preparation step used and what it went without: the dataset card's sources and warnings."""
@@ -128,7 +120,7 @@ def _build(folder: Path, p: PrepareParams, base: Path | None) -> None:
             splits, units, speech_found = _speech(p, loaded)
             times["speech_s"] = time.perf_counter() - t
     found += speech_found
-    card = {"sources": found.sources, "warnings": found.warnings, "params": _params_dict(p)} | {
+    card = {"sources": found.sources, "warnings": found.warnings, "params": asdict(p)} | {
         k: v for k, v in card.items() if k not in ("sources", "warnings", "params")
     }
     if splits is not None:
@@ -136,10 +128,7 @@ def _build(folder: Path, p: PrepareParams, base: Path | None) -> None:
         speech_arrays, card["speech"] = _build_speech(folder, p, splits, units, tok)
         arrays |= speech_arrays
         times["speech_encoding_s"] = time.perf_counter() - t
-    np.savez(
-        folder / "ragged.npz",
-        **{f"{n}_{part}": getattr(r, part) for n, r in arrays.items() for part in ("values", "offsets")},
-    )
+    save_ragged(folder / "ragged.npz", arrays)
     card["build_time_s"] = {**times, "total_s": time.perf_counter() - start}
     (folder / "card.json").write_text(json.dumps(card, indent=1, default=float))
 
@@ -166,12 +155,9 @@ def _image_text_from(source: Path, folder: Path) -> tuple[object, dict[str, Ragg
     caption arrays, its card without the build times)."""
     for name in ["tokenizer.json", *(f.name for f in sorted(source.glob("image*.npz")))]:
         shutil.copyfile(source / name, folder / name)
-    with np.load(source / "ragged.npz") as z:
-        names = [n[: -len("_values")] for n in z.files if n.endswith("_values")]
-        arrays = {n: Ragged(z[f"{n}_values"], z[f"{n}_offsets"]) for n in names}
     card = json.loads((source / "card.json").read_text())
     card.pop("build_time_s", None)
-    return load_tokenizer(folder / "tokenizer.json"), arrays, card
+    return load_tokenizer(folder / "tokenizer.json"), load_ragged(source / "ragged.npz"), card
 
 
 def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData):
@@ -263,20 +249,16 @@ def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utteran
     np.savez(folder / "speech_units.npz", **units.state())
     arrays, info = {}, {"units": p.speech_units}
     for name, utts in splits.items():
-        split = _encode_speech(units, utts, tok, utts[0].source if utts else "")
-        arrays[f"{name}_transcripts"], arrays[f"{name}_units"] = split.transcripts, split.units
+        arrays[f"{name}_transcripts"] = Ragged.from_rows([np.array(tok.encode(u.text).ids) for u in utts])
+        arrays[f"{name}_units"] = encoded = Ragged.from_rows([units.encode(u.audio, u.sample_rate) for u in utts])
         seconds = sum(u.duration for u in utts)
         info[name] = {
             "utterances": len(utts),
             "minutes": seconds / 60,
-            "units": split.units.total(),
-            "units_per_second": split.units.total() / max(seconds, 1e-9),
+            "units": encoded.total(),
+            "units_per_second": encoded.total() / max(seconds, 1e-9),
         }
     return arrays, info
-
-
-def _params_dict(p: PrepareParams) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()}
 
 
 def prepare_corpus(p: PrepareParams, cache_root: str | Path, verbose: bool = True) -> Path:
@@ -300,7 +282,7 @@ def _prepare(p: PrepareParams, cache_root: Path, base: Path | None, verbose: boo
             raise DataMismatch(f"{data_name(p.own_data)}: {exc}") if p.own_data else exc from None
         built.append(True)
 
-    folder, _ = cache.build_or_load(cache_root, {"corpus": _params_dict(p)}, build)
+    folder, _ = cache.build_or_load(cache_root, {"corpus": asdict(p)}, build)
     if built and verbose:
         print(format_card(json.loads((folder / "card.json").read_text())))
     return folder

@@ -13,6 +13,7 @@ BPE tokenizer on any iterable of texts.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import warnings
@@ -152,16 +153,8 @@ def _title_case(title: str) -> str:
 
 def _paragraphs(lines: Iterable[str]) -> list[str]:
     """Join runs of non-empty lines into paragraphs, collapsing all whitespace to single spaces."""
-    paragraphs, current = [], []
-    for line in lines:
-        if line.strip():
-            current.append(line)
-        elif current:
-            paragraphs.append(" ".join(" ".join(current).split()))
-            current = []
-    if current:
-        paragraphs.append(" ".join(" ".join(current).split()))
-    return paragraphs
+    runs = itertools.groupby(lines, key=lambda line: bool(line.strip()))
+    return [" ".join(" ".join(run).split()) for non_empty, run in runs if non_empty]
 
 
 def load_austen_lines(root: Path | None = None) -> dict[str, list[str]]:
@@ -226,14 +219,12 @@ def load_fortunes(root: str | Path = FORTUNES_ROOT) -> list[str]:
         )
     if not files:
         raise SourceUnavailable(f"no fortune files in {root}; {_INSTALL_FORTUNES}")
-    items = []
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for entry in re.split(r"^%[ \t]*$", text, flags=re.MULTILINE):
-            entry = entry.strip()
-            if entry:
-                items.append(entry)
-    return items
+    entries = (
+        entry.strip()
+        for path in files
+        for entry in re.split(r"^%[ \t]*$", path.read_text(encoding="utf-8", errors="replace"), flags=re.MULTILINE)
+    )
+    return [entry for entry in entries if entry]
 
 
 def load_python_docs() -> list[str]:

@@ -21,6 +21,7 @@ from datamodules.errors import DataMismatch
 from datamodules.speech import Utterance
 
 HOP_MS, WIN_MS = 10, 25  # log-mel frame step and window: a frame per 10 ms, each over 25 ms of audio
+_SETTINGS = ("n_units", "n_mels", "context", "seed", "max_frames")  # what SpeechUnits.state() saves besides centroids
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Features
@@ -57,7 +58,7 @@ def log_mel(
     win_ms: float = WIN_MS,
     target_rate: int = 16000,
 ) -> np.ndarray:
-    """Log-mel spectrogram with numpy/scipy (0.9994 correlation with librosa on the same settings).
+    """Log-mel spectrogram with numpy/scipy.
 
     The audio is resampled to `target_rate` so 8 kHz and 22.05 kHz sources share one filterbank. Frames are not
     centred: frame t covers samples [t·hop, t·hop + win), so there are 1 + (S - win) // hop frames (at least 1;
@@ -65,8 +66,6 @@ def log_mel(
 
     Args:
         audio: (S,) mono waveform.
-        sample_rate: Its sample rate.
-        n_mels: Number of mel bands.
         hop_ms: Frame step in milliseconds.
         win_ms: Hann window length in milliseconds.
         target_rate: Rate the features are computed at.
@@ -107,8 +106,7 @@ class SpeechUnits:
     """Discrete speech units: k-means over context-stacked log-mels, a network-free stand-in for HuBERT units.
 
     Features per frame: 40 log-mels, normalised per utterance (CMVN, which removes level and channel differences),
-    with ±2 neighbouring frames stacked into one 200-dim vector. It was measured as the variant whose units
-    agree best across voices. Units are not speaker-invariant; expect about 37–43 units per second after merging.
+    with ±2 neighbouring frames stacked into one 200-dim vector. Units are not speaker-invariant.
 
     Args:
         n_units: Codebook size K (the datamodule's `speech_units`); the fit needs at least K frames.
@@ -173,22 +171,16 @@ class SpeechUnits:
         """(N,) int64 units with consecutive duplicates merged."""
         return merge_repeats(self.encode_frames(audio, sample_rate))
 
-    def units_per_second(self, utterances: Sequence[Utterance]) -> float:
-        """Merged units per second of audio over `utterances`."""
-        n_units = sum(len(self.encode(u.audio, u.sample_rate)) for u in utterances)
-        return n_units / sum(u.duration for u in utterances)
-
     def state(self) -> dict[str, np.ndarray]:
         """The fitted codebook and settings as plain numpy arrays (for `np.savez` caching)."""
         if self.centroids is None:
             raise RuntimeError("SpeechUnits is not fitted")
-        settings = {k: np.asarray(getattr(self, k)) for k in ("n_units", "n_mels", "context", "seed", "max_frames")}
+        settings = {k: np.asarray(getattr(self, k)) for k in _SETTINGS}
         return {**settings, "centroids": self.centroids}
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> SpeechUnits:
         """Rebuild a fitted `SpeechUnits` from `state()`."""
-        settings = {k: int(state[k]) for k in ("n_units", "n_mels", "context", "seed", "max_frames")}
-        units = cls(**settings)
+        units = cls(**{k: int(state[k]) for k in _SETTINGS})
         units.centroids = np.asarray(state["centroids"], dtype=np.float32)
         return units

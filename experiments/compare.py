@@ -18,15 +18,12 @@ every number of the report means is in docs/design.md.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from analysis.report import write_report
@@ -35,6 +32,7 @@ from common.files import write_json
 from datamodules.errors import DATA_ERRORS
 from experiments.compare_cli import build_parser, plan_comparison
 from experiments.plan import Comparison, RunSpec
+from experiments.run import versions
 from experiments.sample import ReportSample, draw_report_sample, write_comparison_samples
 from experiments.store import DiskFull, disk_full, is_locked, run_lock
 from experiments.workers import silence_lightning, train
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         ablation_arm=args.ablation_arm,
         recipe=c.meta_recipe,
         command="python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        versions={"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
+        versions=versions(),
         other={"parallel": c.parallel, "threads_per_run": c.threads, "root": str(c.root)},
     )
     refs = [
@@ -94,11 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 def results_lock(out: Path):
     """The results folder's lock, held for the whole command: a second compare.py on the same folder waits, then
     finds the runs the first one finished."""
-
-    def waiting() -> None:
-        print(f"compare.py: another process is writing {out}; waiting for it to end", flush=True)
-
-    return run_lock(out, wait=True, waiting=waiting)
+    waiting = f"compare.py: another process is writing {out}; waiting for it to end"
+    return run_lock(out, wait=True, waiting=lambda: print(waiting, flush=True))
 
 
 def run_comparison(c: Comparison, meta: ComparisonMeta, refs: list[dict], main_process: bool, started: float,

@@ -69,20 +69,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--ablation-arm", default=ComparisonMeta.ablation_arm, help="the sparse arm whose parts the ablation varies"
     )
-    parser.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a MultiModalDataModule argument for every run (repeatable)",
-    )
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a ModelConfig field for every run, e.g. d_model=256 (repeatable)",
-    )
+    for flag, help_text in (
+        ("--data", "override a MultiModalDataModule argument for every run (repeatable)"),
+        ("--model", "override a ModelConfig field for every run, e.g. d_model=256 (repeatable)"),
+    ):
+        parser.add_argument(flag, action="append", default=[], metavar="KEY=VALUE", help=help_text)
     parser.add_argument("--root", default="runs", help="where run folders live (default runs/)")
     parser.add_argument(
         "--out",
@@ -173,16 +164,8 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
         )
     seeds = parse_seeds(str(recipe.seeds) if args.seeds is None else args.seeds)
     parallel, threads = schedule(args.parallel, args.accelerator, devices, args.strategy)
-    trainer = {
-        k: v
-        for k, v in (
-            ("accelerator", args.accelerator),
-            ("devices", devices),
-            ("num_nodes", args.num_nodes),
-            ("strategy", args.strategy),
-        )
-        if v is not None
-    }
+    given = dict(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy)
+    trainer = {k: v for k, v in given.items() if v is not None}
     check_trainer(trainer | recipe.trainer())
     for setting in settings:  # the classes' own checks, on the values every run will get
         try:

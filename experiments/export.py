@@ -29,7 +29,6 @@ from models.lm import MultiModalLM
 
 OWN_FORMAT = "mixture-of-mamba-suite"
 
-
 TRUST_HELP = (
     "load the checkpoint even if it is not the file the run wrote or holds pickled objects a run's checkpoint never "
     "holds: only for a file whose origin you trust, as code in it runs (without it, such a file is refused unloaded)"
@@ -92,14 +91,13 @@ def hf_mamba_config(cfg: ModelConfig):
 
 def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
     """A dense Mamba model as a Hugging Face MambaForCausalLM folder; the keys map by prefix."""
-    cfg = model.cfg
     try:
         from transformers import MambaForCausalLM
     except ImportError as exc:
         raise ExportError(f"the Hugging Face export needs transformers ({exc}); pip install transformers") from None
     state = {("lm_head.weight" if k == "lm_head.weight" else f"backbone.{k}"): v for k, v in model.state_dict().items()}
     state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")
-    hf = MambaForCausalLM(hf_mamba_config(cfg))
+    hf = MambaForCausalLM(hf_mamba_config(model.cfg))
     hf.load_state_dict(state, strict=True)
     hf.save_pretrained(out)
     return out

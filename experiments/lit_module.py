@@ -109,12 +109,8 @@ class LitMultiModalLM(L.LightningModule):
             out.logits, batch, self.cfg.n_modalities, out.patch_pred, weight, positions, image_sources
         )
 
-    def _positions(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Positions that each modality's loss averages over in this batch (targets; patches for Transfusion)."""
-        return loss_positions(batch, self.cfg.n_modalities)
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        positions = self._positions(batch)
+        positions = loss_positions(batch, self.cfg.n_modalities)
         tokens = torch.bincount(batch["modality_ids"].flatten(), minlength=self.cfg.n_modalities)
         world = self._trainer.world_size if self._trainer is not None else 1
         if world > 1:
@@ -132,9 +128,8 @@ class LitMultiModalLM(L.LightningModule):
         if world > 1:  # the ranks' shares average to the global batch's losses; a NaN on any rank reaches them all
             logged = self.trainer.strategy.reduce(logged, reduce_op="mean")
         for name, value in zip(names, logged, strict=True):
-            if not torch.isfinite(value):
+            if not torch.isfinite(value):  # the step's row is never written: the run fails here
                 raise NonFiniteLoss(f"non-finite training loss at step {self.global_step}: {name} = {value.item()}")
-        for name, value in zip(names, logged, strict=True):
             metric = TRAIN_LOSS if name == "loss" else loss_name(LossKey("train", "", name.removeprefix("loss_")))
             self.log_step(metric, value)
         self.tokens_seen += tokens
@@ -147,9 +142,8 @@ class LitMultiModalLM(L.LightningModule):
     def log_step(self, name: str, value: Tensor | float) -> None:
         """Log a training-step scalar: the step's values go to the loggers in one row at the end of the batch.
 
-        Lightning's `self.log` costs about 0.7 ms a call on the CPU (its result collection moves every logged value
-        to the device, call by call); a dozen scalars a step were 5% of a tiny step. Callbacks add theirs in their
-        own on_train_batch_end, which runs before this module's.
+        Lightning's `self.log` moves every logged value to the device, call by call, which is slow on the CPU for a
+        dozen scalars a step. Callbacks add theirs in their own on_train_batch_end, which runs before this module's.
         """
         self._step_row[name] = value
 

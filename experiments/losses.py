@@ -46,9 +46,8 @@ def _source_positions(batch: dict[str, Tensor], k: int) -> Tensor:
 def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """(B, L) next-token cross-entropy of (B, L, V) logits, in at least float32; 0 where the target is IGNORE.
 
-    On the CPU the compiled kernel computes it (models/cpu_kernels.py; 1.8x torch's speed on float32 logits, 3.2x on
-    bf16 logits, which it reads without a float32 copy: benchmarks/README.md, "Precision"); elsewhere, or without the
-    kernel, torch's cross-entropy of the upcast logits.
+    On the CPU the compiled kernel computes it (models/cpu_kernels.py: faster than torch, and it reads bf16 logits
+    without a float32 copy); elsewhere, or without the kernel, torch's cross-entropy of the upcast logits.
     """
     if logits.device.type == "cpu" and cpu_kernels.available():
         return cpu_kernels.cross_entropy(logits, targets, IGNORE)

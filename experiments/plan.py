@@ -140,7 +140,7 @@ class Comparison:
         return {setting: list(found) for setting, found in notes.items()}
 
     def status(self, spec: RunSpec) -> str | None:
-        """The run's status; "damaged" for a finished run whose files disagree with its summary (`damage`)."""
+        """The run's status; "damaged" for a finished run whose files disagree with its summary (`damaged`)."""
         summary = read_summary(self.folder(spec))
         if summary is None:
             return None

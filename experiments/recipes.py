@@ -59,23 +59,15 @@ class Recipe:
         return {name: getattr(self, name) for name in self.TRAINER}
 
     def as_dict(self) -> dict:
-        return {
-            "max_steps": self.max_steps,
-            "val_every": self.val_every,
-            **self.data(),
-            **self.module(),
-            **self.trainer(),
-        }
+        return {"max_steps": self.max_steps, "val_every": self.val_every} | self.data() | self.module() | self.trainer()
 
 
-# tiny: the default CPU recipe. Its budget (3 settings x 4 arms, 1.23M training tokens per arm and setting over all
-# seeds) trains on 2 cores in about a quarter of an hour; of the splits of that budget between seeds and tokens that
-# were measured, 6 seeds of 200 steps of 4 x 256 tokens gave the narrowest loss-gap intervals with the dense curves
-# still falling at the end (benchmarks/power_splits.py, docs/statistics.md). 10 evaluations place the crossing (the
-# rule is exact within 1.5% at 10, tests/test_matching.py), and 32 validation sequences put the evaluation noise of a
-# loss gap below the seed noise (benchmarks/README.md, "Validation"). The peak learning rates are the dense arms'
-# own, each family's best of a sweep on the dense arms alone at this batch (benchmarks/lr_sweep.py,
-# docs/statistics.md); a sparse arm trains with its dense partner's. Speech utterances (~110 units) fit one sequence.
+# tiny: the default CPU recipe, a budget the whole matrix trains on two cores. Its split between seeds and tokens is
+# the one that gave the narrowest loss-gap intervals with the dense curves still falling at the end
+# (benchmarks/power_splits.py, docs/statistics.md); 10 evaluations place the crossing (tests/test_matching.py), and
+# 32 validation sequences put the evaluation noise of a loss gap below the seed noise (benchmarks/README.md,
+# "Validation"). The peak learning rates are each family's best on its dense arm alone at this batch
+# (benchmarks/lr_sweep.py), which its sparse arms share. Speech utterances (~110 units) fit one sequence.
 # Paper scales: Transfusion's published optimiser and sequences of 4096 (docs/papers.md); batch per device.
 _PAPER = Recipe(
     max_steps=250_000,

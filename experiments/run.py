@@ -47,7 +47,7 @@ from datamodules.vocab import PATCH
 from experiments.checkpoints import AtomicCheckpointIO, BatchOrder, RunCheckpoint
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss
 from experiments.recipes import RunRequest
-from experiments.store import MetricsLogger, disk_full, resume_point, run_lock
+from experiments.store import MetricsLogger, disk_full, move_aside, resume_point, run_lock
 
 
 class RunRecorder(L.Callback):
@@ -78,29 +78,27 @@ class RunRecorder(L.Callback):
         self.summary.wall_clock_s = time.perf_counter() - self.start_time
 
     def finish(self, trainer, lit, status: str, reason: str | None = None) -> None:
-        writer = trainer.is_global_zero  # DDP: every rank runs train_run; one of them writes the record
         s = self.summary
-        s.status, s.reason, s.wall_clock_s, s.steps = (
-            status,
-            reason,
-            time.perf_counter() - self.start_time,
-            trainer.global_step,
-        )
+        s.status, s.reason, s.steps = status, reason, trainer.global_step
+        s.wall_clock_s = time.perf_counter() - self.start_time
         s.final_val_loss = {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
             if (key := parse_loss_name(k)) and key.kind == "val"
         }
         s.batch_order = self.order.digest if status == "finished" else ""
-        if writer:
+        if trainer.is_global_zero:  # DDP: every rank runs train_run; one of them writes the record
             s.files = file_record(self.folder) if status == "finished" else {}
             write_summary(self.folder, s)
+
+
+_HARDWARE = ("accelerator", "devices", "num_nodes", "strategy", "precision")
 
 
 def check_trainer(flags: dict) -> None:
     """ValueError naming the flag when Lightning would refuse these Trainer flags on this machine (an accelerator it
     does not have, more devices than it has, an unknown precision or strategy), before anything is written."""
-    given = {k: v for k, v in flags.items() if k in ("accelerator", "devices", "num_nodes", "strategy", "precision")}
+    given = {k: v for k, v in flags.items() if k in _HARDWARE}
     with _named_flags(given):
         L.Trainer(**given, logger=False, enable_checkpointing=False, enable_progress_bar=False)
 
@@ -121,9 +119,6 @@ def _named_flags(flags: dict) -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-_HARDWARE = ("accelerator", "devices", "num_nodes", "strategy", "precision")
-
-
 def train_run(request: RunRequest) -> Summary:
     """Train one run to its max_steps (resuming if interrupted); returns its summary. The module docstring says what
     happens to a folder that holds a run already."""
@@ -133,16 +128,18 @@ def train_run(request: RunRequest) -> Summary:
             f"{request.folder} holds a run of a different recipe ({'; '.join(conflicts)}); "
             "choose another root or delete the folder"
         )
+    settings = _trainer_settings(request)
     order = BatchOrder()
     recorder = RunRecorder(request.folder, order)
-    pl_trainer = _trainer(request, recorder, order)  # Lightning refuses bad flags here, before anything is written
+    # Lightning refuses bad flags here, before anything is written
+    pl_trainer = _trainer(request, settings, recorder, order)
     writer = rank_zero_only.rank == 0  # DDP: every rank runs this function; one of them owns the folder
     try:
         with run_lock(request.folder) if writer else nullcontext():
             previous = _previous(request.folder)
             if previous is not None and previous.finished:
                 return previous
-            return _fit(request, pl_trainer, recorder, previous, writer)
+            return _fit(request, settings, pl_trainer, recorder, previous, writer)
     except OSError as exc:
         full = disk_full(exc, request.folder, _checkpoint_bytes(request.folder))
         if full is None:
@@ -166,16 +163,14 @@ def _previous(folder: Path) -> Summary | None:
     if not problems:
         print(f"{folder}: finished already, nothing to do (delete the folder to train it again)")
         return previous
-    aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    folder.rename(aside)
+    aside = move_aside(folder, "damaged")
     print(f"{folder}: files disagree with the summary ({'; '.join(problems)}); moved to {aside}; training again")
     return None
 
 
-def _trainer(request: RunRequest, recorder: RunRecorder, order: BatchOrder) -> L.Trainer:
-    """The run's Trainer: the suite's defaults (CPU, deterministic, no sanity check, ...) under the request's flags,
-    with the run's own loggers and checkpoints."""
-    settings = _trainer_settings(request)
+def _trainer(request: RunRequest, settings: dict, recorder: RunRecorder, order: BatchOrder) -> L.Trainer:
+    """The run's Trainer: `settings` (`_trainer_settings`) and the request's callbacks and plugins, with the run's own
+    loggers and checkpoints."""
     if settings["deterministic"] is True:
         # Deterministic algorithms also fill every new tensor with NaN (torch's fill_uninitialized_memory), a check
         # that no op reads memory it did not write, at a cost measured in benchmarks/README.md. The tests that
@@ -183,8 +178,8 @@ def _trainer(request: RunRequest, recorder: RunRecorder, order: BatchOrder) -> L
         # instead. The setting is the process's, as torch has it.
         torch.utils.deterministic.fill_uninitialized_memory = False
     callbacks = [recorder, order, RunCheckpoint(request.folder / CHECKPOINT, request.val_every)]
-    callbacks += settings.pop("callbacks", [])
-    plugins = [*(settings.pop("plugins", None) or []), AtomicCheckpointIO()]
+    callbacks += request.trainer.get("callbacks", [])
+    plugins = [*(request.trainer.get("plugins") or []), AtomicCheckpointIO()]
     if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
         # Lightning's ThroughputMonitor reports tokens/s and MFU from the same analytic FLOPs the plots use
         # (lit.flops_per_batch, set in `_fit`).
@@ -198,7 +193,8 @@ def _trainer(request: RunRequest, recorder: RunRecorder, order: BatchOrder) -> L
 
 
 def _trainer_settings(request: RunRequest) -> dict:
-    """The Trainer's arguments but the loggers: the suite's defaults under the request's."""
+    """The Trainer's arguments but its callbacks, plugins and loggers (what config.json records): the suite's
+    defaults (CPU, deterministic, no sanity check, ...) under the request's."""
     defaults = dict(
         max_steps=request.max_steps,
         val_check_interval=request.val_every,
@@ -212,12 +208,11 @@ def _trainer_settings(request: RunRequest) -> dict:
         log_every_n_steps=1,
         num_sanity_val_steps=0,
     )
-    return defaults | request.trainer
+    return {k: v for k, v in (defaults | request.trainer).items() if k not in ("callbacks", "plugins")}
 
 
-def _config(request: RunRequest, lit: LitMultiModalLM, dm: MultiModalDataModule) -> dict:
+def _config(request: RunRequest, settings: dict, lit: LitMultiModalLM, dm: MultiModalDataModule) -> dict:
     """config.json: the run's identity and every resolved argument of its model, data, module and Trainer."""
-    trainer = {k: v for k, v in _trainer_settings(request).items() if k not in ("callbacks", "plugins")}
     return {
         "setting": request.setting,
         "arm": request.arm,
@@ -230,7 +225,7 @@ def _config(request: RunRequest, lit: LitMultiModalLM, dm: MultiModalDataModule)
         "model": lit.cfg.to_dict(),
         "data": dict(dm.hparams),
         "module": dict(lit.hparams),
-        "trainer": trainer,
+        "trainer": settings,
     }
 
 
@@ -255,8 +250,8 @@ def _build(request: RunRequest) -> tuple[MultiModalDataModule, LitMultiModalLM]:
     return dm, lit
 
 
-def _fit(request: RunRequest, pl_trainer: L.Trainer, recorder: RunRecorder, previous: Summary | None,
-         writer: bool) -> Summary:  # fmt: skip
+def _fit(request: RunRequest, settings: dict, pl_trainer: L.Trainer, recorder: RunRecorder,
+         previous: Summary | None, writer: bool) -> Summary:  # fmt: skip
     """Build, resume (from the folder's last checkpoint), record the start, train and record the end."""
     folder = request.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -278,7 +273,7 @@ def _fit(request: RunRequest, pl_trainer: L.Trainer, recorder: RunRecorder, prev
     summary.tokens_per_step *= world
     summary.train_flops_per_step *= world
     recorder.start(summary)
-    write_config(folder, _config(request, lit, dm))
+    write_config(folder, _config(request, settings, lit, dm))
     try:
         with warnings.catch_warnings():
             # The datamodule's sampler resumes mid-epoch itself (EpochSampler.skip); Lightning cannot know that.
@@ -304,8 +299,8 @@ def _fit(request: RunRequest, pl_trainer: L.Trainer, recorder: RunRecorder, prev
     if pl_trainer.global_step < request.max_steps:  # stopped early (a callback asked to stop): resumable
         reason = f"stopped at step {pl_trainer.global_step}; run again to resume"
         recorder.finish(pl_trainer, lit, "interrupted", reason)
-        return recorder.summary
-    recorder.finish(pl_trainer, lit, "finished")
+    else:
+        recorder.finish(pl_trainer, lit, "finished")
     return recorder.summary
 
 
@@ -334,12 +329,14 @@ def _summary_start(lit: LitMultiModalLM, dm: MultiModalDataModule, summary: Summ
     summary.data_sources = list(dm.sources)
     summary.data_notes = list(dm.notes)
     summary.image_mix = image_mix(dm)
-    summary.versions = {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()}
+    summary.versions = versions()
     summary.device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     if previous is not None:  # a resumed run keeps its clock, steps and last losses
-        summary.wall_clock_s, summary.steps, summary.final_val_loss = (
-            previous.wall_clock_s,
-            previous.steps,
-            previous.final_val_loss,
-        )
+        summary.wall_clock_s, summary.steps = previous.wall_clock_s, previous.steps
+        summary.final_val_loss = previous.final_val_loss
     return summary
+
+
+def versions() -> dict[str, str]:
+    """The versions a run or a comparison records: torch, Lightning and Python."""
+    return {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()}

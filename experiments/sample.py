@@ -66,9 +66,8 @@ class Sampler:
         """One token id from the last position's logits (1, V), within `allowed` = [lo, hi) when given."""
         logits = logits.float().clone()
         if allowed is not None:
-            keep = torch.zeros_like(logits, dtype=torch.bool)
-            keep[:, allowed[0] : allowed[1]] = True
-            logits = logits.masked_fill(~keep, -math.inf)
+            logits[:, : allowed[0]] = -math.inf
+            logits[:, allowed[1] :] = -math.inf
         if self.temperature <= 0:
             return int(logits.argmax(-1))
         logits = logits / self.temperature
@@ -221,13 +220,10 @@ def write_comparison_samples(out: Path, drawn: dict[tuple[str, str], ReportSampl
     settings = {}
     for setting in dict.fromkeys(s for s, _ in drawn):
         samples = {arm: sample for (s, arm), sample in drawn.items() if s == setting}
-        first = next(iter(samples.values()))
-        entry = {"prompt": REPORT_PROMPT, "captions": first.captions, "texts": {}, "grid": None}
-        rows = []
-        for arm, sample in samples.items():
-            entry["texts"][arm] = sample.text
-            if sample.images is not None:
-                rows.append((arm, sample.images))
+        captions = next(iter(samples.values())).captions
+        texts = {arm: sample.text for arm, sample in samples.items()}
+        entry = {"prompt": REPORT_PROMPT, "captions": captions, "texts": texts, "grid": None}
+        rows = [(arm, sample.images) for arm, sample in samples.items() if sample.images is not None]
         if rows:
             grid = _stack(rows)
             atomic_write(out / SAMPLES / f"{setting}.png", lambda tmp, grid=grid: grid.save(tmp, format="png"))

@@ -57,7 +57,7 @@ class _MetricsWriter(ExperimentWriter):
             fieldnames = header
         else:  # new columns, or a last line cut short (a crash in an earlier process)
             fieldnames = sorted(keys.union(header))
-            _write_rows(path, fieldnames, _complete_rows(path)[1])
+            atomic_write(path, _csv_bytes(fieldnames, _complete_rows(path)[1]))
         rows, self.metrics = self.metrics, []
         _append(path, fieldnames, rows, with_header=header is None)
 
@@ -72,14 +72,14 @@ class MetricsLogger(CSVLogger):
         return self._experiment
 
 
-def _write_rows(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
+def _csv_bytes(fieldnames: list[str], rows: list[dict], with_header: bool = True) -> bytes:
+    """metrics.csv's lines, as bytes: csv's own line ends, never translated."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fieldnames)
+    if with_header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
 
 
 def _header(path: Path) -> list[str] | None:
@@ -102,16 +102,13 @@ def _ends_whole(path: Path) -> bool:
 
 def _append(path: Path, fieldnames: list[str], rows: list[dict], with_header: bool) -> None:
     """`rows` appended to metrics.csv in one write (an interrupt lands before it or after it)."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=fieldnames)
-    if with_header:
-        writer.writeheader()
-    writer.writerows(rows)
-    with open(path, "a", newline="") as f:
-        f.write(text.getvalue())
+    data = _csv_bytes(fieldnames, rows, with_header)
+    with open(path, "ab") as f:
+        f.write(data)
 
 
-def _aside(path: Path, why: str) -> Path:
+def move_aside(path: Path, why: str) -> Path:
+    """`path` renamed to `<name>.<why>-<time>` beside it, so that it is kept and its place is free."""
     moved = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}")
     path.rename(moved)
     return moved
@@ -145,7 +142,7 @@ def resume_point(
         return None, None
 
     def restart(why: str, problem: str) -> tuple[None, str]:
-        moved = _aside(last, why)
+        moved = move_aside(last, why)
         sha_path(last).unlink(missing_ok=True)
         metrics.unlink(missing_ok=True)
         return None, f"{problem}; checkpoint moved to {moved.name}, restarting at step 0"
@@ -175,7 +172,7 @@ def resume_point(
     if not evaluations <= evaluated:
         return restart("unmatched", f"{metrics} holds the validation rows of {len(evaluations & evaluated)} of the "
                                     f"{len(evaluations)} evaluations before the checkpoint of step {step}")  # fmt: skip
-    _write_rows(metrics, header, rows)
+    atomic_write(metrics, _csv_bytes(header, rows))
     return last, None
 
 

@@ -99,7 +99,8 @@ def model_overrides(cfg) -> dict:
 
 
 def parse(argv: list[str] | None = None):
-    """Parse twice: once to learn the scale, then with that scale's recipe as the defaults under YAMLs and flags."""
+    """Parse twice: once to learn the scale, then with that scale's recipe as the defaults under YAMLs and flags. The
+    model options that differ from the arm's model become `cfg.module.model_overrides` (None when none do)."""
     parser = build_parser()
     argv = respell_flags(sys.argv[1:] if argv is None else argv, "_")  # --max-steps as compare.py spells it
     cfg = parser.parse_args(argv)
@@ -118,9 +119,10 @@ def parse(argv: list[str] | None = None):
             f"--val_every must be >= 1 and at most --max_steps ({cfg.max_steps}), or the run never validates; "
             f"got {cfg.val_every}"
         )
+    cfg.module.model_overrides = model_overrides(cfg) or None
     try:  # the classes' own checks, before anything is written
         MultiModalDataModule(setting=cfg.setting, **cfg.data.as_dict())
-        ModelConfig.from_scale(cfg.scale, arch=cfg.arm, **model_overrides(cfg))
+        ModelConfig.from_scale(cfg.scale, arch=cfg.arm, **(cfg.module.model_overrides or {}))
     except ValueError as exc:
         parser.error(str(exc))
     return parser, cfg
@@ -155,8 +157,7 @@ def main(argv: list[str] | None = None):
         trainer |= {"enable_progress_bar": True, "callbacks": [LossProgressBar()]}
     try:
         run = {f.name: cfg[f.name] for f in fields(RunRequest) if f.name not in ("data", "module", "trainer")}
-        module = cfg.module.as_dict() | {"model_overrides": model_overrides(cfg) or None}
-        summary = train_run(RunRequest(**run, data=cfg.data.as_dict(), module=module, trainer=trainer))
+        summary = train_run(RunRequest(**run, data=cfg.data.as_dict(), module=cfg.module.as_dict(), trainer=trainer))
     except (DiskFull, Locked) as exc:  # nothing half-written: the same command continues once the cause is gone
         parser.exit(1, f"train.py: {exc.strerror if isinstance(exc, DiskFull) else exc}\n")
     print(f"{summary.status}: {summary.final_val_loss}")
