@@ -8,11 +8,14 @@ Writes <out>/gpu_check.json and <out>/gpu_check.log. Sections of the JSON:
   environment   torch / CUDA / device / mamba-ssm and causal-conv1d versions (or why they do not import)
   peak          the bf16 dense peak the MFU divides by, and its source
   parity        selective_scan: the project's "torch" scan vs mamba-ssm's selective_scan_fn (output and the
-                gradients of all eight inputs, float32 and bf16); mamba_mixer: the dense MambaMixer (torch and cuda
-                backends) vs mamba-ssm's `Mamba` holding the same state dict (output, input and weight gradients).
-                Without mamba-ssm each says "skipped: <import error>". code_check runs the same comparison code
+                gradients of all eight inputs, float32 and bf16); triton_scan: the "triton" backend vs the "torch"
+                scan, the same comparisons; mamba_mixer: the dense MambaMixer (torch, triton and cuda backends) vs
+                mamba-ssm's `Mamba` holding the same state dict (output, input and weight gradients). Entries whose
+                kernel cannot run say "skipped: <why>". code_check runs the same comparison code
                 against the project's own references (torch scan vs `selective_scan_ref`, mixer on "torch" vs
                 "ref"), so the comparison itself is exercised everywhere, --dry-run included.
+  scan_speed    forward + backward time of the scan alone at the 163m mixer's shape (bf16 inputs), per backend
+                that runs here ("torch", "triton", "cuda"), and each one's speed-up over "torch"
   throughput    per scale (163m, 760m) and arm (mamba, mom): training steps on synthetic interleaved batches
                 (two modalities, bf16 autocast, AdamW, gradient clipping): median step time, tokens/s, achieved
                 FLOP/s from the analytic FLOPs per token (analysis/flops.py), MFU, peak memory, scan backend
@@ -47,7 +50,7 @@ import torch.nn.functional as F
 from analysis.flops import flops_per_token
 from models import ModelConfig, build_model
 from models.mamba import MambaMixer
-from models.scan import selective_scan, selective_scan_ref
+from models.scan import mamba_ssm_available, mamba_ssm_import_error, resolve_backend, selective_scan, selective_scan_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,12 +180,36 @@ def guarded(fn, *args, **kwargs) -> dict:
         return {"status": f"error: {type(exc).__name__}: {exc}"}
 
 
+def backend_missing(backend: str, device: torch.device) -> str | None:
+    """Why the scan backend cannot run on ``device``, or None when it can."""
+    try:
+        resolve_backend(backend, device)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 def parity(device: torch.device, dry_run: bool) -> dict:
-    """Project kernels vs mamba-ssm's (skipped without it), and the same comparisons against our own references."""
+    """Project kernels vs mamba-ssm's and Triton's (each skipped where it cannot run), and the same comparisons
+    against our own references."""
     B, E, N, L = (1, 8, 4, 16) if dry_run else (2, 1536, 16, 2048)
     d_model, mix_len = (8, 16) if dry_run else (768, 1024)
     out: dict = {}
-    missing = import_error("mamba_ssm")
+
+    def scan_parity(other) -> dict:
+        return {
+            "shape_BENL": [B, E, N, L],
+            "float32": guarded(compare_scan, other, scan_inputs(B, E, N, L, device, torch.float32), 1e-3),
+            "bfloat16": guarded(compare_scan, other, scan_inputs(B, E, N, L, device, torch.bfloat16), 3e-2),
+        }
+
+    triton_missing = backend_missing("triton", device)
+    out["triton_scan"] = (
+        {"status": f"skipped: {triton_missing}"}
+        if triton_missing
+        else scan_parity(lambda **kw: selective_scan(**kw, backend="triton"))
+    )
+    missing = mamba_ssm_import_error() if not mamba_ssm_available() else None
     if missing is None and device.type != "cuda":
         missing = "mamba-ssm's kernels need a CUDA device"
     if missing:
@@ -192,14 +219,12 @@ def parity(device: torch.device, dry_run: bool) -> dict:
         from mamba_ssm.modules.mamba_simple import Mamba
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-        out["selective_scan"] = {
-            "shape_BENL": [B, E, N, L],
-            "float32": guarded(compare_scan, selective_scan_fn, scan_inputs(B, E, N, L, device, torch.float32), 1e-3),
-            "bfloat16": guarded(compare_scan, selective_scan_fn, scan_inputs(B, E, N, L, device, torch.bfloat16), 3e-2),
-        }
+        out["selective_scan"] = scan_parity(selective_scan_fn)
         x = torch.randn(2, mix_len, d_model, device=device)
         mixer = {"d_model": d_model, "seq_len": mix_len, "reference": "mamba_ssm.modules.mamba_simple.Mamba"}
-        for backend in ("torch", "cuda"):
+        for backend in ("torch", "triton", "cuda"):
+            if backend_missing(backend, device):
+                continue
             torch.manual_seed(0)
             ours = MambaMixer(d_model, scan_backend=backend).to(device)
             theirs = Mamba(d_model=d_model, d_state=16, d_conv=4, expand=2).to(device)
@@ -217,6 +242,41 @@ def parity(device: torch.device, dry_run: bool) -> dict:
         "mamba_mixer_torch_vs_ref": guarded(compare_mixers, ours, ref, x, 1e-4),
     }
     return out
+
+
+def time_scan(backend: str, inputs: dict, device: torch.device, repeats: int) -> float:
+    """Median seconds of one forward + backward of the scan on ``backend`` (after one untimed call)."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    cot = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1)).to(inputs["u"])
+    times = []
+    for i in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        selective_scan(**leaves, delta_softplus=True, backend=backend).backward(cot)
+        sync(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def scan_speed(device: torch.device, dry_run: bool) -> dict:
+    """The scan alone, forward + backward, per backend that runs here, at the 163m mixer's shape in bf16."""
+    B, E, N, L = (1, 8, 4, 33) if dry_run else (4, 1536, 16, 4096)
+    inputs = scan_inputs(B, E, N, L, device, torch.bfloat16)
+    result: dict = {"shape_BENL": [B, E, N, L], "dtype": "bfloat16"}
+    for backend in ("torch", "triton", "cuda"):
+        missing = backend_missing(backend, device)
+        if missing:
+            result[backend] = {"status": f"skipped: {missing}"}
+        else:
+            result[backend] = guarded(
+                lambda b=backend: {"status": "ok", "fwd_bwd_ms": 1e3 * time_scan(b, inputs, device, 3)}
+            )
+    base = result["torch"].get("fwd_bwd_ms")
+    for backend in ("triton", "cuda"):
+        ms = result[backend].get("fwd_bwd_ms")
+        result[backend]["speedup_over_torch"] = base / ms if base and ms else None
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -268,7 +328,7 @@ def train_steps(scale: str, arm: str, args, device: torch.device, peak: float | 
         "params_total": total,
         "params_active": active,
         "scan_backend": model.backend,
-        "causal_conv1d": model.backend == "cuda" and import_error("causal_conv1d") is None,
+        "causal_conv1d": model.backend in ("cuda", "triton") and import_error("causal_conv1d") is None,
         "batch": B,
         "seq_len": L,
         "steps_timed": len(times),
@@ -299,9 +359,10 @@ def environment(device: torch.device) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "gpu_count": torch.cuda.device_count(),
     }
-    for module in ("mamba_ssm", "causal_conv1d"):
+    for module in ("mamba_ssm", "causal_conv1d", "triton"):
         error = import_error(module)
         env[module] = version_of(module) if error is None else f"not importable: {error}"
+    env["selective_scan_cuda"] = mamba_ssm_available() or mamba_ssm_import_error()
     return env
 
 
@@ -357,6 +418,9 @@ def main(argv: list[str] | None = None) -> dict:
     report["parity"] = parity(device, args.dry_run)
     for key, value in report["parity"].items():
         LOG.info("parity %s: %s", key, json.dumps(value))
+
+    report["scan_speed"] = guarded(scan_speed, device, args.dry_run)
+    LOG.info("scan_speed: %s", json.dumps(report["scan_speed"]))
 
     report["throughput"] = {}
     for scale in args.scales.split(","):

@@ -74,7 +74,7 @@ class MambaMixer(nn.Module):
         n_modalities: M, the number of modality experts for decoupled projections (1 = dense).
         decouple: the projections that get per-modality copies; any subset of MAMBA_PARTS (default: all four).
             Ignored when n_modalities == 1.
-        scan_backend: "auto", "torch", "ref" or "cuda" (see models.scan).
+        scan_backend: one of models.scan.BACKENDS.
     """
 
     def __init__(
@@ -213,7 +213,7 @@ class MambaMixer(nn.Module):
 
     def _conv(self, xs: Tensor, seqlen: int, backend: str) -> Tensor:
         """Causal depthwise conv over time, then SiLU: (B, E, L) -> (B, E, L)."""
-        conv_fn = _causal_conv1d_fn() if backend == "cuda" else None
+        conv_fn = _causal_conv1d_fn() if backend in ("cuda", "triton") else None
         if conv_fn is not None:
             return conv_fn(xs, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         if backend == "cpu":

@@ -1,4 +1,4 @@
-"""Selective scan (the S6 recurrence of Mamba) with a reference, a fast pure-PyTorch and a CUDA backend.
+"""Selective scan (the S6 recurrence of Mamba): reference, pure-PyTorch, compiled CPU, Triton and CUDA backends.
 
 For every batch b, channel e and state n the scan runs the discretised linear recurrence
 
@@ -9,9 +9,12 @@ Backends:
             executable specification and the slow baseline of benchmarks/bench_scan.py.
     "torch" a time-chunked `torch.autograd.Function` with a hand-written backward; plain PyTorch, any device.
     "cpu"   the recurrence as a compiled C++ kernel, states vectorised (models/cpu_kernels.py); CPU tensors.
-    "cuda"  mamba-ssm's fused `selective_scan_fn` kernel (CUDA tensors only, needs requirements-gpu.txt).
-    "auto"  "cuda" when the tensors are on CUDA and mamba-ssm imports; on the CPU "cpu" when the kernel builds and
-            loads, else "torch" (with a warning, once).
+    "triton" two fused Triton kernels, forward and backward (models/triton_scan.py); CUDA tensors, or CPU tensors
+            under Triton's interpreter (TRITON_INTERPRET=1). Triton comes with the CUDA builds of torch.
+    "cuda"  mamba-ssm's fused `selective_scan_fn` kernel (CUDA tensors only; needs mamba-ssm built with its
+            `selective_scan_cuda` extension, docs/gpu.md).
+    "auto"  on CUDA: "cuda" when mamba-ssm's extension is there, else "triton" when Triton imports, else "torch";
+            on the CPU: "cpu" when the kernel builds and loads, else "torch".
 """
 
 # Shapes: B batch, E d_inner (channels), N d_state, L sequence length
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import math
+import os
 from collections.abc import Iterator
 
 import torch
@@ -29,7 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from models import cpu_kernels
 
-BACKENDS = ("auto", "torch", "ref", "cpu", "cuda")
+BACKENDS = ("auto", "torch", "ref", "cpu", "triton", "cuda")
 # Steps between the boundary states the "cpu" kernel keeps for its backward: shorter chunks recompute less in the
 # backward and keep more states; the length is the fastest measured at the tiny recipe's shapes
 # (benchmarks/bench_scan.py --chunks, benchmarks/README.md "Chunk length").
@@ -38,7 +43,7 @@ CPU_CHUNK = 16
 # dtypes mamba-ssm's kernel accepts for u, delta, B, C and z (A, D and delta_bias must be float32 there).
 _CUDA_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-_GPU_INSTALL_HINT = "pip install -r requirements-gpu.txt"
+_GPU_INSTALL_HINT = "MAMBA_KEEP_CUDA_BUILD=TRUE pip install -r requirements-gpu.txt (docs/gpu.md)"
 
 _LOG2E = math.log2(math.e)
 
@@ -393,22 +398,38 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 @functools.cache
 def _import_mamba_ssm() -> tuple[object | None, str | None]:
-    """Import mamba-ssm's ``selective_scan_fn`` once; returns (fn, None) or (None, why the import failed)."""
+    """mamba-ssm's ``selective_scan_fn`` when its CUDA extension is there, else (None, why not); tried once.
+
+    mamba-ssm's releases fail to import without the extension; its main branch imports with
+    ``selective_scan_cuda = None`` and raises at the first call, so the extension itself is what is checked.
+    """
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops import selective_scan_interface as interface
     except Exception as exc:  # a broken CUDA build fails with ImportError, OSError or RuntimeError alike
         return None, f"{type(exc).__name__}: {exc}"
-    return selective_scan_fn, None
+    if getattr(interface, "selective_scan_cuda", None) is None:
+        return None, "mamba-ssm is installed without its selective_scan_cuda extension"
+    return interface.selective_scan_fn, None
 
 
 def mamba_ssm_available() -> bool:
-    """Whether mamba-ssm's CUDA selective scan imports (the import is attempted once and cached)."""
+    """Whether mamba-ssm's CUDA selective scan is installed, extension included (checked once and cached)."""
     return _import_mamba_ssm()[0] is not None
 
 
 def mamba_ssm_import_error() -> str | None:
-    """Why mamba-ssm failed to import, or None when it imports."""
+    """Why mamba-ssm's CUDA selective scan cannot be used, or None when it can."""
     return _import_mamba_ssm()[1]
+
+
+def triton_available() -> bool:
+    """Whether Triton is installed (the CUDA builds of torch bring it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreted() -> bool:
+    """Triton runs kernels on CPU tensors under its interpreter, which is switched on before the kernels load."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
@@ -442,23 +463,23 @@ def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 
 def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
-    """The concrete backend ("torch", "ref", "cpu" or "cuda") `selective_scan` uses for tensors on ``device``.
+    """The concrete backend ("torch", "ref", "cpu", "triton" or "cuda") `selective_scan` uses on ``device``.
 
     Args:
-        backend: One of `BACKENDS`. "auto" picks "cuda" when ``device`` is a CUDA device and mamba-ssm imports
-            (and ``dtype``, if given, is one its kernel supports), "cpu" on a CPU device when the compiled kernel
-            loads, else "torch".
+        backend: One of `BACKENDS`. "auto" on a CUDA device picks "cuda" when mamba-ssm's extension is installed
+            (and ``dtype``, if given, is one its kernel supports), else "triton" when Triton imports, else "torch";
+            on a CPU device "cpu" when the compiled kernel loads, else "torch".
         device: Device of the scan's tensors.
-        dtype: Optional dtype of ``u``; mamba-ssm's kernel has no float64, so "auto" falls back to "torch" for it.
+        dtype: Optional dtype of ``u``; mamba-ssm's kernel has no float64, so "auto" passes it over for float64.
 
     Returns:
-        "torch", "ref", "cpu" or "cuda".
+        "torch", "ref", "cpu", "triton" or "cuda".
 
     Raises:
         ValueError: ``backend`` is not one of `BACKENDS`.
-        RuntimeError: "cuda" was requested but mamba-ssm does not import, the device is not CUDA, or ``dtype`` is
-            not supported by the kernel; or "cpu" was requested but the compiled kernel does not load or the device
-            is not the CPU.
+        RuntimeError: the backend asked for cannot run here: "cuda" without mamba-ssm's extension, CUDA tensors or
+            a supported ``dtype``; "triton" without Triton, or on CPU tensors outside Triton's interpreter; "cpu"
+            without the compiled kernel or CPU tensors.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; valid choices are {', '.join(BACKENDS)}")
@@ -466,7 +487,9 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
     dtype_ok = dtype is None or dtype in _CUDA_INPUT_DTYPES
     if backend == "auto":
         if device.type == "cuda":
-            return "cuda" if dtype_ok and mamba_ssm_available() else "torch"
+            if dtype_ok and mamba_ssm_available():
+                return "cuda"
+            return "triton" if triton_available() else "torch"
         return "cpu" if device.type == "cpu" and cpu_kernels.available() else "torch"
     if backend == "cpu":
         if device.type != "cpu":
@@ -476,12 +499,18 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
                 f"selective-scan backend 'cpu' is unavailable ({cpu_kernels.load_error()}); run `bash setup.sh` to "
                 "install the compiler and build it, or use backend='torch'"
             )
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("selective-scan backend 'triton' needs Triton (`pip install triton`), which is missing")
+        if device.type != "cuda" and not _triton_interpreted():
+            raise RuntimeError(
+                f"selective-scan backend 'triton' needs CUDA tensors, or TRITON_INTERPRET=1 for {device} tensors"
+            )
     if backend == "cuda":
         if not mamba_ssm_available():
             raise RuntimeError(
-                "selective-scan backend 'cuda' needs mamba-ssm, which failed to import "
-                f"({mamba_ssm_import_error()}); install it with `{_GPU_INSTALL_HINT}` on a CUDA machine, "
-                "or use backend='torch'"
+                f"selective-scan backend 'cuda' needs mamba-ssm's CUDA extension ({mamba_ssm_import_error()}); "
+                f"install it with `{_GPU_INSTALL_HINT}` on a CUDA machine, or use backend='triton' or 'torch'"
             )
         if device.type != "cuda":
             raise RuntimeError(f"selective-scan backend 'cuda' needs CUDA tensors, but the tensors are on {device}")
@@ -523,12 +552,12 @@ def selective_scan(
         backend: One of `BACKENDS`; see `resolve_backend`.
 
     Returns:
-        The output, [B, E, L], in ``u``'s dtype. The "torch", "cpu" and "ref" backends compute in float32 (float64
-        if any input is float64); gradients come back in each input's own dtype.
+        The output, [B, E, L], in ``u``'s dtype. The "torch", "cpu", "triton" and "ref" backends compute in float32
+        (float64 if any input is float64); gradients come back in each input's own dtype.
 
     Raises:
         ValueError: A tensor has the wrong shape, or ``backend`` is unknown.
-        RuntimeError: ``backend="cuda"`` cannot be used here (see `resolve_backend`).
+        RuntimeError: the backend asked for cannot be used here (see `resolve_backend`).
     """
     if u.dim() != 3 or u.shape[2] < 1:
         raise ValueError(f"selective_scan: u must have shape (B, E, L) with L >= 1, got {tuple(u.shape)}")
@@ -551,6 +580,10 @@ def selective_scan(
     ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     if backend == "cpu":
         return cpu_kernels.selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct, CPU_CHUNK)
+    if backend == "triton":
+        from models.triton_scan import SelectiveScanTriton  # Triton is needed only here
+
+        return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ct)
     # int(): under torch.jit tracing (fvcore's FLOP count) sizes are traced values, which apply() cannot take.
     chunk = int(_chunk_len(int(L), int(batch * A.numel() * ct.itemsize)))
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct)

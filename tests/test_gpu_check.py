@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_dry_run_writes_every_section(tmp_path):
     """The dry run exits 0 and its JSON holds environment, peak, parity (mamba-ssm entries ok or skipped, the
-    comparison code checked against our references), throughput with step time, tokens/s, MFU and peak memory for
-    163m and 760m x mamba and mom, and the MoM / dense step-time ratios; the log is written."""
+    comparison code checked against our references; the Triton scan, under its interpreter, against the torch scan),
+    the scan's forward + backward time per backend with the speed-ups over "torch", throughput with step time,
+    tokens/s, MFU and peak memory for 163m and 760m x mamba and mom, and the MoM / dense step-time ratios; the log
+    is written."""
     out = tmp_path / "gc"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = os.environ | {"TRITON_INTERPRET": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert (out / "gpu_check.log").read_text().count("throughput") == 4
-    for section in ("environment", "peak", "settings", "parity", "throughput", "mom_over_mamba_step_time"):
+    sections = ("environment", "peak", "settings", "parity", "scan_speed", "throughput", "mom_over_mamba_step_time")
+    for section in sections:
         assert section in report, section
     assert report["dry_run"] is True
     parity = report["parity"]
@@ -36,6 +41,14 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
     for name in ("selective_scan_vs_ref", "mamba_mixer_torch_vs_ref"):
         assert parity["code_check"][name]["status"] == "ok", parity["code_check"][name]
         assert "grad_u" in parity["code_check"][name] or "grad_x" in parity["code_check"][name]
+    for dtype in ("float32", "bfloat16"):
+        assert parity["triton_scan"][dtype]["status"] == "ok", parity["triton_scan"][dtype]
+        assert set(parity["triton_scan"][dtype]) >= {"out", "grad_u", "grad_A", "grad_delta_bias"}
+    speed = report["scan_speed"]
+    for backend in ("torch", "triton"):
+        assert speed[backend]["status"] == "ok" and speed[backend]["fwd_bwd_ms"] > 0, speed[backend]
+    assert speed["triton"]["speedup_over_torch"] == speed["torch"]["fwd_bwd_ms"] / speed["triton"]["fwd_bwd_ms"]
+    assert speed["cuda"]["status"].startswith("skipped: ") and speed["cuda"]["speedup_over_torch"] is None
     keys = {f"{scale}/{arm}" for scale in ("163m", "760m") for arm in ("mamba", "mom")}
     assert set(report["throughput"]) == keys
     for key, row in report["throughput"].items():

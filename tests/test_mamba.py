@@ -171,7 +171,7 @@ def test_bf16_autocast_close_to_float32():
     [
         (dict(decouple=("in_proj", "z_proj")), r"unknown Mamba part\(s\) to decouple: \['z_proj'\].*in_proj"),
         (dict(n_modalities=1, decouple=("typo",)), r"\['typo'\]"),
-        (dict(scan_backend="triton"), r"unknown scan_backend 'triton'.*'torch'"),
+        (dict(scan_backend="jax"), r"unknown scan_backend 'jax'.*'torch'"),
         (dict(dt_init="zeros"), r"unknown dt_init 'zeros'"),
     ],
 )

@@ -309,7 +309,7 @@ def test_resolve_backend_on_cpu():
     assert resolve_backend("auto", cpu) == "cpu"
     assert resolve_backend("torch", cpu) == "torch"
     assert resolve_backend("ref", cpu) == "ref"
-    assert set(BACKENDS) == {"auto", "torch", "ref", "cpu", "cuda"}
+    assert set(BACKENDS) == {"auto", "torch", "ref", "cpu", "triton", "cuda"}
 
 
 def test_a_build_lock_left_by_a_killed_process_does_not_stop_the_next_load(tmp_path):
