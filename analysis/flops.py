@@ -113,13 +113,9 @@ class FlopReport:
 
 
 def analytic_flops(cfg: ModelConfig, seq_len: int, patch_fraction: float = 0.0) -> FlopReport:
-    """Forward FLOPs per token of `MultiModalLM(cfg)` on sequences of `seq_len`.
-
-    Args:
-        cfg: the architecture. A sparse arm gives exactly its dense baseline's numbers.
-        seq_len: L, the attention span (transformers); Mamba's FLOPs per token do not depend on it.
-        patch_fraction: fraction of positions that carry an image patch (Transfusion); needs cfg.patch_dim > 0.
-    """
+    """Forward FLOPs per token of `MultiModalLM(cfg)` on sequences of `seq_len` (the attention span: Mamba's FLOPs
+    per token do not depend on it), `patch_fraction` of whose positions carry an image patch (Transfusion; needs
+    cfg.patch_dim > 0). A sparse arm gives exactly its dense baseline's numbers."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     if not 0.0 <= patch_fraction <= 1.0:
@@ -180,16 +176,10 @@ BATCH_KEYS = ("tokens", "modality_ids", "patches", "patch_mask", "timesteps")
 
 
 def count_flops(model: MultiModalLM, batch: dict[str, Tensor], strict: bool = True) -> CountedFlops:
-    """Forward FLOPs of `model` on `batch`, counted by fvcore, with the handles of its family's `flop_ops` (the scan
-    and the causal conv of Mamba, attention of the transformer).
-
-    Args:
-        model: the model, traced under its family's `traceable` (Mamba: the "torch" scan, whatever it is set to).
-        batch: tokens (B, L) and optionally modality_ids, patches, patch_mask, timesteps; other keys are ignored.
-        strict: raise if fvcore leaves an op unpriced that IGNORED_OPS does not list (nothing silently counts zero).
-
-    Returns:
-        CountedFlops, in FLOPs (fvcore's MAC counts × 2).
+    """Forward FLOPs of `model` on `batch` (tokens (B, L) and optionally BATCH_KEYS' others; other keys are ignored),
+    counted by fvcore with the handles of its family's `flop_ops` (the scan and the causal conv of Mamba, attention of
+    the transformer), traced under the family's `traceable` (Mamba: the "torch" scan, whatever it is set to). With
+    `strict`, an op fvcore leaves unpriced that IGNORED_OPS does not list is an error: nothing silently counts zero.
     """
     names = tuple(k for k in BATCH_KEYS if batch.get(k) is not None)
     inputs = tuple(batch[k] for k in names)

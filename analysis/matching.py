@@ -95,13 +95,8 @@ def compare_curves(
     sparse_loss: Sequence[float],
     points: int = SMOOTHING_POINTS,
 ) -> Match:
-    """The rule (module docstring) on one pair of curves.
-
-    Args:
-        dense_flops, dense_loss: the dense arm's evaluations (cumulative training FLOPs, loss), one run.
-        sparse_flops, sparse_loss: the sparse arm's, same loss and same FLOPs convention.
-        points: evaluations in each local fit of the smoothing (1 = no smoothing).
-    """
+    """The rule (module docstring) on one pair of curves: each arm's evaluations of one run (cumulative training FLOPs
+    in one convention, the same loss); `points` evaluations in each local fit of the smoothing (1 = no smoothing)."""
     if points < 1:
         raise ValueError(f"points must be >= 1, got {points}")
     df, dl = _check(dense_flops, dense_loss, "dense")

@@ -56,17 +56,13 @@ class Plot(NamedTuple):
 def curve_figure(
     results: Results, grid: pd.DataFrame, matches: pd.DataFrame, setting: str, kind: str = "val", x: str = "flops"
 ) -> Figure | None:
-    """Loss curves of every main arm of `setting`, one panel per loss of `kind` ('val' or 'train').
+    """Loss curves of every main arm of `setting` against `x` ('flops', log scale, or 'steps'), one panel per loss of
+    `kind` ('val', or 'train': block means on the evaluation grid); `grid` and `matches` are from `evaluation_grid`
+    and `pairs.match_runs`.
 
     Each run is a faint raw curve and a solid smoothed one (the matching rule's smoothing); seeds share their arm's
     colour. Each dense arm's best smoothed loss (the target) is a dashed line, and each sparse run's matching point
     is a circle on it.
-
-    Args:
-        results, grid, matches: from `load_results`, `evaluation_grid` and `pairs.match_runs`.
-        setting: which setting to draw.
-        kind: 'val' (validation loss) or 'train' (training loss, block means on the evaluation grid).
-        x: 'flops' (cumulative training FLOPs, log scale) or 'steps' (optimizer steps).
     """
     finished = results.finished
     main = finished[(finished["setting"] == setting) & (finished["variant"] == finished["arm"])]

@@ -322,9 +322,8 @@ def setup_lines(results: Results) -> list[str]:
                 if by_source
             )
             lines.append(f"- Image tokens by source, {setting}: {shares}")
-    recipe, versions = meta.recipe, meta.versions
-    lines.append(f"- Recipe (every run): {', '.join(f'{k} {v}' for k, v in recipe.items()) or 'not recorded'}")
-    lines.append(f"- Versions: {', '.join(f'{k} {v}' for k, v in versions.items()) or 'not recorded'}")
+    for what, entries in (("Recipe (every run)", meta.recipe), ("Versions", meta.versions)):
+        lines.append(f"- {what}: {', '.join(f'{k} {v}' for k, v in entries.items()) or 'not recorded'}")
     run_versions = versions_text(results)
     if len(run_versions) > 1:
         lines.append(f"- Runs recorded {len(run_versions)} different version sets: {'; '.join(run_versions)}")
@@ -347,13 +346,8 @@ def _csv(frame: pd.DataFrame) -> str:
 
 
 def write_report(out: str | Path, points: int = SMOOTHING_POINTS) -> Path:
-    """Read `<out>/comparison.json` and its runs; write report.md, the CSVs and the plots into `<out>`.
-
-    Returns:
-        The path of report.md.
-
-    Raises:
-        ReportError: comparison.json is missing or corrupt (runs that are missing or unfinished are reported).
+    """Read `<out>/comparison.json` and its runs; write report.md, the CSVs and the plots into `<out>`; return
+    report.md's path. ReportError when comparison.json is missing or corrupt (missing or unfinished runs are reported).
     """
     results = load_results(out)
     grid = evaluation_grid(results)

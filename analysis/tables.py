@@ -10,7 +10,6 @@ lower bound the budgets give ("2/3 reach; ≥ 96.0%"), never a mean of the seeds
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Callable
 
 import pandas as pd
@@ -107,20 +106,17 @@ def match_table(
     paper_arms = [v for v in variants if papers and any(arm == v for arm, _, _ in PAPER_NUMBERS)]
     header = ["setting", "loss", "unit"]
     for v in variants:
-        header += [
-            f"{pair_label(v)}: loss gap",
-            f"{pair_label(v)}: FLOPs-to-match",
-            f"{arm_label(dense_partner(v))} curve",
-        ]
+        pair = pair_label(v)
+        header += [f"{pair}: loss gap", f"{pair}: FLOPs-to-match", f"{arm_label(dense_partner(v))} curve"]
     header += [f"{arm_label(a)} (paper)" for a in paper_arms]
     rows = []
     for setting, key, aggs in by_loss:
         primary = key.valset in ("val", "") and not key.source
-        papers = [PAPER_NUMBERS.get((a, setting, key.modality)) if primary else None for a in paper_arms]
+        published = [PAPER_NUMBERS.get((a, setting, key.modality)) if primary else None for a in paper_arms]
         cells = [setting, loss_label(key), loss_unit(setting, key.modality)]
         for agg in aggs:
             cells += [gap_cell(agg), fraction_cell(agg), _flags(agg)]
-        cells += ["" if p is None else f"{p.value} at {p.scale} [{p.source}]" for p in papers]
+        cells += ["" if p is None else f"{p.value} at {p.scale} [{p.source}]" for p in published]
         rows.append(cells)
     return markdown_table(header, rows)
 
@@ -189,13 +185,6 @@ def paper_sources(results: Results) -> str:
     return "\n".join(f"- [{key}] {text}" for key, text in PAPER_SOURCES.items() if key in cited)
 
 
-def _finals(finals: pd.DataFrame) -> dict[tuple[str, LossKey, str], list[float]]:
-    out: dict[tuple[str, LossKey, str], list[float]] = defaultdict(list)
-    for r in finals.to_dict("records"):
-        out[(r["setting"], loss_key(r), r["variant"])].append(r["final_loss"])
-    return out
-
-
 def metric_table(results: Results, summary: pd.DataFrame, metric: Metric) -> str:
     """A table of one metric (analysis/metrics.py) on validation loss, one column per sparse arm."""
     found = main_pairs(summary, "val")
@@ -224,15 +213,13 @@ def ablation_table(results: Results, summary: pd.DataFrame, finals: pd.DataFrame
     variants, found = ablation_cells(results, summary)
     if not setting or not variants:
         return "No ablation in this comparison (meta.ablation_setting is not set)."
-    final_values = _finals(finals)
+    primary = finals.query("setting == @setting and kind == 'val' and valset == 'val' and source == ''")
+    final_values = primary.groupby(["variant", "modality"])["final_loss"].agg(list).to_dict()
     dense = dense_partner(results.meta.ablation_arm)
-    modalities = sorted(
-        {k.modality for (s, k, _) in final_values if s == setting and k[:2] == ("val", "val") and not k.source},
-        key=modality_rank,
-    )
+    modalities = sorted({m for _, m in final_values}, key=modality_rank)
 
     def final(variant: str, modality: str) -> str:
-        values = final_values.get((setting, LossKey("val", "val", modality), variant))
+        values = final_values.get((variant, modality))
         return "–" if not values else with_interval(mean_interval(values), len(values), "{:.4f}".format)
 
     runs = results.runs[results.runs["setting"] == setting]
@@ -255,9 +242,12 @@ def ablation_table(results: Results, summary: pd.DataFrame, finals: pd.DataFrame
     return markdown_table([*header, "status"], table)
 
 
-def _number(run, name: str, fmt: str, scale: float = 1.0) -> str:
+def _field(run, name: str, fmt: str = "", scale: float = 1.0) -> str:
+    """A run's field in a table, '–' where it has none; with `fmt`, a number formatted after dividing by `scale`."""
     value = getattr(run, name, None)
-    return "–" if value is None or pd.isna(value) else format(value / scale, fmt)
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    return format(value / scale, fmt) if fmt else str(value)
 
 
 def runs_table(results: Results) -> str:
@@ -273,25 +263,20 @@ def runs_table(results: Results) -> str:
                 r.variant,
                 str(r.seed),
                 r.status if finished else f"**{r.status}**",
-                _number(r, "steps", ".0f"),
-                _number(r, "params_total", ".3f", 1e6),
-                _number(r, "params_active", ".3f", 1e6),
-                _number(r, "flops_per_token", ".4g"),
+                _field(r, "steps", ".0f"),
+                _field(r, "params_total", ".3f", 1e6),
+                _field(r, "params_active", ".3f", 1e6),
+                _field(r, "flops_per_token", ".4g"),
                 ratio,
-                _text(r, "backend"),
-                _text(r, "device"),
-                _number(r, "wall_clock_s", ".0f"),
+                _field(r, "backend"),
+                _field(r, "device"),
+                _field(r, "wall_clock_s", ".0f"),
                 "" if finished else f"excluded: {r.reason or 'no reason recorded'}",
             ]
         )
     header = ["setting", "variant", "seed", "status", "steps", "params total (M)", "params active (M)"]
     header += ["train FLOPs/token (fvcore)", "analytic / fvcore", "backend", "device", "wall-clock (s)", "note"]
     return markdown_table(header, rows)
-
-
-def _text(run, name: str) -> str:
-    value = getattr(run, name, None)
-    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
 
 def versions_text(results: Results) -> list[str]:
