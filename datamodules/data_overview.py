@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.corpus import Corpus
-from datamodules.prepare import prepare_corpus
 from datamodules.settings import SETTINGS
 from datamodules.speech import EspeakSynth
 from datamodules.units import SpeechUnits, log_mel, merge_repeats
@@ -225,8 +224,7 @@ def _utterance(dm) -> tuple[str, np.ndarray, int, np.ndarray | None]:
 
 
 def _speech_units(dm) -> SpeechUnits | None:
-    folder = prepare_corpus(dm.params, dm.cache_dir, verbose=False)
-    path = Path(folder) / "speech_units.npz"
+    path = dm.corpus_folder / "speech_units.npz"
     if not path.exists():
         return None
     with np.load(path) as z:

@@ -114,18 +114,10 @@ def _template_captions(labels: np.ndarray, names: tuple[str, ...], templates: tu
 
 
 def load_fashion_mnist(root: str | Path = FASHION_MNIST_ROOT, limit_train: int | None = None) -> ImageSet:
-    """Loads Fashion-MNIST: 60k train and 10k val images of 28×28×1, with templated captions.
-
-    Fashion-MNIST's own test set serves as the val split.
-
-    Args:
-        root: folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
-        limit_train: keep this many train images, a fixed random subset (val is always complete).
-
-    Raises:
-        SourceUnavailable: the files are absent.
-        ValueError: a file is corrupt.
-    """
+    """Loads Fashion-MNIST from ``root/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``: 60k train and 10k val
+    images of 28×28×1 (its own test set serves as the val split), with templated captions. `limit_train` keeps that
+    many train images, a fixed random subset (val is always complete). SourceUnavailable if the files are absent,
+    ValueError if one is corrupt."""
     root = Path(root)
     files = {
         (part, kind): root / f"{part}-{kind}-ubyte.gz"
@@ -182,18 +174,12 @@ def _render_emoji(font, text: str, size: int) -> np.ndarray | None:
 
 
 def load_emoji(size: int = 32, skin_tones: bool = False, font_path: str | Path = EMOJI_FONT) -> ImageSet:
-    """Renders the fully-qualified emoji with Noto Color Emoji, captioned with their CLDR names.
+    """Renders the fully-qualified emoji with Noto Color Emoji (the CBDT font at `font_path`), captioned with their
+    CLDR names; `skin_tones` also includes the skin-tone variants (their names say the tone).
 
     Images are (size, size, 3) RGB on white. Emoji the font cannot draw (newer than its Emoji 15 data) come out blank
-    and are dropped. About 10% go to val, chosen by a stable hash of the rendered picture.
-
-    Args:
-        size: output side in pixels.
-        skin_tones: also include the skin-tone variants (their names say the tone).
-        font_path: the CBDT font file.
-
-    Raises:
-        SourceUnavailable: the font or the ``emoji`` package is absent.
+    and are dropped. About 10% go to val, chosen by a stable hash of the rendered picture. SourceUnavailable if the
+    font or the ``emoji`` package is absent.
     """
     try:
         import emoji

@@ -25,7 +25,7 @@ from datamodules.batches import SequenceDataset
 from datamodules.corpus import Corpus, load_corpus
 from datamodules.errors import DataMismatch
 from datamodules.own import data_name
-from datamodules.prepare import PrepareParams, as_float, as_rgb, image_text_params, prepare_corpus
+from datamodules.prepare import PrepareParams, as_rgb, image_text_params, prepare_corpus
 from datamodules.samplers import DataPosition, EpochSampler, GlobalBatchShard, order_digest
 from datamodules.sequences import (
     Document,
@@ -299,7 +299,7 @@ class MultiModalDataModule(L.LightningDataModule):
         if split == "train" and key in _TRAIN_PATCHES:
             return _TRAIN_PATCHES[key]
         src = self.corpus.images[k]
-        patches = src.normalizer.encode(as_rgb(as_float(src.images[keep])))
+        patches = src.normalizer.encode(as_rgb(src.images[keep].astype(np.float32) / 255.0))
         if split == "train":
             if len(_TRAIN_PATCHES) >= 8:  # another corpus (own data): keep the memory of a few
                 _TRAIN_PATCHES.clear()

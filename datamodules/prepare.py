@@ -46,10 +46,6 @@ class PrepareParams:
     prefer_debian: bool = True
 
 
-def as_float(images_u8: np.ndarray) -> np.ndarray:
-    return images_u8.astype(np.float32) / 255.0
-
-
 def as_rgb(images: np.ndarray) -> np.ndarray:
     """(N, H, W, 1) -> (N, H, W, 3): grayscale repeated, so all sources share one continuous patch width."""
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
@@ -92,9 +88,6 @@ class Found:
     sources: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def __add__(self, other: Found) -> Found:
-        return Found(self.sources + other.sources, self.warnings + other.warnings)
-
 
 def _build(folder: Path, p: PrepareParams, base: Path | None) -> None:
     """Everything prepare_corpus caches, written into `folder`. `base`, when given, is the prepared image-text corpus
@@ -106,7 +99,7 @@ def _build(folder: Path, p: PrepareParams, base: Path | None) -> None:
     found = Found(list(loaded.sources), list(loaded.text.warnings))
     if base is not None:
         t = time.perf_counter()
-        splits, units, speech_found = _speech(p, loaded)
+        splits, units = _speech(p, loaded, found)
         times["speech_s"] = time.perf_counter() - t
         t = time.perf_counter()
         tok, arrays, card = _image_text_from(base, folder)
@@ -114,12 +107,11 @@ def _build(folder: Path, p: PrepareParams, base: Path | None) -> None:
     else:
         tok, arrays, card, image_text_times = _build_image_text(folder, p, loaded)
         times |= image_text_times
-        splits, units, speech_found = None, None, Found()
+        splits = units = None
         if loaded.speech_train or _synthesises_speech(p):
             t = time.perf_counter()
-            splits, units, speech_found = _speech(p, loaded)
+            splits, units = _speech(p, loaded, found)
             times["speech_s"] = time.perf_counter() - t
-    found += speech_found
     card = {"sources": found.sources, "warnings": found.warnings, "params": asdict(p)} | {
         k: v for k, v in card.items() if k not in ("sources", "warnings", "params")
     }
@@ -136,13 +128,6 @@ def _build(folder: Path, p: PrepareParams, base: Path | None) -> None:
 def _synthesises_speech(p: PrepareParams) -> bool:
     """Whether the corpus of `p` holds speech synthesised from the default sources (own data bring their own)."""
     return not p.own_data and p.speech_train_utterances > 0
-
-
-def _speech(p: PrepareParams, loaded: OwnData) -> tuple[dict[str, list[Utterance]], SpeechUnits, Found]:
-    """The speech splits (synthesised, or the own data's), the unit codebook fitted on the training split, and what
-    the speech came from."""
-    splits, found = _speech_splits(p, loaded)
-    return splits, SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"]), found
 
 
 def image_text_params(p: PrepareParams) -> PrepareParams:
@@ -217,30 +202,30 @@ def _build_image_text(folder: Path, p: PrepareParams, loaded: OwnData):
     return tok, arrays, card, times
 
 
-def _speech_splits(p: PrepareParams, loaded: OwnData) -> tuple[dict[str, list[Utterance]], Found]:
-    """Own utterances, or espeak-ng reading the text corpus (train/val) plus the real Asterisk prompts; and what they
-    came from."""
+def _speech(p: PrepareParams, loaded: OwnData, found: Found) -> tuple[dict[str, list[Utterance]], SpeechUnits]:
+    """The speech splits (own utterances, or espeak-ng reading the text corpus (train/val) plus the real Asterisk
+    prompts) and the unit codebook fitted on the training split; what the speech came from is added to `found`."""
     if p.own_data:
-        return {"speech_train": loaded.speech_train, "speech_val": loaded.speech_val}, Found()
-    found = Found()
-    synth = EspeakSynth()
-    lo, hi = p.speech_chars
-    splits = {
-        name: synthesize_corpus(_speech_texts(texts, p.seed), synth, max_chars=hi, min_chars=lo, max_sentences=n)
-        for name, texts, n in (
-            ("speech_train", loaded.text.train, p.speech_train_utterances),
-            ("speech_val", loaded.text.val, p.speech_val_utterances),
-        )
-    }
-    found.sources.append(f"speech: espeak-ng in-process ({synth.source}) reading the text corpus")
-    try:
-        splits["speech_real_val"] = load_asterisk_prompts()
-        found.sources.append(
-            "real speech validation: Asterisk prompts, Allison Smith (Debian asterisk-core-sounds-en-wav)"
-        )
-    except SourceUnavailable as exc:
-        found.warnings.append(f"no real-speech validation set: {exc}")
-    return splits, found
+        splits = {"speech_train": loaded.speech_train, "speech_val": loaded.speech_val}
+    else:
+        synth = EspeakSynth()
+        lo, hi = p.speech_chars
+        splits = {
+            name: synthesize_corpus(_speech_texts(texts, p.seed), synth, max_chars=hi, min_chars=lo, max_sentences=n)
+            for name, texts, n in (
+                ("speech_train", loaded.text.train, p.speech_train_utterances),
+                ("speech_val", loaded.text.val, p.speech_val_utterances),
+            )
+        }
+        found.sources.append(f"speech: espeak-ng in-process ({synth.source}) reading the text corpus")
+        try:
+            splits["speech_real_val"] = load_asterisk_prompts()
+            found.sources.append(
+                "real speech validation: Asterisk prompts, Allison Smith (Debian asterisk-core-sounds-en-wav)"
+            )
+        except SourceUnavailable as exc:
+            found.warnings.append(f"no real-speech validation set: {exc}")
+    return splits, SpeechUnits(n_units=p.speech_units, seed=p.seed).fit(splits["speech_train"])
 
 
 def _build_speech(folder: Path, p: PrepareParams, splits: dict[str, list[Utterance]], units: SpeechUnits, tok):

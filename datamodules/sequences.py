@@ -182,13 +182,8 @@ def cosine_alpha_bar(n_steps: int = 1000, s: float = 0.008) -> np.ndarray:
 def diffusion_inputs(
     patches: np.ndarray, image_index: np.ndarray, alpha_bar: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Noise one sequence's clean patches, one DDPM timestep per image.
-
-    Args:
-        patches: (n, P) clean patches of the sequence, in position order.
-        image_index: (positions,) image index of each position (-1 where not a patch).
-        alpha_bar: the schedule.
-        rng: the generator that fixes timesteps and noise.
+    """Noise one sequence's clean patches (n, P), in position order, one DDPM timestep per image; `image_index`
+    (positions,) is each position's image, -1 where not a patch, and `rng` fixes the timesteps and the noise.
 
     Returns:
         noised (n, P) = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε, noise ε (n, P), timesteps (positions,) int64 (0 elsewhere).

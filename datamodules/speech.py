@@ -167,17 +167,9 @@ def synthesize_corpus(
     min_chars: int = 20,
     max_sentences: int | None = None,
 ) -> list[Utterance]:
-    """Speak every sentence of `texts` whose length lies in [min_chars, max_chars], in corpus order.
-
-    Args:
-        texts: Documents or paragraphs; each is split into sentences.
-        max_chars: Longest sentence kept (long sentences make long unit sequences).
-        min_chars: Shortest sentence kept.
-        max_sentences: Stop after this many utterances (None: all).
-
-    Returns:
-        One utterance per kept sentence; deterministic for the same inputs.
-    """
+    """One utterance per sentence of `texts` (documents or paragraphs, each split into sentences) whose length lies
+    in [min_chars, max_chars] (long sentences make long unit sequences), in corpus order, stopping after
+    `max_sentences` utterances (None: all); deterministic for the same inputs."""
     utterances = []
     for text in texts:
         for sentence in split_sentences(text):
@@ -213,18 +205,10 @@ def _read_transcripts(path: Path) -> dict[str, str]:
 def load_asterisk_prompts(root: str = ASTERISK_ROOT, transcripts: str = ASTERISK_TRANSCRIPTS) -> list[Utterance]:
     """Load the Asterisk core prompts: real speech by one speaker (Allison Smith), 8 kHz, with transcripts.
 
-    A WAV's path relative to `root`, without extension (e.g. `digits/1`), is its transcript key. WAVs without a
-    speech transcript (tones) are skipped.
-
-    Args:
-        root: Folder of the en_US WAVs (Debian `asterisk-core-sounds-en-wav`).
-        transcripts: The gzipped transcript file (Debian `asterisk-core-sounds-en`).
-
-    Returns:
-        Utterances sorted by key, with `source` set to `asterisk:<key>`.
-
-    Raises:
-        SourceUnavailable: If the WAVs or the transcript file are missing.
+    `root` holds the en_US WAVs (Debian `asterisk-core-sounds-en-wav`), `transcripts` is the gzipped transcript file
+    (Debian `asterisk-core-sounds-en`). A WAV's path relative to `root`, without extension (e.g. `digits/1`), is its
+    transcript key; utterances come sorted by key, with `source` set to `asterisk:<key>`, and WAVs without a speech
+    transcript (tones) are skipped. SourceUnavailable if the WAVs or the transcript file are missing.
     """
     import soundfile
 

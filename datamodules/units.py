@@ -37,11 +37,8 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int) -> np.ndarray:
-    """HTK-style triangular mel filterbank from 0 Hz to Nyquist, peak height 1.
-
-    Returns:
-        (n_mels, n_fft // 2 + 1) float32 weights to apply to a power spectrum.
-    """
+    """HTK-style triangular mel filterbank from 0 Hz to Nyquist, peak height 1: (n_mels, n_fft // 2 + 1) float32
+    weights to apply to a power spectrum."""
     fft_hz = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
     edges_hz = _mel_to_hz(np.linspace(0.0, _hz_to_mel(np.asarray(sample_rate / 2)), n_mels + 2))
     lower, center, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
@@ -58,20 +55,12 @@ def log_mel(
     win_ms: float = WIN_MS,
     target_rate: int = 16000,
 ) -> np.ndarray:
-    """Log-mel spectrogram with numpy/scipy.
+    """(T, n_mels) float32 log(mel power + 1e-6) of an (S,) mono waveform: Hann windows of `win_ms`, a frame every
+    `hop_ms`.
 
     The audio is resampled to `target_rate` so 8 kHz and 22.05 kHz sources share one filterbank. Frames are not
     centred: frame t covers samples [t·hop, t·hop + win), so there are 1 + (S - win) // hop frames (at least 1;
     shorter audio is zero-padded to one window).
-
-    Args:
-        audio: (S,) mono waveform.
-        hop_ms: Frame step in milliseconds.
-        win_ms: Hann window length in milliseconds.
-        target_rate: Rate the features are computed at.
-
-    Returns:
-        (T, n_mels) float32 log(mel power + 1e-6).
     """
     x = np.asarray(audio, dtype=np.float64)
     if sample_rate != target_rate:

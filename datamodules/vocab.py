@@ -15,7 +15,7 @@ modality, so that modality ids can always be read off token ids.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -74,9 +74,6 @@ class JointVocab:
         """Modality id (0 text, 1 image, 2 speech) of every id; works on numpy arrays and torch tensors alike."""
         out = (ids >= self.image_offset) * 1 + (ids >= self.speech_offset) * 1
         return out + (ids == PATCH) * IMAGE
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @staticmethod
     def _shift(values: np.ndarray, offset: int, size: int, what: str) -> np.ndarray:
