@@ -137,13 +137,12 @@ def check_safe(path: Path) -> None:
         )
 
 
-def load_checkpoint(path: str | Path, trust: bool = False, **kwargs) -> dict:
+def load_checkpoint(path: str | Path, **kwargs) -> dict:
     """torch.load of a checkpoint that holds only tensors, numbers, strings, containers and SAFE_GLOBALS; anything
-    else raises UnsafeCheckpoint before it is unpickled. `trust` loads any pickle (code in it runs)."""
-    if not trust:
-        check_safe(Path(path))
+    else raises UnsafeCheckpoint before it is unpickled."""
+    check_safe(Path(path))
     with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-        return torch.load(path, weights_only=not trust, **kwargs)
+        return torch.load(path, weights_only=True, **kwargs)
 
 
 def resume_problem(path: Path, checkpoint: dict, expected: DataPosition) -> str | None:

@@ -22,7 +22,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         c = plan_comparison(args)
     except ValueError as exc:
         parser.error(str(exc))
-    problems = c.problems()  # everything that could refuse to run is checked before the first step
-    if problems:
+    if problems := c.problems():  # everything that could refuse to run is checked before the first step
         print("compare.py: existing results were made with a different configuration:", file=sys.stderr)
         print("\n".join(f"  {p}" for p in problems), file=sys.stderr)
         print("Use another --root / --out, or delete those folders.", file=sys.stderr)
@@ -78,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # Under DDP every process runs this whole command (Lightning's launcher, torchrun or SLURM); one writes results.
     main_process = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+    # The results folder's lock, held for the whole command: a second compare.py on the same folder waits, then finds
+    # the runs the first one finished.
+    waiting = f"compare.py: another process is writing {c.out}; waiting for it to end"
+    lock = run_lock(c.out, wait=True, waiting=lambda: print(waiting, flush=True)) if main_process else nullcontext()
     try:
-        with results_lock(c.out) if main_process else nullcontext():
+        with lock:
             return run_comparison(c, meta, refs, main_process, started, samples=not args.no_samples)
     except OSError as exc:
         full = disk_full(exc, c.out, 16 * 2**20) if not isinstance(exc, DiskFull) else exc
@@ -87,13 +89,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"compare.py: {full.strerror}", file=sys.stderr)
         return 1
-
-
-def results_lock(out: Path):
-    """The results folder's lock, held for the whole command: a second compare.py on the same folder waits, then
-    finds the runs the first one finished."""
-    waiting = f"compare.py: another process is writing {out}; waiting for it to end"
-    return run_lock(out, wait=True, waiting=lambda: print(waiting, flush=True))
 
 
 def run_comparison(c: Comparison, meta: ComparisonMeta, refs: list[dict], main_process: bool, started: float,
@@ -111,8 +106,7 @@ def run_comparison(c: Comparison, meta: ComparisonMeta, refs: list[dict], main_p
     )
     for folder, problems in c.damaged().items():
         print(f"compare.py: {folder} is damaged ({'; '.join(problems)}); it will be trained again", file=sys.stderr)
-    others = c.other_recipes()
-    if others:
+    if others := c.other_recipes():
         listed = ", ".join(f"{name} ({n} finished)" for name, n in others.items())
         print(f"compare.py: {c.root} also holds runs of other recipes, not part of this comparison: {listed}")
     elsewhere = [s for s in todo if is_locked(c.folder(s))]

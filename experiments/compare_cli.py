@@ -153,7 +153,7 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
         recipe = replace(recipe, lr=args.lr, family_lr=())
     data = recipe.data() | data_overrides | {"cache_dir": args.data_cache}
     # batch_size is per device: a step of a run on N devices x K nodes trains N x K batches.
-    devices = _devices(args.devices)
+    devices = int(args.devices) if args.devices is not None and args.devices.isdigit() else args.devices
     replicas = (devices if isinstance(devices, int) else 1) * (args.num_nodes or 1)
     tokens_per_step = data["seq_len"] * data["batch_size"] * replicas
     max_steps = step_budget(args.max_steps, args.tokens, tokens_per_step, recipe.max_steps)
@@ -217,7 +217,3 @@ def step_budget(max_steps: int | None, tokens: float | None, tokens_per_step: in
             f"--tokens {tokens:g} is {steps:.2e} steps of {tokens_per_step} tokens, more than {MAX_STEPS:.0e} steps"
         )
     return steps
-
-
-def _devices(text: str | None):
-    return int(text) if text is not None and text.isdigit() else text

@@ -68,11 +68,16 @@ def load_run_module(run_dir: str | Path, trust: bool = False) -> LitMultiModalLM
         return LitMultiModalLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=not trust)
 
 
-def hf_mamba_config(cfg: ModelConfig):
-    """transformers' MambaConfig of a dense Mamba model."""
-    from transformers import MambaConfig
-
-    return MambaConfig(
+def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
+    """A dense Mamba model as a Hugging Face MambaForCausalLM folder; the keys map by prefix."""
+    try:
+        from transformers import MambaConfig, MambaForCausalLM
+    except ImportError as exc:
+        raise ExportError(f"the Hugging Face export needs transformers ({exc}); pip install transformers") from None
+    state = {("lm_head.weight" if k == "lm_head.weight" else f"backbone.{k}"): v for k, v in model.state_dict().items()}
+    state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")
+    cfg = model.cfg
+    config = MambaConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
         state_size=cfg.d_state,
@@ -87,17 +92,7 @@ def hf_mamba_config(cfg: ModelConfig):
         tie_word_embeddings=False,
         residual_in_fp32=True,
     )
-
-
-def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
-    """A dense Mamba model as a Hugging Face MambaForCausalLM folder; the keys map by prefix."""
-    try:
-        from transformers import MambaForCausalLM
-    except ImportError as exc:
-        raise ExportError(f"the Hugging Face export needs transformers ({exc}); pip install transformers") from None
-    state = {("lm_head.weight" if k == "lm_head.weight" else f"backbone.{k}"): v for k, v in model.state_dict().items()}
-    state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")
-    hf = MambaForCausalLM(hf_mamba_config(model.cfg))
+    hf = MambaForCausalLM(config)
     hf.load_state_dict(state, strict=True)
     hf.save_pretrained(out)
     return out

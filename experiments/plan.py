@@ -187,11 +187,9 @@ class Comparison:
             folder = self.folder(spec)
             try:
                 read_summary(folder)
-                conflicts = self.request(spec).conflicts()
+                found += [f"{folder}: {c}" for c in self.request(spec).conflicts()]
             except RunRecordError as exc:
                 found.append(str(exc))
-                continue
-            found += [f"{folder}: {c}" for c in conflicts]
         return found
 
 

@@ -37,7 +37,6 @@ from analysis.run_record import (
     Summary,
     file_disagreements,
     file_record,
-    parse_loss_name,
     read_summary,
     write_config,
     write_summary,
@@ -47,7 +46,7 @@ from datamodules.vocab import PATCH
 from experiments.checkpoints import AtomicCheckpointIO, BatchOrder, RunCheckpoint
 from experiments.lit_module import LitMultiModalLM, NonFiniteLoss
 from experiments.recipes import RunRequest
-from experiments.store import MetricsLogger, disk_full, move_aside, resume_point, run_lock
+from experiments.store import MetricsLogger, disk_full, is_val_loss, move_aside, resume_point, run_lock
 
 
 class RunRecorder(L.Callback):
@@ -81,11 +80,7 @@ class RunRecorder(L.Callback):
         s = self.summary
         s.status, s.reason, s.steps = status, reason, trainer.global_step
         s.wall_clock_s = time.perf_counter() - self.start_time
-        s.final_val_loss = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if (key := parse_loss_name(k)) and key.kind == "val"
-        }
+        s.final_val_loss = {k: float(v) for k, v in trainer.callback_metrics.items() if is_val_loss(k)}
         s.batch_order = self.order.digest if status == "finished" else ""
         if trainer.is_global_zero:  # DDP: every rank runs train_run; one of them writes the record
             s.files = file_record(self.folder) if status == "finished" else {}
@@ -122,8 +117,7 @@ def _named_flags(flags: dict) -> Iterator[None]:
 def train_run(request: RunRequest) -> Summary:
     """Train one run to its max_steps (resuming if interrupted); returns its summary. The module docstring says what
     happens to a folder that holds a run already."""
-    conflicts = request.conflicts()
-    if conflicts:
+    if conflicts := request.conflicts():
         raise ValueError(
             f"{request.folder} holds a run of a different recipe ({'; '.join(conflicts)}); "
             "choose another root or delete the folder"
@@ -141,16 +135,11 @@ def train_run(request: RunRequest) -> Summary:
                 return previous
             return _fit(request, settings, pl_trainer, recorder, previous, writer)
     except OSError as exc:
-        full = disk_full(exc, request.folder, _checkpoint_bytes(request.folder))
+        last = request.folder / CHECKPOINT  # the space a checkpoint needs: the last one's, or a guess before the first
+        full = disk_full(exc, request.folder, last.stat().st_size if last.exists() else 64 * 2**20)
         if full is None:
             raise
         raise full from None
-
-
-def _checkpoint_bytes(folder: Path) -> int:
-    """A checkpoint's size: the last one's, or a guess for a run that has none yet."""
-    last = folder / CHECKPOINT
-    return last.stat().st_size if last.exists() else 64 * 2**20
 
 
 def _previous(folder: Path) -> Summary | None:

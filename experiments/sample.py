@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if value < low:
             parser.error(f"{flag} must be >= {low}; got {value}")
     if not args.prompt and not args.captions:
-        args.prompt = ["It is a truth universally acknowledged"]
+        args.prompt = [REPORT_PROMPT]
     try:
         sampler = load_sampler(args.run, args.trust_checkpoint, temperature=args.temperature, top_k=args.top_k,
                                seed=args.seed)  # fmt: skip

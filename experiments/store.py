@@ -115,8 +115,8 @@ def move_aside(path: Path, why: str) -> Path:
 
 
 def _complete_rows(path: Path) -> tuple[list[str], list[dict]]:
-    """metrics.csv's header and rows, without a last line cut short by a crash (it lacks its line end)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    """metrics.csv's header and rows (none if it is missing), less a last line a crash cut short (no line end)."""
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     reader = csv.DictReader(text.splitlines())
@@ -158,17 +158,14 @@ def resume_point(
     step = int(checkpoint["global_step"])
     if problem := resume_problem(last, checkpoint, position(step)):
         return restart("unmatched", problem)
-    try:
-        header, rows = _complete_rows(metrics)
-    except FileNotFoundError:
-        header, rows = [], []
+    header, rows = _complete_rows(metrics)
     rows = [r for r in rows if r.get(STEP) and int(float(r[STEP])) < step]
     trained = {int(float(r[STEP])) for r in rows if r.get(TRAIN_LOSS)}
     if trained != set(range(step)):
         return restart("unmatched", f"{metrics} holds {len(trained)} of the {step} training rows before the "
                                     f"checkpoint of step {step}")  # fmt: skip
     evaluations = {s for s in range(step) if (s + 1) % val_every == 0}
-    evaluated = {int(float(r[STEP])) for r in rows if any(v and _is_val(k) for k, v in r.items())}
+    evaluated = {int(float(r[STEP])) for r in rows if any(v and is_val_loss(k) for k, v in r.items())}
     if not evaluations <= evaluated:
         return restart("unmatched", f"{metrics} holds the validation rows of {len(evaluations & evaluated)} of the "
                                     f"{len(evaluations)} evaluations before the checkpoint of step {step}")  # fmt: skip
@@ -176,7 +173,8 @@ def resume_point(
     return last, None
 
 
-def _is_val(column: str) -> bool:
+def is_val_loss(column: str) -> bool:
+    """Whether a metrics column (or logged metric) holds a validation loss."""
     key = parse_loss_name(column)
     return key is not None and key.kind == "val"
 

@@ -87,17 +87,6 @@ def recipe_defaults(recipe: Recipe) -> dict:
     }
 
 
-def model_defaults(scale: str, arm: str) -> dict:
-    """The model options' defaults: the arm's model at the scale (`ModelConfig.from_scale`)."""
-    return {k: v for k, v in ModelConfig.from_scale(scale, arch=arm).to_dict().items() if k not in LINKED}
-
-
-def model_overrides(cfg) -> dict:
-    """The model options that differ from the arm's model at the scale: the run's `model_overrides`."""
-    defaults = model_defaults(cfg.scale, cfg.arm)
-    return {k: v for k, v in cfg.model.as_dict().items() if as_stored(v) != as_stored(defaults[k])}
-
-
 def parse(argv: list[str] | None = None):
     """Parse twice: once to learn the scale, then with that scale's recipe as the defaults under YAMLs and flags. The
     model options that differ from the arm's model become `cfg.module.model_overrides` (None when none do)."""
@@ -108,9 +97,8 @@ def parse(argv: list[str] | None = None):
         RunRequest(cfg.setting, cfg.arm, cfg.scale)  # its names
     except ValueError as exc:
         parser.error(str(exc))
-    parser.set_defaults(
-        recipe_defaults(RECIPES[cfg.scale]) | {f"model.{k}": v for k, v in model_defaults(cfg.scale, cfg.arm).items()}
-    )
+    defaults = {k: v for k, v in ModelConfig.from_scale(cfg.scale, arch=cfg.arm).to_dict().items() if k not in LINKED}
+    parser.set_defaults(recipe_defaults(RECIPES[cfg.scale]) | {f"model.{k}": v for k, v in defaults.items()})
     cfg = parser.parse_args(argv)
     if cfg.max_steps is not None and cfg.max_steps < 1:
         parser.error(f"--max_steps must be >= 1; got {cfg.max_steps}")
@@ -119,10 +107,11 @@ def parse(argv: list[str] | None = None):
             f"--val_every must be >= 1 and at most --max_steps ({cfg.max_steps}), or the run never validates; "
             f"got {cfg.val_every}"
         )
-    cfg.module.model_overrides = model_overrides(cfg) or None
+    overrides = {k: v for k, v in cfg.model.as_dict().items() if as_stored(v) != as_stored(defaults[k])}
+    cfg.module.model_overrides = overrides or None
     try:  # the classes' own checks, before anything is written
         MultiModalDataModule(setting=cfg.setting, **cfg.data.as_dict())
-        ModelConfig.from_scale(cfg.scale, arch=cfg.arm, **(cfg.module.model_overrides or {}))
+        ModelConfig.from_scale(cfg.scale, arch=cfg.arm, **overrides)
     except ValueError as exc:
         parser.error(str(exc))
     return parser, cfg
