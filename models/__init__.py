@@ -9,13 +9,7 @@ out = model(tokens, modality_ids)          # out.logits: (B, L, V)
 from models.arms import ARMS, ROUTINGS, Arm, get_arm, register_arm
 from models.config import ModelConfig, ParamCount, param_count
 from models.family import SCALES, Family, check_scale
-from models.layers import (
-    ModalityLinear,
-    ModalityRMSNorm,
-    ModalityRouting,
-    expert_state_dict,
-    upcycle_state_dict,
-)
+from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, expert_state_dict, upcycle_state_dict
 from models.lm import LMOutput, MultiModalLM, build_model, position_hash_ids
 from models.mamba import MAMBA, MAMBA_PARTS, MambaMixer
 from models.scan import BACKENDS, resolve_backend, selective_scan, selective_scan_ref

@@ -80,7 +80,6 @@ class Family(ABC, Generic[Config]):
 
     def check(self, cfg: Config) -> None:
         """Raise ValueError if `cfg` is not a valid model of this family (beyond the generic checks)."""
-        return None
 
     @abstractmethod
     def block(self, cfg: Config) -> nn.Module:

@@ -67,15 +67,8 @@ def validate_modality_ids(modality_ids: Tensor, n_modalities: int) -> None:
 
 
 class ModalityRouting:
-    """How the tokens of one batch are grouped by modality; built once per forward and shared by all layers.
-
-    Args:
-        modality_ids: (B, L) integer tensor, every value in [0, n_modalities).
-        n_modalities: number of modalities M the model was built for.
-
-    Raises:
-        ValueError: if modality_ids is not a 2-D integer tensor or holds a value outside [0, n_modalities).
-    """
+    """How the tokens of one batch are grouped by modality; built once per forward and shared by all layers, from
+    modality_ids (B, L) with every value in [0, n_modalities) (ValueError otherwise, `validate_modality_ids`)."""
 
     def __init__(self, modality_ids: Tensor, n_modalities: int) -> None:
         validate_modality_ids(modality_ids, n_modalities)
@@ -148,13 +141,8 @@ def row_bucket(x: Tensor) -> int:
     batches that change every step (benchmarks/README.md, "Training step per arm"). The padding (a repeated row, whose
     output is dropped and whose gradient is zero) adds 32 rows per expert on average, 3% of a tiny expert's rows.
     """
-    if x.device.type != "cpu":
-        return 1
-    if x.dtype == torch.bfloat16 or (
-        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    ):
-        return 64
-    return 1
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return 64 if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or autocast_bf16) else 1
 
 
 def _round_up(index: Tensor, bucket: int) -> Tensor:
@@ -306,9 +294,7 @@ class ModalityRMSNorm(nn.Module):
 
 def validate_parts(decouple: Iterable[str], valid: tuple[str, ...], family: str) -> tuple[str, ...]:
     """Check a `decouple` selection against the part names a mixer knows; returns it as a tuple in canonical order."""
-    if isinstance(decouple, str):
-        decouple = (decouple,)
-    chosen = tuple(decouple)
+    chosen = (decouple,) if isinstance(decouple, str) else tuple(decouple)
     unknown = [p for p in chosen if p not in valid]
     if unknown:
         raise ValueError(f"unknown {family} part(s) to decouple: {unknown}; valid choices are {list(valid)}")
@@ -330,15 +316,8 @@ def _sparse_keys(module: nn.Module) -> dict[str, int]:
 
 
 def upcycle_state_dict(sparse: nn.Module, dense_state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A dense model's state dict, turned into one that `sparse` loads: every expert gets the dense weights.
-
-    Args:
-        sparse: the sparse module (any module containing ModalityLinear / ModalityRMSNorm layers).
-        dense_state: state dict of the matching dense module (same keys, no modality axis).
-
-    Returns:
-        A state dict for `sparse.load_state_dict(..., strict=True)`.
-    """
+    """A dense module's state dict (same keys, no modality axis), turned into one that `sparse` (any module holding
+    ModalityLinear / ModalityRMSNorm layers) loads with strict=True: every expert gets the dense weights."""
     target, sparse_keys = sparse.state_dict(), _sparse_keys(sparse)
     own = {name for name, _ in sparse.named_buffers()}  # routing state a dense model has not (the token-hash table)
     missing = sorted(set(target) - set(dense_state) - own)

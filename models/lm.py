@@ -94,11 +94,7 @@ class InferenceCache:
 
 
 class MultiModalLM(nn.Module):
-    """The suite's language model over interleaved modalities, for every arm.
-
-    Args:
-        cfg: the architecture.
-    """
+    """The suite's language model over interleaved modalities, for every arm, built from `cfg`."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -60,16 +60,11 @@ class MambaMixer(nn.Module):
     that, so a sparse mixer whose experts hold identical weights equals the dense mixer exactly.
 
     Args:
-        d_model: model width D.
-        d_state: SSM state size N.
-        d_conv: causal conv kernel width.
-        expand: E = expand * D.
+        d_model, d_state, expand: model width D, SSM state size N, E = expand * D.
+        d_conv, conv_bias: the causal depthwise conv's kernel width and bias.
         dt_rank: rank R of the Δ projection; "auto" is ceil(D / 16).
-        dt_min, dt_max: range of the initial Δ (log-uniform), as in mamba-ssm.
-        dt_init: "random" (uniform ±R^-0.5·dt_scale) or "constant" initialisation of dt_proj.weight.
-        dt_scale: scale of that initialisation.
-        dt_init_floor: lower clamp of the initial Δ.
-        conv_bias: bias on the depthwise conv.
+        dt_min, dt_max, dt_init_floor: the initial Δ, log-uniform in [dt_min, dt_max] and at least dt_init_floor.
+        dt_init, dt_scale: dt_proj.weight's initialisation, "random" (uniform ±R^-0.5·dt_scale) or "constant".
         bias: bias on in_proj and out_proj.
         n_modalities: M, the number of modality experts for decoupled projections (1 = dense).
         decouple: the projections that get per-modality copies; any subset of MAMBA_PARTS (default: all four).
@@ -166,20 +161,12 @@ class MambaMixer(nn.Module):
         BC = x_dbl[..., R:]
         if routing is not None:
             dt, BC = routing.unsort(dt), routing.unsort(BC)
-        Bm, Cm = BC.split([N, N], dim=-1)  # (B, L, N) each
+        Bm, Cm = BC.transpose(1, 2).split([N, N], dim=1)  # (B, N, L) each
 
         A = -torch.exp(upcast(self.A_log))  # (E, N)
+        # No delta_bias: the dt bias is inside dt already (see above).
         y = selective_scan(
-            xs,
-            dt.transpose(1, 2),
-            A,
-            Bm.transpose(1, 2),
-            Cm.transpose(1, 2),
-            D=upcast(self.D),
-            z=z,
-            delta_bias=None,  # already inside dt (see above)
-            delta_softplus=True,
-            backend=backend,
+            xs, dt.transpose(1, 2), A, Bm, Cm, D=upcast(self.D), z=z, delta_softplus=True, backend=backend
         )  # (B, E, L)
         return self.out_proj(y.transpose(1, 2), routing)  # (B, L, D)
 
@@ -234,23 +221,11 @@ class MambaBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm = ModalityRMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = MambaMixer(
-            cfg.d_model,
-            d_state=cfg.d_state,
-            d_conv=cfg.d_conv,
-            expand=cfg.expand,
-            dt_rank=cfg.dt_rank,
-            dt_min=cfg.dt_min,
-            dt_max=cfg.dt_max,
-            dt_init=cfg.dt_init,
-            dt_scale=cfg.dt_scale,
-            dt_init_floor=cfg.dt_init_floor,
-            conv_bias=cfg.conv_bias,
-            bias=cfg.bias,
-            n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
-            decouple=cfg.decouple,
-            scan_backend=cfg.scan_backend,
-        )
+        # The mixer's other arguments are the ModelConfig fields of the same names.
+        same = "d_state d_conv expand dt_rank dt_min dt_max dt_init dt_scale dt_init_floor conv_bias bias scan_backend"
+        n_modalities = cfg.n_modalities if cfg.is_sparse else 1
+        kwargs = {name: getattr(cfg, name) for name in same.split()}
+        self.mixer = MambaMixer(cfg.d_model, n_modalities=n_modalities, decouple=cfg.decouple, **kwargs)
 
     def forward(self, x: Tensor, routing: ModalityRouting | None, cache: MambaCache | None = None) -> Tensor:
         """x (B, L, D) -> (B, L, D). With a `cache` the L tokens continue the cached sequences, one recurrent step

@@ -83,25 +83,12 @@ def selective_scan_ref(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
 ) -> torch.Tensor:
-    """Reference selective scan: a sequential loop under autograd, as mamba-ssm's ``selective_scan_ref``.
+    """Reference selective scan: a sequential loop under autograd, as mamba-ssm's ``selective_scan_ref``; arguments
+    and output as `selective_scan`'s, computed in float32 (float64 if any input is float64).
 
     This is the executable specification the other backends are tested against. It is deliberately written the
     way mamba-ssm writes it (materialise exp(delta * A) and delta * u * B for all steps, then slice one step per
     loop iteration), which also makes it the slow baseline the benchmark compares with; do not optimise it.
-
-    Args:
-        u: Input, [B, E, L].
-        delta: Step sizes, [B, E, L].
-        A: State matrix (real, normally negative), [E, N].
-        B: Input-dependent input matrix, [B, N, L].
-        C: Input-dependent output matrix, [B, N, L].
-        D: Optional skip weight, [E]; adds ``u * D``.
-        z: Optional gate, [B, E, L]; multiplies the output by ``silu(z)``.
-        delta_bias: Optional bias added to ``delta`` before the softplus, [E].
-        delta_softplus: Apply softplus to ``delta`` (after the bias).
-
-    Returns:
-        The output, [B, E, L], in ``u``'s dtype. Computation is float32 (float64 if any input is float64).
     """
     dtype_in = u.dtype
     ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
@@ -213,14 +200,8 @@ def _chunk_states(
 ) -> None:
     """Fill ``a`` with the decays and ``H`` with the states of one chunk of T steps, starting from state ``h0``.
 
-    Args:
-        delta: [T, B, E] step sizes.
-        du: [T, B, E] delta * u.
-        A2: [E, N] A * log2(e).
-        B: [T, B, N].
-        h0: [B, E, N] state before the chunk's first step.
-        a: [T, B, E, N] output buffer for a_t = exp(delta_t * A), all in (0, 1] for A <= 0.
-        H: [T, B, E, N] output buffer for the states h_t.
+    delta, du (delta * u): [T, B, E]; A2 (A * log2(e)): [E, N]; B: [T, B, N]; h0: [B, E, N], the state before the
+    chunk's first step; a, H: [T, B, E, N] output buffers for a_t = exp(delta_t * A) (in (0, 1] for A <= 0) and h_t.
     """
     # exp2 of a pre-scaled A instead of exp: same value, cheaper than exp (and no slow path for very
     # negative arguments), at the cost of one extra rounding (relative error <= 1e-6 for |delta * A| <= 20).
@@ -271,12 +252,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     """
 
     @staticmethod
+    @_untraced()
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct):
-        with _untraced():
-            return _SelectiveScanFn._forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct)
-
-    @staticmethod
-    def _forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, ct):
         batch, _, L = u.shape
         A_ct, D_ct, bias_ct = (None if t is None else t.to(ct) for t in (A, D, delta_bias))
         A2 = A_ct * _LOG2E
@@ -427,11 +404,6 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _triton_interpreted() -> bool:
-    """Triton runs kernels on CPU tensors under its interpreter, which is switched on before the kernels load."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     """The "cuda" backend: cast to the dtypes mamba-ssm's kernel requires and call ``selective_scan_fn``.
 
@@ -440,21 +412,9 @@ def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     """
     fn, _ = _import_mamba_ssm()
     it = u.dtype
-
-    def f32(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.float()
-
-    return fn(
-        u,
-        delta.to(it),
-        A.float(),
-        B.to(it),
-        C.to(it),
-        D=f32(D),
-        z=None if z is None else z.to(it),
-        delta_bias=f32(delta_bias),
-        delta_softplus=delta_softplus,
-    )
+    D, delta_bias = (None if t is None else t.float() for t in (D, delta_bias))
+    z = None if z is None else z.to(it)
+    return fn(u, delta.to(it), A.float(), B.to(it), C.to(it), D, z, delta_bias, delta_softplus)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -463,23 +423,13 @@ def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 
 def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
-    """The concrete backend ("torch", "ref", "cpu", "triton" or "cuda") `selective_scan` uses on ``device``.
+    """The concrete backend ("torch", "ref", "cpu", "triton" or "cuda") `selective_scan` runs for ``backend`` (one of
+    `BACKENDS`, "auto" resolved as the module docstring says) on ``device``. ``dtype`` is ``u``'s when given:
+    mamba-ssm's kernel has no float64, so "auto" passes it over for float64.
 
-    Args:
-        backend: One of `BACKENDS`. "auto" on a CUDA device picks "cuda" when mamba-ssm's extension is installed
-            (and ``dtype``, if given, is one its kernel supports), else "triton" when Triton imports, else "torch";
-            on a CPU device "cpu" when the compiled kernel loads, else "torch".
-        device: Device of the scan's tensors.
-        dtype: Optional dtype of ``u``; mamba-ssm's kernel has no float64, so "auto" passes it over for float64.
-
-    Returns:
-        "torch", "ref", "cpu", "triton" or "cuda".
-
-    Raises:
-        ValueError: ``backend`` is not one of `BACKENDS`.
-        RuntimeError: the backend asked for cannot run here: "cuda" without mamba-ssm's extension, CUDA tensors or
-            a supported ``dtype``; "triton" without Triton, or on CPU tensors outside Triton's interpreter; "cpu"
-            without the compiled kernel or CPU tensors.
+    Raises ValueError for an unknown ``backend``, and RuntimeError when the one asked for cannot run here: "cuda"
+    without mamba-ssm's extension, CUDA tensors or a supported ``dtype``; "triton" without Triton, or on CPU tensors
+    outside Triton's interpreter; "cpu" without the compiled kernel or CPU tensors.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; valid choices are {', '.join(BACKENDS)}")
@@ -502,7 +452,8 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("selective-scan backend 'triton' needs Triton (`pip install triton`), which is missing")
-        if device.type != "cuda" and not _triton_interpreted():
+        # Triton runs kernels on CPU tensors under its interpreter, which is switched on before the kernels load.
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
                 f"selective-scan backend 'triton' needs CUDA tensors, or TRITON_INTERPRET=1 for {device} tensors"
             )

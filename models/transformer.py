@@ -255,17 +255,11 @@ class TransformerFamily(Family[ModelConfig]):
         check_heads(cfg.d_model, cfg.n_head)
 
     def block(self, cfg: ModelConfig) -> nn.Module:
-        return TransformerBlock(
-            cfg.d_model,
-            cfg.n_head,
-            mlp_hidden(cfg.d_model, cfg.mlp_multiple_of),
-            n_modalities=cfg.n_modalities if cfg.is_sparse else 1,
-            decouple=cfg.decouple,
-            norm_placement=cfg.norm_placement,
-            qk_norm=cfg.qk_norm,
-            norm_eps=cfg.norm_eps,
-            rope_theta=cfg.rope_theta,
-        )
+        hidden = mlp_hidden(cfg.d_model, cfg.mlp_multiple_of)
+        n_modalities = cfg.n_modalities if cfg.is_sparse else 1
+        # The block's other arguments are the ModelConfig fields of the same names.
+        kwargs = {name: getattr(cfg, name) for name in "decouple norm_placement qk_norm norm_eps rope_theta".split()}
+        return TransformerBlock(cfg.d_model, cfg.n_head, hidden, n_modalities, **kwargs)
 
     @torch.no_grad()
     def init_block(self, block: nn.Module, cfg: ModelConfig) -> None:
