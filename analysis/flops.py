@@ -179,8 +179,7 @@ def count_flops(model: MultiModalLM, batch: dict[str, Tensor], strict: bool = Tr
     """Forward FLOPs of `model` on `batch` (tokens (B, L) and optionally BATCH_KEYS' others; other keys are ignored),
     counted by fvcore with the handles of its family's `flop_ops` (the scan and the causal conv of Mamba, attention of
     the transformer), traced under the family's `traceable` (Mamba: the "torch" scan, whatever it is set to). With
-    `strict`, an op fvcore leaves unpriced that IGNORED_OPS does not list is an error: nothing silently counts zero.
-    """
+    `strict`, an op fvcore leaves unpriced that IGNORED_OPS does not list is an error: nothing silently counts zero."""
     names = tuple(k for k in BATCH_KEYS if batch.get(k) is not None)
     inputs = tuple(batch[k] for k in names)
     tokens = batch["tokens"]

@@ -46,11 +46,8 @@ TOLERANCE = 1e-9  # relative, on losses: rounding, not noise
 
 
 def smooth(flops: Sequence[float], loss: Sequence[float], points: int = SMOOTHING_POINTS) -> np.ndarray:
-    """Each loss replaced by a local quadratic fit in log-FLOPs over `points` evaluations (see the module docstring).
-
-    A curve of fewer evaluations is fitted whole, with a degree below the number of points; `points=1` returns the
-    curve unchanged.
-    """
+    """Each loss replaced by a local quadratic fit in log-FLOPs over `points` evaluations (module docstring); a curve
+    of fewer evaluations is fitted whole, with a degree below the number of points; `points=1` returns it unchanged."""
     x, v = np.log(np.asarray(flops, dtype=np.float64)), np.asarray(loss, dtype=np.float64)
     n, width = len(v), min(points, len(v))
     out = np.empty(n)
@@ -201,10 +198,8 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def at_flops(flops: Sequence[float], values: Sequence[float], at: float) -> float | None:
     """`values` at `at` FLOPs, interpolated linearly in log-FLOPs as the matching point is; None outside the grid.
-
-    A point within a relative 1e-9 of either end counts as inside, so a run's own total FLOPs, recomputed
-    elsewhere as steps × FLOPs per step, is not lost to rounding.
-    """
+    A point within a relative 1e-9 of either end counts as inside, so a run's own total FLOPs, recomputed elsewhere
+    as steps × FLOPs per step, is not lost to rounding."""
     f, v = np.asarray(flops, dtype=np.float64), np.asarray(values, dtype=np.float64)
     if len(f) == 0 or not f[0] * (1 - 1e-9) <= at <= f[-1] * (1 + 1e-9):
         return None

@@ -31,24 +31,15 @@ class Pair:
 
 @dataclass(frozen=True)
 class Metric:
-    """One per-pair number of the report.
+    """One per-pair number of the report."""
 
-    Attributes:
-        name: its column in flops_to_match.csv (and `<name>_mean`, `_low`, `_high` in the summary).
-        value: its value for one pair; None where the pair has none.
-        fmt: how a value prints in report.md.
-        heading: the title of its report section; "" when it has none (it is part of another table).
-        how_to_read: the section's text, above its table.
-        in_loss_unit: its values are in the unit of the loss (nats, MSE): the section's table names that unit.
-        needs_reach: it exists only where the sparse arm reached the target: a cell without it says how many seeds did.
-    """
-
-    name: str
-    value: Callable[[Pair], float | None]
-    fmt: Callable[[float], str]
-    heading: str = ""
-    how_to_read: str = ""
-    in_loss_unit: bool = False
+    name: str  # its column in flops_to_match.csv (and `<name>_mean`, `_low`, `_high` in the summary)
+    value: Callable[[Pair], float | None]  # its value for one pair; None where the pair has none
+    fmt: Callable[[float], str]  # how a value prints in report.md
+    heading: str = ""  # the title of its report section; "" when it has none (it is part of another table)
+    how_to_read: str = ""  # the section's text, above its table
+    in_loss_unit: bool = False  # its values are in the loss's unit (nats, MSE): the section's table names that unit
+    # it exists only where the sparse arm reached the target: a cell without it says how many seeds did
     needs_reach: bool = False
 
 

@@ -32,14 +32,9 @@ FLAT_SIGMAS = 2.0
 
 
 def match_pair(sparse: Curve, dense: Curve, sparse_flops_per_step: float, points: int = SMOOTHING_POINTS) -> dict:
-    """FLOPs-to-match and every registered metric (analysis/metrics.py) of one sparse curve against its dense curve.
-
-    Returns the numbers of one flops_to_match.csv row: `fraction` (None = not reached) and `at_least` (its lower
-    bound when not reached), the matching point in FLOPs and in the sparse run's steps, the FLOPs at which the dense
-    arm reached its best loss (the target) and its total, the target, the metrics (by default both smoothed final
-    losses, the loss gap at equal FLOPs and the wall-clock fraction), and the dense curve's end (`dense_end`:
-    "steep", "flat" or "").
-    """
+    """The numbers of one flops_to_match.csv row: FLOPs-to-match of one sparse curve against its dense curve
+    (`fraction`, None = not reached; `at_least`, its lower bound), every registered metric (analysis/metrics.py) and
+    the dense curve's end (`curve_end`)."""
     m = compare_curves(dense.flops, dense.loss, sparse.flops, sparse.loss, points)
     pair = Pair(sparse, dense, m)
     return {
@@ -69,27 +64,23 @@ def curve_end(curve: Curve, points: int = SMOOTHING_POINTS) -> str:
     return "steep" if -fit.slope > STEEP * abs(smoothed[-1]) else ""
 
 
-def _pairs(results: Results) -> list[tuple]:
-    """(sparse run, its dense run) of every finished sparse run whose dense partner of the same seed finished."""
+def _pairs(results: Results, same_batches: bool = True) -> list[tuple]:
+    """(sparse run, its dense run) of every finished sparse run whose dense partner of the same seed finished and
+    trained the same batches (with `same_batches` False: other batches), as far as they recorded (runs finished
+    before summaries held the digest of their batch order cannot be checked)."""
     finished = results.finished
     dense_runs = {(r.setting, r.arm, r.seed): r for r in finished.itertuples() if r.variant == r.arm}
     pairs = [(run, dense_runs.get((run.setting, dense_partner(run.arm), run.seed))) for run in finished.itertuples()]
-    return [(run, dense) for run, dense in pairs if dense is not None]
 
+    def same(run, dense) -> bool:
+        return not (run.batch_order and dense.batch_order) or run.batch_order == dense.batch_order
 
-def _same_batches(run, dense) -> bool:
-    """Whether two runs trained the same batches, as far as they recorded (runs finished before summaries held the
-    digest of their batch order cannot be checked)."""
-    return not (run.batch_order and dense.batch_order) or run.batch_order == dense.batch_order
+    return [(run, dense) for run, dense in pairs if dense is not None and same(run, dense) == same_batches]
 
 
 def order_mismatches(results: Results) -> list[str]:
     """Each pair whose runs trained different batches, named: "chameleon mom seed 0 vs mamba"."""
-    return [
-        f"{run.setting} {run.variant} seed {run.seed} vs {dense.variant}"
-        for run, dense in _pairs(results)
-        if not _same_batches(run, dense)
-    ]
+    return [f"{r.setting} {r.variant} seed {r.seed} vs {d.variant}" for r, d in _pairs(results, same_batches=False)]
 
 
 def match_runs(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POINTS) -> pd.DataFrame:
@@ -98,8 +89,6 @@ def match_runs(results: Results, grid: pd.DataFrame, points: int = SMOOTHING_POI
     curves = run_curves(grid)
     rows = []
     for run, dense_run in _pairs(results):
-        if not _same_batches(run, dense_run):
-            continue
         dense = dense_run.variant
         mine, theirs = curves.get((run.setting, run.variant, run.seed), {}), curves[(run.setting, dense, run.seed)]
         for key in mine.keys() & theirs.keys():

@@ -58,12 +58,9 @@ def curve_figure(
 ) -> Figure | None:
     """Loss curves of every main arm of `setting` against `x` ('flops', log scale, or 'steps'), one panel per loss of
     `kind` ('val', or 'train': block means on the evaluation grid); `grid` and `matches` are from `evaluation_grid`
-    and `pairs.match_runs`.
-
-    Each run is a faint raw curve and a solid smoothed one (the matching rule's smoothing); seeds share their arm's
-    colour. Each dense arm's best smoothed loss (the target) is a dashed line, and each sparse run's matching point
-    is a circle on it.
-    """
+    and `pairs.match_runs`. Each run is a faint raw curve and a solid smoothed one (the matching rule's smoothing);
+    seeds share their arm's colour. Each dense arm's best smoothed loss (the target) is a dashed line, and each sparse
+    run's matching point is a circle on it."""
     finished = results.finished
     main = finished[(finished["setting"] == setting) & (finished["variant"] == finished["arm"])]
     curves = run_curves(grid)
@@ -139,12 +136,9 @@ def _curve_panel(
 
 
 def ablation_figure(results: Results, summary: pd.DataFrame) -> Figure | None:
-    """Grouped bars: FLOPs-to-match (% of the dense arm's FLOPs) per modality for every ablation variant.
-
-    Bars are geometric means over seeds with the 95% interval of the log as an error bar; a variant that did not
-    reach the target in every seed is an empty hatched bar labelled with how many did and the budgets' lower bound,
-    never a mean.
-    """
+    """Grouped bars: FLOPs-to-match (% of the dense arm's FLOPs) per modality for every ablation variant, geometric
+    means over seeds with the 95% interval of the log as an error bar; a variant that did not reach the target in
+    every seed is an empty hatched bar labelled with how many did and the budgets' lower bound, never a mean."""
     setting, arm = results.meta.ablation_setting, results.meta.ablation_arm
     variants, found = ablation_cells(results, summary)
     if not found:
@@ -193,14 +187,11 @@ def write_plots(results: Results, grid: pd.DataFrame, matches: pd.DataFrame, sum
     earlier render left there and this one does not draw are removed."""
     folder, plots = results.out / "plots", []
     for setting in results.settings:
-        for kind, x, what in (
-            ("val", "flops", "validation loss vs cumulative training FLOPs"),
-            ("val", "steps", "validation loss vs optimizer steps"),
-            ("train", "flops", "training loss (block means) vs cumulative training FLOPs"),
-        ):
+        for kind, x in (("val", "flops"), ("val", "steps"), ("train", "flops")):
             fig = curve_figure(results, grid, matches, setting, kind=kind, x=x)
             if fig is not None:
                 path = save_png(fig, folder / f"{setting}_{kind}_vs_{x}.png")
+                what = f"{KIND_WORDS[kind]} loss{' (block means)' if kind == 'train' else ''} vs {X_AXES[x]}"
                 plots.append(Plot(setting, "curves", f"{setting}: {what}", path))
     fig = ablation_figure(results, summary)
     if fig is not None:

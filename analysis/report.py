@@ -38,12 +38,11 @@ from analysis.tables import (
     match_table,
     metric_table,
     multiplicity_text,
-    null_rate,
     paper_sources,
     params_table,
     runs_table,
+    verdict_tests,
     verdicts,
-    versions_text,
 )
 from common.files import atomic_write
 
@@ -90,10 +89,11 @@ def _preamble(results: Results, own: bool) -> list[str]:
             f"*These are {meta.scale} models trained for {meta.max_steps or '?'} steps: the numbers show whether the "
             "trend of the papers appears at this size; they are not a reproduction of the papers' scale.*"
         )
-    evaluations = _evaluations(results)
-    if evaluations is not None and evaluations < MIN_EVALUATIONS:
+    # evaluations per run of the recipe
+    steps, every = meta.max_steps or meta.recipe.get("max_steps"), meta.val_every
+    if isinstance(steps, int) and isinstance(every, int) and every > 0 and steps // every < MIN_EVALUATIONS:
         notes.append(
-            f"**Warning: each curve has {evaluations} evaluations.** The matching rule is checked exact within 1.5% "
+            f"**Warning: each curve has {steps // every} evaluations.** The matching rule is checked exact within 1.5% "
             f"from {MIN_EVALUATIONS} evaluations on (docs/design.md); with fewer, a FLOPs-to-match is coarse. "
             "Validate more often (`--val-every`) or train longer."
         )
@@ -143,7 +143,7 @@ def _headline_sections(results: Results, summary: pd.DataFrame, own: bool, val_e
 
 def _null_control_section(results: Results, summary: pd.DataFrame) -> list[str]:
     """The twins against their dense arms, with the false-positive rate of the report's intervals."""
-    cells, positive, holm_kept = null_rate(summary)
+    cells, positive, holm_kept = map(len, verdict_tests(summary, twins=True))
     return [
         "## Null control: each dense arm against its twin",
         "",
@@ -224,8 +224,7 @@ def _image(results: Results, plot: Plot) -> str:
 
 
 def how_to_read(results: Results, summary: pd.DataFrame, points: int, val_every: object) -> list[str]:
-    """The definitions, stated once: the verdict's statistic, FLOPs-to-match and its smoothing, the tests, the FLOPs
-    convention, the files."""
+    """The definitions, stated once: verdict, FLOPs-to-match, smoothing, tests, FLOPs convention, files."""
     runs = results.runs
     ratios = []
     if "flops_per_token" in runs:
@@ -285,13 +284,6 @@ def how_to_read(results: Results, summary: pd.DataFrame, points: int, val_every:
     ]
 
 
-def _evaluations(results: Results) -> int | None:
-    """Evaluations per run of the recipe (max_steps // val_every), None when not recorded."""
-    meta = results.meta
-    steps, every = meta.max_steps or meta.recipe.get("max_steps"), meta.val_every
-    return steps // every if isinstance(steps, int) and isinstance(every, int) and every > 0 else None
-
-
 def _listed(runs: pd.DataFrame, column: str) -> list:
     """The entries of a list-valued summary field (data sources, data notes) over `runs`, in order; [] where no run
     recorded it (no summary.json)."""
@@ -324,7 +316,7 @@ def setup_lines(results: Results) -> list[str]:
             lines.append(f"- Image tokens by source, {setting}: {shares}")
     for what, entries in (("Recipe (every run)", meta.recipe), ("Versions", meta.versions)):
         lines.append(f"- {what}: {', '.join(f'{k} {v}' for k, v in entries.items()) or 'not recorded'}")
-    run_versions = versions_text(results)
+    run_versions = sorted({json.dumps(v, sort_keys=True) for v in runs.get("versions", []) if isinstance(v, dict)})
     if len(run_versions) > 1:
         lines.append(f"- Runs recorded {len(run_versions)} different version sets: {'; '.join(run_versions)}")
     for what in ("device", "backend"):

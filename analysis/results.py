@@ -69,11 +69,8 @@ class Results:
 
 
 def load_results(out: str | Path) -> Results:
-    """Read `<out>/comparison.json` and every run folder it lists.
-
-    Run folders in comparison.json are absolute, relative to the current directory, or (failing that) relative to
-    `out`. Raises ReportError naming comparison.json when it is missing or not the expected JSON.
-    """
+    """Read `<out>/comparison.json` and every run folder it lists (absolute, relative to the current directory, or
+    failing that to `out`). Raises ReportError naming comparison.json when it is missing or not the expected JSON."""
     out = Path(out)
     path = out / "comparison.json"
     try:
@@ -103,10 +100,8 @@ def load_results(out: str | Path) -> Results:
 
 
 def load_run(entry: dict, out: Path, val_every: int | None = None) -> tuple[dict, pd.DataFrame]:
-    """One run of comparison.json: its row of `Results.runs` and its curves (empty unless finished).
-
-    A folder that is missing or unreadable gives a row with that status, not an error.
-    """
+    """One run of comparison.json: its row of `Results.runs` and its curves (empty unless finished). A folder that
+    is missing or unreadable gives a row with that status, not an error."""
     folder = Path(entry["folder"])
     if not folder.is_absolute() and not folder.exists() and (out / folder).exists():
         folder = out / folder

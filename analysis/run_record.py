@@ -170,7 +170,10 @@ class Summary:
         """Check a decoded summary.json against this schema; RunRecordError naming `path` if it does not fit."""
         if not isinstance(data, dict):
             raise RunRecordError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        data = _upgrade(dict(data))
+        data = dict(data)
+        if "schema_version" not in data and "arm" in data:  # version 0 named the variant "name"; it reads as version 1
+            data["variant"] = data.pop("name", data["arm"])
+            data["schema_version"] = 1
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise RunRecordError(
@@ -189,14 +192,6 @@ class Summary:
         if problems:
             raise RunRecordError(f"{path}: not a run summary ({'; '.join(problems)})")
         return cls(**data)
-
-
-def _upgrade(data: dict) -> dict:
-    """Records written before schema versions (version 0) named the variant "name"; they read as version 1."""
-    if "schema_version" not in data and "arm" in data:
-        data["variant"] = data.pop("name", data["arm"])
-        data["schema_version"] = 1
-    return data
 
 
 def read_summary(folder: Path) -> Summary | None:

@@ -9,7 +9,6 @@ lower bound the budgets give ("2/3 reach; ≥ 96.0%"), never a mean of the seeds
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import pandas as pd
@@ -69,19 +68,11 @@ def gap_cell(agg: dict | None) -> str:
     return f"{cell} {agg['verdict']}" if n_seeds(agg) >= MIN_SEEDS and cell != "n/a" else cell
 
 
-def _flags(agg: dict | None) -> str:
-    """The dense curves' ends, when they qualify the cell (pairs.curve_end): 'steep 3/3' (the baseline is still
-    improving fast), 'flat 1/3' (FLOPs-to-match is ill-conditioned there)."""
-    return agg["dense_end"] if agg is not None and isinstance(agg.get("dense_end"), str) else ""
-
-
 def main_pairs(summary: pd.DataFrame, kind: str) -> dict[tuple[str, LossKey, str], dict]:
     """Summary rows of one loss kind for the main, control and twin arms (ablation variants left out), keyed for
     lookup."""
-    rows = summary.to_dict("records")
-    return {
-        (r["setting"], loss_key(r), r["variant"]): r for r in rows if r["kind"] == kind and r["variant"] == r["arm"]
-    }
+    rows = [r for r in summary.to_dict("records") if r["kind"] == kind and r["variant"] == r["arm"]]
+    return {(r["setting"], loss_key(r), r["variant"]): r for r in rows}
 
 
 def _by_loss(results: Results, found: dict) -> tuple[list[str], list[tuple[str, LossKey, list[dict | None]]]]:
@@ -115,7 +106,10 @@ def match_table(
         published = [PAPER_NUMBERS.get((a, setting, key.modality)) if primary else None for a in paper_arms]
         cells = [setting, loss_label(key), loss_unit(setting, key.modality)]
         for agg in aggs:
-            cells += [gap_cell(agg), fraction_cell(agg), _flags(agg)]
+            # the dense curves' ends (pairs.curve_end): 'steep 3/3' (the baseline is still improving fast), 'flat 1/3'
+            # (FLOPs-to-match is ill-conditioned there)
+            end = agg["dense_end"] if agg is not None and isinstance(agg.get("dense_end"), str) else ""
+            cells += [gap_cell(agg), fraction_cell(agg), end]
         cells += ["" if p is None else f"{p.value} at {p.scale} [{p.source}]" for p in published]
         rows.append(cells)
     return markdown_table(header, rows)
@@ -124,7 +118,7 @@ def match_table(
 VERDICTS = ("better", "worse", "no significant difference")
 
 
-def _tests(summary: pd.DataFrame, twins: bool) -> tuple[list[dict], list[dict], list[dict]]:
+def verdict_tests(summary: pd.DataFrame, twins: bool) -> tuple[list[dict], list[dict], list[dict]]:
     """The twins' (or the other variants') summary rows with a verdict, those of them that say "better" or "worse"
     from the unadjusted interval, and those of these that stay significant after Holm's adjustment."""
     rows = [r for r in summary.to_dict("records") if r["verdict"] in VERDICTS and is_twin(r["variant"]) == twins]
@@ -133,16 +127,9 @@ def _tests(summary: pd.DataFrame, twins: bool) -> tuple[list[dict], list[dict], 
     return rows, positive, kept
 
 
-def null_rate(summary: pd.DataFrame) -> tuple[int, int, int]:
-    """The twins' null control over a report: (cells with a verdict, of them "better" or "worse" from the unadjusted
-    interval, of them significant after Holm's adjustment)."""
-    rows, positive, kept = _tests(summary, twins=True)
-    return len(rows), len(positive), len(kept)
-
-
 def multiplicity_text(summary: pd.DataFrame) -> str:
     """How many tests the report's verdicts make and what Holm's adjustment leaves of them."""
-    rows, positive, kept = _tests(summary, twins=False)
+    rows, positive, kept = verdict_tests(summary, twins=False)
     named = "; ".join(
         f"{r['setting']} {loss_label(loss_key(r))}, {KIND_WORDS[r['kind']]} loss, {pair_label(r['variant'])} "
         f"({r['verdict']})"
@@ -277,12 +264,6 @@ def runs_table(results: Results) -> str:
     header = ["setting", "variant", "seed", "status", "steps", "params total (M)", "params active (M)"]
     header += ["train FLOPs/token (fvcore)", "analytic / fvcore", "backend", "device", "wall-clock (s)", "note"]
     return markdown_table(header, rows)
-
-
-def versions_text(results: Results) -> list[str]:
-    """The distinct version sets the runs recorded, as sorted JSON."""
-    column = results.runs.get("versions", pd.Series(dtype=object))
-    return sorted({json.dumps(v, sort_keys=True) for v in column if isinstance(v, dict)})
 
 
 def verdicts(results: Results, summary: pd.DataFrame, kind: str = "train") -> list[str]:
