@@ -1,7 +1,6 @@
 """compare.py's command line: its parser, and the reading of its flags into a `Comparison` (experiments/plan.py).
 
-`plan_comparison` raises ValueError naming any bad value with the valid choices, before anything is written; the
-flags are spelled with hyphens, and train.py's underscore spelling names the same ones.
+`plan_comparison` raises ValueError naming any bad value with the valid choices, before anything is written.
 """
 
 from __future__ import annotations
@@ -86,11 +85,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     )
     lightning = parser.add_argument_group("passed to lightning.Trainer")
     lightning.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto, ...")
-    lightning.add_argument("--devices", default=None, help="e.g. 1, 8, 'auto'")
-    lightning.add_argument("--num-nodes", type=int, default=None)
-    lightning.add_argument("--strategy", default=None, help="e.g. ddp, fsdp")
+    lightning.add_argument("--devices", help="e.g. 1, 8, 'auto'")
+    lightning.add_argument("--num-nodes", type=int)
+    lightning.add_argument("--strategy", help="e.g. ddp, fsdp")
     lightning.add_argument(
-        "--precision", default=None, help="the recipe's is bf16-mixed (bf16 matmuls, float32 weights); 32-true: float32"
+        "--precision", help="the recipe's is bf16-mixed (bf16 matmuls, float32 weights); 32-true: float32"
     )
     parser.add_argument(
         "--parallel",

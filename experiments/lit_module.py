@@ -65,14 +65,8 @@ class LitMultiModalLM(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.cfg = ModelConfig.from_scale(
-            scale,
-            arch=arch,
-            vocab_size=vocab_size,
-            n_modalities=n_modalities,
-            patch_dim=patch_dim,
-            **(model_overrides or {}),
-        )
+        dims = dict(vocab_size=vocab_size, n_modalities=n_modalities, patch_dim=patch_dim)
+        self.cfg = ModelConfig.from_scale(scale, arch=arch, **dims, **(model_overrides or {}))
         self.model = build_model(self.cfg)
         self.modalities = MODALITY_NAMES[:n_modalities]
         # One running mean per validation set and modality (and image source), logged under its run-record name:
@@ -92,13 +86,8 @@ class LitMultiModalLM(L.LightningModule):
         return dict(map(tuple, self.hparams.family_lr)).get(self.cfg.family.name, self.hparams.lr)
 
     def forward(self, batch: dict[str, Tensor]):
-        return self.model(
-            batch["tokens"],
-            batch["modality_ids"],
-            batch.get("patches"),
-            batch.get("patch_mask"),
-            batch.get("timesteps"),
-        )
+        extras = (batch.get(k) for k in ("patches", "patch_mask", "timesteps"))
+        return self.model(batch["tokens"], batch["modality_ids"], *extras)
 
     def _shared_step(
         self, batch: dict[str, Tensor], positions: dict[str, Tensor] | None = None, image_sources: int = 0
@@ -186,11 +175,8 @@ class LitMultiModalLM(L.LightningModule):
     def configure_optimizers(self):
         decay, no_decay = decay_groups(self)
         hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.peak_lr,
-            betas=tuple(hp.betas),
-        )
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=tuple(hp.betas))
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)

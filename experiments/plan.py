@@ -163,9 +163,8 @@ class Comparison:
     def meta_recipe(self) -> dict:
         """What makes two comparisons' results comparable; a results folder holds one recipe."""
         data = {k: v for k, v in self.data.items() if k != "cache_dir"}
-        return as_stored(
-            {"scale": self.scale, **self.recipe.as_dict(), "data": data, "model_overrides": self.model_overrides}
-        )
+        recipe = {"scale": self.scale, **self.recipe.as_dict(), "data": data, "model_overrides": self.model_overrides}
+        return as_stored(recipe)
 
     def problems(self) -> list[str]:
         """Existing results this comparison would mix with: a results folder or run folders of another recipe, or

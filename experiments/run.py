@@ -53,8 +53,8 @@ class RunRecorder(L.Callback):
     """Logs cumulative FLOPs, throughput and wall-clock every step; writes summary.json at the start (`start`) and
     the end (`finish`), with the digest of the batches trained (`BatchOrder`) once finished."""
 
-    def __init__(self, folder: Path, order: BatchOrder) -> None:
-        self.folder, self.order = folder, order
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.order = folder, BatchOrder()
         self.start_time = time.perf_counter()
 
     def start(self, summary: Summary) -> None:
@@ -123,10 +123,9 @@ def train_run(request: RunRequest) -> Summary:
             "choose another root or delete the folder"
         )
     settings = _trainer_settings(request)
-    order = BatchOrder()
-    recorder = RunRecorder(request.folder, order)
+    recorder = RunRecorder(request.folder)
     # Lightning refuses bad flags here, before anything is written
-    pl_trainer = _trainer(request, settings, recorder, order)
+    pl_trainer = _trainer(request, settings, recorder)
     writer = rank_zero_only.rank == 0  # DDP: every rank runs this function; one of them owns the folder
     try:
         with run_lock(request.folder) if writer else nullcontext():
@@ -157,16 +156,15 @@ def _previous(folder: Path) -> Summary | None:
     return None
 
 
-def _trainer(request: RunRequest, settings: dict, recorder: RunRecorder, order: BatchOrder) -> L.Trainer:
-    """The run's Trainer: `settings` (`_trainer_settings`) and the request's callbacks and plugins, with the run's own
-    loggers and checkpoints."""
+def _trainer(request: RunRequest, settings: dict, recorder: RunRecorder) -> L.Trainer:
+    """The run's Trainer: `settings`, the request's callbacks and plugins, the run's own loggers and checkpoints."""
     if settings["deterministic"] is True:
         # Deterministic algorithms also fill every new tensor with NaN (torch's fill_uninitialized_memory), a check
         # that no op reads memory it did not write, at a cost measured in benchmarks/README.md. The tests that
         # compare bits (a resumed run, 1 and 2 threads, runs side by side against runs alone) guard determinism
         # instead. The setting is the process's, as torch has it.
         torch.utils.deterministic.fill_uninitialized_memory = False
-    callbacks = [recorder, order, RunCheckpoint(request.folder / CHECKPOINT, request.val_every)]
+    callbacks = [recorder, recorder.order, RunCheckpoint(request.folder / CHECKPOINT, request.val_every)]
     callbacks += request.trainer.get("callbacks", [])
     plugins = [*(request.trainer.get("plugins") or []), AtomicCheckpointIO()]
     if torch.cuda.is_available() and settings["accelerator"] in ("gpu", "cuda", "auto"):
@@ -198,24 +196,6 @@ def _trainer_settings(request: RunRequest) -> dict:
         num_sanity_val_steps=0,
     )
     return {k: v for k, v in (defaults | request.trainer).items() if k not in ("callbacks", "plugins")}
-
-
-def _config(request: RunRequest, settings: dict, lit: LitMultiModalLM, dm: MultiModalDataModule) -> dict:
-    """config.json: the run's identity and every resolved argument of its model, data, module and Trainer."""
-    return {
-        "setting": request.setting,
-        "arm": request.arm,
-        "variant": request.variant,
-        "scale": request.scale,
-        "seed": request.seed,
-        "recipe": request.recipe_id,
-        "max_steps": request.max_steps,
-        "val_every": request.val_every,
-        "model": lit.cfg.to_dict(),
-        "data": dict(dm.hparams),
-        "module": dict(lit.hparams),
-        "trainer": settings,
-    }
 
 
 def _build(request: RunRequest) -> tuple[MultiModalDataModule, LitMultiModalLM]:
@@ -253,8 +233,9 @@ def _fit(request: RunRequest, settings: dict, pl_trainer: L.Trainer, recorder: R
             previous = None
     else:
         last = folder / CHECKPOINT if (folder / CHECKPOINT).exists() else None
-    start = Summary(request.setting, request.arm, request.variant, request.scale, request.seed, request.recipe_id)
-    summary = _summary_start(lit, dm, start, previous)
+    identity = {k: getattr(request, k) for k in ("setting", "arm", "variant", "scale", "seed")}
+    identity["recipe"] = request.recipe_id
+    summary = _summary_start(lit, dm, Summary(**identity), previous)
     # DDP / FSDP: batch_size is per device, so a step trains on world_size batches (ThroughputMonitor's
     # flops_per_batch stays per device as Lightning wants it).
     lit.flops_per_batch = summary.train_flops_per_step
@@ -262,7 +243,9 @@ def _fit(request: RunRequest, settings: dict, pl_trainer: L.Trainer, recorder: R
     summary.tokens_per_step *= world
     summary.train_flops_per_step *= world
     recorder.start(summary)
-    write_config(folder, _config(request, settings, lit, dm))
+    # config.json: the run's identity and every resolved argument of its model, data, module and Trainer
+    resolved = {"model": lit.cfg.to_dict(), "data": dict(dm.hparams), "module": dict(lit.hparams), "trainer": settings}
+    write_config(folder, identity | {"max_steps": request.max_steps, "val_every": request.val_every} | resolved)
     try:
         with warnings.catch_warnings():
             # The datamodule's sampler resumes mid-epoch itself (EpochSampler.skip); Lightning cannot know that.

@@ -33,7 +33,7 @@ from common.cli import respell_flags
 from datamodules.errors import DATA_ERRORS
 from datamodules.multimodal import MultiModalDataModule
 from experiments.lit_module import LitMultiModalLM
-from experiments.recipes import RECIPES, Recipe, RunRequest, as_stored
+from experiments.recipes import RECIPES, RunRequest, as_stored
 from experiments.run import check_trainer, train_run
 from experiments.store import DiskFull, Locked
 from models import ModelConfig
@@ -76,17 +76,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def recipe_defaults(recipe: Recipe) -> dict:
-    """The parser's defaults for a scale: its recipe's budget, data, optimiser and precision options."""
-    return {
-        "max_steps": recipe.max_steps,
-        "val_every": recipe.val_every,
-        **{f"data.{k}": v for k, v in recipe.data().items()},
-        **{f"module.{k}": v for k, v in recipe.module().items()},
-        **{f"trainer.{k}": v for k, v in recipe.trainer().items()},
-    }
-
-
 def parse(argv: list[str] | None = None):
     """Parse twice: once to learn the scale, then with that scale's recipe as the defaults under YAMLs and flags. The
     model options that differ from the arm's model become `cfg.module.model_overrides` (None when none do)."""
@@ -97,8 +86,11 @@ def parse(argv: list[str] | None = None):
         RunRequest(cfg.setting, cfg.arm, cfg.scale)  # its names
     except ValueError as exc:
         parser.error(str(exc))
+    recipe = RECIPES[cfg.scale]
     defaults = {k: v for k, v in ModelConfig.from_scale(cfg.scale, arch=cfg.arm).to_dict().items() if k not in LINKED}
-    parser.set_defaults(recipe_defaults(RECIPES[cfg.scale]) | {f"model.{k}": v for k, v in defaults.items()})
+    sections = {"data": recipe.data(), "module": recipe.module(), "trainer": recipe.trainer(), "model": defaults}
+    options = {f"{section}.{k}": v for section, values in sections.items() for k, v in values.items()}
+    parser.set_defaults({"max_steps": recipe.max_steps, "val_every": recipe.val_every} | options)
     cfg = parser.parse_args(argv)
     if cfg.max_steps is not None and cfg.max_steps < 1:
         parser.error(f"--max_steps must be >= 1; got {cfg.max_steps}")

@@ -37,31 +37,23 @@ from models import ARMS
 
 
 def train(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], drawn: dict[RunSpec, ReportSample]) -> None:
-    """Train `todo`; with workers, they also draw the report samples of the runs in `to_draw` once those are finished
-    (into `drawn`)."""
+    """Train `todo`: with workers (`train_parallel`), which also draw the report samples of the runs in `to_draw` once
+    those are finished (into `drawn`); else one run after the other in this process (on torch's threads), under one
+    progress display."""
     if c.parallel > 1 and len(todo) > 1:
         train_parallel(c, todo, to_draw, drawn)
     elif todo:
-        train_serial(c, todo)
-
-
-def train_serial(c: Comparison, todo: list[RunSpec]) -> None:
-    """One run after the other in this process (on torch's threads), under one progress display."""
-    silence_lightning()
-    display = MatrixProgress(todo, steps_left(c, todo))
-    with display.progress:
-        for spec in todo:
-            request = c.request(spec).with_trainer(callbacks=[ProgressReporter(spec, display.update)])
-            display.end(spec, outcome(train_run(request)))
+        silence_lightning()
+        display = MatrixProgress(todo, steps_left(c, todo))
+        with display.progress:
+            for spec in todo:
+                request = c.request(spec).with_trainer(callbacks=[ProgressReporter(spec, display.update)])
+                display.end(spec, outcome(train_run(request)))
 
 
 def train_parallel(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], drawn: dict[RunSpec, ReportSample]):
-    """`c.parallel` runs at a time, each in a worker process (single-threaded on the CPU, one GPU each on GPUs),
-    under one progress display; a run's own output goes to train.log in its folder. A run of `to_draw` is sampled
-    for the report by a worker as soon as it is finished (those finished before: at once).
-
-    Ctrl-C and a dead comparison: see the module docstring.
-    """
+    """`c.parallel` runs at a time, each in a worker process, as the module docstring says. A run of `to_draw` is
+    sampled for the report by a worker as soon as it is finished (those finished before: at once)."""
     context = multiprocessing.get_context("spawn")
     events, slots = context.Queue(), context.Queue()
     for slot in range(c.parallel):
@@ -70,15 +62,8 @@ def train_parallel(c: Comparison, todo: list[RunSpec], to_draw: list[RunSpec], d
     n_workers = min(c.parallel, len(todo))
     display = MatrixProgress(todo, steps_left(c, todo), n_workers)
     workers: dict[RunSpec, int] = {}  # runs in training -> their worker's pid
-    with (
-        display.progress,
-        ProcessPoolExecutor(
-            n_workers,
-            context,
-            initializer=_worker_init,
-            initargs=(slots, events, c.threads, gpu, dict(ARMS), dict(SETTINGS), os.getpid()),
-        ) as pool,
-    ):
+    initargs = (slots, events, c.threads, gpu, dict(ARMS), dict(SETTINGS), os.getpid())
+    with display.progress, ProcessPoolExecutor(n_workers, context, initializer=_worker_init, initargs=initargs) as pool:
         futures = {pool.submit(_train_in_worker, c.request(spec, gpu), spec): spec for spec in todo}
         draws = {pool.submit(_draw_in_worker, c.folder(spec), spec.seed): spec
                  for spec in to_draw if spec not in todo and c.status(spec) == "finished"}  # fmt: skip
@@ -173,13 +158,23 @@ class _StopIfOrphaned(L.Callback):
 
 @contextmanager
 def _task(log: Path) -> Iterator[None]:
-    """A worker's task: its output (Python's and the libraries') appended to `log`; if the comparison died
-    meanwhile, the worker exits once the task has returned (its run recorded, its lock released)."""
+    """A worker's task: its output, Python's and the libraries' (file descriptors 1 and 2), appended to `log`; if the
+    comparison died meanwhile, the worker exits once the task has returned (its run recorded, its lock released)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     _WORKER["busy"] = True
     try:
-        with _output_to(log):
+        with open(log, "a") as output:
+            for fd in saved:
+                os.dup2(output.fileno(), fd)
             yield
     finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
         _WORKER["busy"] = False
         if _orphaned():
             os._exit(0)
@@ -200,22 +195,3 @@ def _draw_in_worker(folder: Path, seed: int) -> ReportSample:
     """A finished run's report samples, drawn in a worker (its output appended to the run's train.log)."""
     with _task(folder / "train.log"):
         return draw_report_sample(folder, seed)
-
-
-@contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """This process's output, Python's and the libraries' (file descriptors 1 and 2), appended to `path`."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with open(path, "a") as log:
-        for fd in saved:
-            os.dup2(log.fileno(), fd)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
