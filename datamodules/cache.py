@@ -30,19 +30,15 @@ class CorruptCache(RuntimeError):
     """A cache folder exists but does not match its manifest."""
 
 
-def cache_key(params: dict) -> str:
-    """Stable short hash of JSON-serialisable parameters."""
-    blob = json.dumps(params, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def cache_path(root: str | Path, params: dict) -> Path:
-    return Path(root) / f"v{CACHE_VERSION}-{cache_key(params)}"
+    """The folder of JSON-serialisable parameters: named by a stable short hash of them."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(root) / f"v{CACHE_VERSION}-{key}"
 
 
 def verify(path: Path) -> dict:

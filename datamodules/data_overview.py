@@ -43,9 +43,7 @@ TOKEN_COLOURS = ("#1f3d7a", "#a0522d")  # alternate per BPE token, so token boun
 SPECIAL_COLOUR = "#127a2e"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Decoding joint ids
-# ---------------------------------------------------------------------------------------------------------------------
+# -- Decoding joint ids ------------------------------------------------------------------------------------------------
 
 
 def image_code_ranges(corpus: Corpus, vocab: JointVocab) -> list[tuple[int, int]]:
@@ -101,9 +99,7 @@ def _token_text(tokenizer, i: int) -> str:
     return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in s) or "∅"
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Flow layout of one decoded sequence, in points
-# ---------------------------------------------------------------------------------------------------------------------
+# -- Flow layout of one decoded sequence, in points --------------------------------------------------------------------
 
 
 @dataclass
@@ -199,9 +195,7 @@ def pick_sequences(ids: np.ndarray, vocab: JointVocab, corpus: Corpus, n: int = 
     return sorted(int(i) for i in order[:n])
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The figure
-# ---------------------------------------------------------------------------------------------------------------------
+# -- The figure --------------------------------------------------------------------------------------------------------
 
 
 def _val_examples(src, n: int) -> np.ndarray:
@@ -223,14 +217,6 @@ def _utterance(dm) -> tuple[str, np.ndarray, int, np.ndarray | None]:
     return text, audio, sr, cached
 
 
-def _speech_units(dm) -> SpeechUnits | None:
-    path = dm.corpus_folder / "speech_units.npz"
-    if not path.exists():
-        return None
-    with np.load(path) as z:
-        return SpeechUnits.from_state({k: z[k] for k in z.files})
-
-
 def render_data_overview(dm, out_path: str | Path, n_images: int = 8, n_sequences: int = 4, dpi: int = 110) -> Path:
     """Draw the data overview of a set-up `MultiModalDataModule` (discrete setting) into a PNG at `out_path`."""
     import matplotlib
@@ -243,7 +229,10 @@ def render_data_overview(dm, out_path: str | Path, n_images: int = 8, n_sequence
     if dm.continuous:
         raise ValueError("render_data_overview needs a setting with discrete image codes, not continuous patches")
     c, vocab = dm.corpus, dm.vocab
-    units_model = _speech_units(dm)
+    units_model, units_file = None, dm.corpus_folder / "speech_units.npz"
+    if units_file.exists():
+        with np.load(units_file) as z:
+            units_model = SpeechUnits.from_state({k: z[k] for k in z.files})
 
     rows = dm.train_set.packed.ids
     chosen = pick_sequences(rows, vocab, c, n_sequences)

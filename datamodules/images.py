@@ -21,18 +21,7 @@ from datamodules.errors import SourceUnavailable
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 
-FASHION_MNIST_CLASSES = (
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle boot",
-)
+FASHION_MNIST_CLASSES = tuple("t-shirt,trouser,pullover,dress,coat,sandal,shirt,sneaker,bag,ankle boot".split(","))
 # Several phrasings per class, so a model cannot learn the caption as one fixed string per class.
 FASHION_MNIST_TEMPLATES = (
     "a photo of a {c}",
@@ -75,9 +64,7 @@ class ImageSet:
         return ImageSet(self.images[keep], [self.captions[i] for i in keep], self.split[keep], self.source)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Sources
-# ---------------------------------------------------------------------------------------------------------------
+# -- Sources -----------------------------------------------------------------------------------------------------------
 
 
 def read_idx(path: str | Path) -> np.ndarray:

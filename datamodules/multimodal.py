@@ -14,6 +14,7 @@ uses a fixed set of sequences with fixed timesteps and noise.
 from __future__ import annotations
 
 import itertools
+from dataclasses import fields
 
 import lightning as L
 import numpy as np
@@ -27,13 +28,7 @@ from datamodules.errors import DataMismatch
 from datamodules.own import data_name
 from datamodules.prepare import PrepareParams, as_rgb, image_text_params, prepare_corpus
 from datamodules.samplers import DataPosition, EpochSampler, GlobalBatchShard, order_digest
-from datamodules.sequences import (
-    Document,
-    PackedSequences,
-    pack_documents,
-    paired_document,
-    text_document,
-)
+from datamodules.sequences import Document, PackedSequences, pack_documents, paired_document, text_document
 from datamodules.settings import Setting, get_setting
 from datamodules.vocab import BOA, BOI, EOA, EOI, MODALITY_NAMES, PATCH, JointVocab
 
@@ -94,19 +89,9 @@ class MultiModalDataModule(L.LightningDataModule):
         self.setting, self.seq_len, self.batch_size, self.seed = setting, seq_len, batch_size, seed
         self.val_sequences, self.text_ratio = val_sequences, text_ratio
         self.caption_first, self.cache_dir = caption_first, cache_dir
-        self.params = PrepareParams(
-            text_vocab_size=text_vocab_size,
-            image_patch=image_patch,
-            image_codebook=image_codebook,
-            fashion_train_images=fashion_train_images,
-            emoji=emoji,
-            speech_units=speech_units,
-            speech_train_utterances=speech_train_utterances,
-            speech_val_utterances=speech_val_utterances,
-            seed=data_seed,
-            own_data=own_data,
-            prefer_debian=prefer_debian,
-        )
+        # The preparation's parameters are the arguments of the same name, but for its seed: data_seed, not seed.
+        prepared = ({f.name for f in fields(PrepareParams)} & self.hparams.keys()) - {"seed"}
+        self.params = PrepareParams(seed=data_seed, **{name: self.hparams[name] for name in prepared})
         if not self.spec.speech:  # speech is only built when it is used
             self.params = image_text_params(self.params)
         self.corpus: Corpus | None = None

@@ -99,13 +99,8 @@ def pack_documents(documents: list[Document], seq_len: int) -> PackedSequences:
     """
     width = seq_len + 1
     continuous = any(d.patches is not None for d in documents)
-    rows: list[np.ndarray] = []
-    row_sources: list[np.ndarray] = []
-    row_patches: list[list[np.ndarray]] = []
-    cur: list[np.ndarray] = []
-    cur_sources: list[np.ndarray] = []
-    cur_patches: list[np.ndarray] = []
-    used = 0
+    rows, row_sources, row_patches = [], [], []  # the finished sequences' ids, image sources and patches
+    cur, cur_sources, cur_patches, used = [], [], [], 0  # the same of the sequence being filled, and its length
 
     def flush() -> None:
         nonlocal cur, cur_sources, cur_patches, used

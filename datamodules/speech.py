@@ -48,9 +48,7 @@ class Utterance:
         return len(self.audio) / self.sample_rate
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# espeak-ng, in process
-# ---------------------------------------------------------------------------------------------------------------------
+# -- espeak-ng, in process ---------------------------------------------------------------------------------------------
 
 # Constants from espeak-ng's speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2  # synthesis runs inside espeak_Synth and hands PCM to our callback
@@ -154,12 +152,6 @@ class EspeakSynth:
         return pcm.astype(np.float32) / 32768.0, self.sample_rate
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split text after `.`, `!` or `?` followed by whitespace, with whitespace (line breaks too) collapsed."""
-    flat = " ".join(text.split())
-    return [s for s in re.split(r"(?<=[.!?])\s+", flat) if s]
-
-
 def synthesize_corpus(
     texts: Iterable[str],
     synth: EspeakSynth,
@@ -172,8 +164,9 @@ def synthesize_corpus(
     `max_sentences` utterances (None: all); deterministic for the same inputs."""
     utterances = []
     for text in texts:
-        for sentence in split_sentences(text):
-            if not min_chars <= len(sentence) <= max_chars:
+        # A sentence ends at `.`, `!` or `?` before whitespace; whitespace (line breaks too) is collapsed.
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+            if not sentence or not min_chars <= len(sentence) <= max_chars:
                 continue
             if max_sentences is not None and len(utterances) >= max_sentences:
                 return utterances
@@ -182,24 +175,7 @@ def synthesize_corpus(
     return utterances
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Real speech: Asterisk prompts
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _read_transcripts(path: Path) -> dict[str, str]:
-    """`name: text` lines into {name: text}; skips `;` comments and non-speech entries such as `[beep tone]`."""
-    transcripts = {}
-    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith(";") or ":" not in line:
-                continue
-            name, text = (part.strip() for part in line.split(":", 1))
-            # Only a fully bracketed text is a sound description; `letters/at: at [@]` is still speech.
-            if text and not (text.startswith("[") and text.endswith("]")):
-                transcripts[name] = text
-    return transcripts
+# -- Real speech: Asterisk prompts -------------------------------------------------------------------------------------
 
 
 def load_asterisk_prompts(root: str = ASTERISK_ROOT, transcripts: str = ASTERISK_TRANSCRIPTS) -> list[Utterance]:
@@ -218,7 +194,16 @@ def load_asterisk_prompts(root: str = ASTERISK_ROOT, transcripts: str = ASTERISK
             f"Asterisk prompts not found ({root}, {transcripts}): run `bash setup.sh`, or "
             "`apt-get install asterisk-core-sounds-en-wav asterisk-core-sounds-en`"
         )
-    texts = _read_transcripts(transcripts_path)
+    texts = {}  # from `name: text` lines, but for `;` comments and non-speech entries such as `[beep tone]`
+    with gzip.open(transcripts_path, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith(";") or ":" not in line:
+                continue
+            name, text = (part.strip() for part in line.split(":", 1))
+            # Only a fully bracketed text is a sound description; `letters/at: at [@]` is still speech.
+            if text and not (text.startswith("[") and text.endswith("]")):
+                texts[name] = text
     utterances = []
     for wav in sorted(root_path.rglob("*.wav")):
         key = wav.relative_to(root_path).with_suffix("").as_posix()

@@ -58,9 +58,7 @@ _FORTUNE_SKIP_NAMES = {"art", "ascii-art"}
 _FORTUNE_SKIP_SUFFIXES = (".dat", ".u8", "-o")
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Jane Austen: R lazy-load database
-# ---------------------------------------------------------------------------------------------------------------------
+# -- Jane Austen: R lazy-load database ---------------------------------------------------------------------------------
 
 
 def _read_rdb_records(data: bytes, path: Path) -> list[bytes]:
@@ -129,32 +127,12 @@ def _parse_character_vector(record: bytes) -> list[str | None] | None:
     return strings
 
 
-def _find_austen_rdb(root: Path | None) -> Path:
-    """Resolve ``root`` (a ``Rdata.rdb`` file, a directory holding one, or an extracted ``.deb``) to the file."""
-    if root is None:
-        candidates = list(AUSTEN_CANDIDATES)
-    else:
-        root = Path(root)
-        candidates = [root, root / "Rdata.rdb", root / _RDB_SUBPATH]
-    for path in candidates:
-        if path.is_file():
-            return path
-    tried = ", ".join(str(p) for p in candidates)
-    raise SourceUnavailable(f"Jane Austen corpus not found (looked for {tried}); {_INSTALL_AUSTEN}")
-
-
 def _title_case(title: str) -> str:
     """``"PRIDE AND PREJUDICE"`` -> ``"Pride and Prejudice"``: most of the novels' title lines are in capitals."""
     words = title.split()
     return " ".join(
         w.capitalize() if i == 0 or w.lower() not in _MINOR_WORDS else w.lower() for i, w in enumerate(words)
     )
-
-
-def _paragraphs(lines: Iterable[str]) -> list[str]:
-    """Join runs of non-empty lines into paragraphs, collapsing all whitespace to single spaces."""
-    runs = itertools.groupby(lines, key=lambda line: bool(line.strip()))
-    return [" ".join(" ".join(run).split()) for non_empty, run in runs if non_empty]
 
 
 def load_austen_lines(root: Path | None = None) -> dict[str, list[str]]:
@@ -168,7 +146,13 @@ def load_austen_lines(root: Path | None = None) -> dict[str, list[str]]:
         SourceUnavailable: no ``Rdata.rdb`` was found.
         CorruptSource: the file exists but is not a lazy-load DB of character vectors.
     """
-    path = _find_austen_rdb(root)
+    candidates = (
+        list(AUSTEN_CANDIDATES) if root is None else [Path(root), Path(root) / "Rdata.rdb", Path(root) / _RDB_SUBPATH]
+    )
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        tried = ", ".join(str(p) for p in candidates)
+        raise SourceUnavailable(f"Jane Austen corpus not found (looked for {tried}); {_INSTALL_AUSTEN}")
     novels: dict[str, list[str]] = {}
     for i, record in enumerate(_read_rdb_records(path.read_bytes(), path)):
         try:
@@ -192,12 +176,14 @@ def load_austen(root: Path | None = None) -> dict[str, list[str]]:
     A paragraph is a run of non-empty lines joined with spaces, whitespace collapsed. The title line and chapter
     headings are kept as their own short paragraphs. Arguments and errors as in :func:`load_austen_lines`.
     """
-    return {title: _paragraphs(lines) for title, lines in load_austen_lines(root).items()}
+    novels = {}
+    for title, lines in load_austen_lines(root).items():
+        runs = itertools.groupby(lines, key=lambda line: bool(line.strip()))
+        novels[title] = [" ".join(" ".join(run).split()) for non_empty, run in runs if non_empty]
+    return novels
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Fortunes and the Python-docs fallback
-# ---------------------------------------------------------------------------------------------------------------------
+# -- Fortunes and the Python-docs fallback -----------------------------------------------------------------------------
 
 
 def load_fortunes(root: str | Path = FORTUNES_ROOT) -> list[str]:
@@ -234,9 +220,7 @@ def load_python_docs() -> list[str]:
     return [para.strip() for key in sorted(topics) for para in re.split(r"\n\s*\n", topics[key]) if para.strip()]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Corpus with a train/validation split
-# ---------------------------------------------------------------------------------------------------------------------
+# -- Corpus with a train/validation split ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -281,10 +265,7 @@ def load_text_corpus(
         SourceUnavailable: no source yielded any text.
         CorruptSource: a source is installed but broken (not silently replaced by a fallback).
     """
-    train: list[str] = []
-    val: list[str] = []
-    sources: list[str] = []
-    problems: list[str] = []
+    train, val, sources, problems = [], [], [], []  # documents; names of the sources used; what was missing
 
     if prefer_debian:
         try:
@@ -325,9 +306,7 @@ def load_text_corpus(
     return TextCorpus(train=train, val=val, sources=sources, warnings=problems)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Byte-level BPE
-# ---------------------------------------------------------------------------------------------------------------------
+# -- Byte-level BPE ----------------------------------------------------------------------------------------------------
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str], seed: int = 0) -> Tokenizer:
@@ -342,12 +321,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str], 
     result depends only on the multiset of pre-tokenized words, ``vocab_size``, ``special_tokens`` and the
     ``tokenizers`` version (pinned in requirements).
 
-    Args:
-        texts: training documents (any iterable; consumed once).
-        vocab_size: total vocabulary size, special tokens and the 256 bytes included.
-        special_tokens: e.g. ``["<pad>", "<bos>", "<eos>"]``; they are never split when encoding.
-        seed: accepted so every tokenizer/codebook trainer in the suite has the same signature; since BPE training is
-            deterministic it does not change the result.
+    ``texts`` is any iterable (consumed once); ``vocab_size`` counts the special tokens (never split when encoding)
+    and the 256 bytes; ``seed`` is accepted so every tokenizer/codebook trainer in the suite has the same signature,
+    and changes nothing.
     """
     del seed  # nothing random to seed; see the docstring
     tokenizer = Tokenizer(models.BPE())

@@ -23,9 +23,7 @@ from datamodules.speech import Utterance
 HOP_MS, WIN_MS = 10, 25  # log-mel frame step and window: a frame per 10 ms, each over 25 ms of audio
 _SETTINGS = ("n_units", "n_mels", "context", "seed", "max_frames")  # what SpeechUnits.state() saves besides centroids
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Features
-# ---------------------------------------------------------------------------------------------------------------------
+# -- Features ----------------------------------------------------------------------------------------------------------
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -77,9 +75,7 @@ def log_mel(
     return np.log(mel + 1e-6).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Discrete units
-# ---------------------------------------------------------------------------------------------------------------------
+# -- Discrete units ----------------------------------------------------------------------------------------------------
 
 
 def merge_repeats(units: np.ndarray) -> np.ndarray:
@@ -106,11 +102,7 @@ class SpeechUnits:
     """
 
     def __init__(self, n_units: int = 64, n_mels: int = 40, context: int = 2, seed: int = 0, max_frames: int = 100_000):
-        self.n_units = n_units
-        self.n_mels = n_mels
-        self.context = context
-        self.seed = seed
-        self.max_frames = max_frames
+        self.n_units, self.n_mels, self.context, self.seed, self.max_frames = n_units, n_mels, context, seed, max_frames
         self.centroids: np.ndarray | None = None  # (K, (2·context + 1)·n_mels) float32
 
     def features(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
