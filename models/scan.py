@@ -414,7 +414,9 @@ def _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     it = u.dtype
     D, delta_bias = (None if t is None else t.float() for t in (D, delta_bias))
     z = None if z is None else z.to(it)
-    return fn(u, delta.to(it), A.float(), B.to(it), C.to(it), D, z, delta_bias, delta_softplus)
+    return fn(
+        u, delta.to(it), A.float(), B.to(it), C.to(it), D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
