@@ -18,7 +18,7 @@ from analysis.run_record import GRAD_NORM, LR, TOKENS, TRAIN_LOSS, LossKey, loss
 from datamodules.vocab import MODALITY_NAMES
 from experiments.losses import loss_positions, multimodal_losses
 from models import ModelConfig, build_model
-from models.layers import ModalityLinear
+from models.layers import ModalityConv1d, ModalityLinear
 
 
 class NonFiniteLoss(RuntimeError):
@@ -185,7 +185,7 @@ class LitMultiModalLM(L.LightningModule):
 
 
 # Modules whose `weight` is a projection: the parameters weight decay applies to.
-DECAYED_WEIGHTS = (nn.Linear, nn.Embedding, nn.Conv1d, ModalityLinear)
+DECAYED_WEIGHTS = (nn.Linear, nn.Embedding, nn.Conv1d, ModalityLinear, ModalityConv1d)
 
 
 def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

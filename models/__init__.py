@@ -1,5 +1,5 @@
-"""The suite's architectures, in plain torch: dense Mamba, Mixture-of-Mamba, Transformer, Mixture-of-Transformers,
-and the two sparse arms' position-hash controls (mom_hash, mot_hash: same experts, routed by position).
+"""The suite's architectures, in plain torch: dense Mamba, Mixture-of-Mamba, Mamba-2, Mixture-of-Mamba-2, Transformer,
+Mixture-of-Transformers, and the sparse arms' controls (models/arms.py).
 
 from models import ModelConfig, build_model
 model = build_model(ModelConfig.from_scale("tiny", arch="mom", vocab_size=4096, n_modalities=2))
@@ -12,6 +12,7 @@ from models.family import SCALES, Family, check_scale
 from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, expert_state_dict, upcycle_state_dict
 from models.lm import LMOutput, MultiModalLM, build_model, position_hash_ids
 from models.mamba import MAMBA, MAMBA_PARTS, MambaMixer
+from models.mamba2 import MAMBA2, MAMBA2_PARTS, Mamba2Mixer
 from models.scan import BACKENDS, resolve_backend, selective_scan, selective_scan_ref
 from models.transformer import TRANSFORMER, TRANSFORMER_PARTS, TransformerBlock
 
@@ -19,6 +20,8 @@ __all__ = [
     "ARMS",
     "BACKENDS",
     "MAMBA",
+    "MAMBA2",
+    "MAMBA2_PARTS",
     "MAMBA_PARTS",
     "ROUTINGS",
     "SCALES",
@@ -27,6 +30,7 @@ __all__ = [
     "Arm",
     "Family",
     "LMOutput",
+    "Mamba2Mixer",
     "MambaMixer",
     "ModalityLinear",
     "ModalityRMSNorm",

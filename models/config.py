@@ -38,6 +38,8 @@ class ModelConfig:
             Chameleon block's ("post": x + norm(f(x)), and QK-norm on).
         d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale, dt_init_floor, conv_bias, bias,
             scan_backend: Mamba family, mamba-ssm's names and defaults.
+        headdim, ngroups, chunk_size: Mamba-2 family (mamba-ssm's `Mamba2` names and defaults): the SSD's head size
+            P, the groups of heads that share B and C, and the chunk length of the chunked scan.
         patch_dim: width of continuous image patches (Transfusion); 0 disables the patch input/output layers.
         norm_eps: RMSNorm epsilon.
         init_std: standard deviation of the embedding / transformer linear initialisation.
@@ -73,6 +75,10 @@ class ModelConfig:
     conv_bias: bool = True
     bias: bool = False
     scan_backend: str = "auto"
+    # mamba2 family (also reads d_state, d_conv, expand, dt_min, dt_max, dt_init_floor, conv_bias, bias, scan_backend)
+    headdim: int = 64
+    ngroups: int = 1
+    chunk_size: int = 256
     # continuous inputs (Transfusion)
     patch_dim: int = 0
     norm_eps: float = 1e-5
@@ -85,7 +91,8 @@ class ModelConfig:
         for name, value in {**BLOCK_DEFAULTS, **arm.config}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        for name in ("vocab_size", "n_modalities", "d_model", "n_layer", "n_head", "d_state", "d_conv", "expand"):
+        for name in ("vocab_size", "n_modalities", "d_model", "n_layer", "n_head", "d_state", "d_conv", "expand",
+                     "headdim", "ngroups", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.patch_dim < 0:

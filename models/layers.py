@@ -257,6 +257,11 @@ class ModalityLinear(nn.Module):
             return rows.new_zeros(0, self.out_features)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
+    def expert_parameters(self) -> dict[str, int]:
+        """Its parameters with a leading modality axis (`expert_parameters`)."""
+        names = ("weight", "bias") if self.bias is not None else ("weight",)
+        return dict.fromkeys(names, self.n_modalities) if self.n_modalities > 1 else {}
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -288,8 +293,73 @@ class ModalityRMSNorm(nn.Module):
             scale = scale.view(*scale.shape[:2], *[1] * (x.dim() - 3), self.d)  # broadcast over heads (B, L, H, d)
         return (normed * scale).to(x.dtype)
 
+    def expert_parameters(self) -> dict[str, int]:
+        """Its parameters with a leading modality axis (`expert_parameters`)."""
+        return {"weight": self.n_modalities} if self.n_modalities > 1 else {}
+
     def extra_repr(self) -> str:
         return f"{self.d}, n_modalities={self.n_modalities}, eps={self.eps}"
+
+
+class ModalityConv1d(nn.Module):
+    """A causal depthwise conv over time with one kernel per modality; position t's output uses the kernel of
+    modality_ids[t] (over a window that may hold other modalities' positions).
+
+    With n_modalities == 1 it is `nn.Conv1d(C, C, K, groups=C, padding=K - 1)` cut to its first L outputs: same
+    parameter names, shapes (weight (C, 1, K), bias (C,)) and initialisation. With M > 1 it holds `weight [M, C, 1, K]`
+    and `bias [M, C]`. A window mixes modalities, so no sort of the tokens helps: every kernel runs over the whole
+    sequence and each position keeps its own modality's output (M times the dense conv's work).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, n_modalities: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        self.channels, self.kernel_size, self.n_modalities = channels, kernel_size, n_modalities
+        lead = (n_modalities,) if n_modalities > 1 else ()
+        self.weight = nn.Parameter(torch.empty(*lead, channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.empty(*lead, channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv1d's own initialisation (fan_in = K for a depthwise conv), for each expert as its own layer.
+        weights = self.weight.unsqueeze(0) if self.n_modalities == 1 else self.weight
+        for m, w in enumerate(weights):
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            if self.bias is not None:
+                bound = 1 / math.sqrt(self.kernel_size)
+                nn.init.uniform_(self.bias if self.n_modalities == 1 else self.bias[m], -bound, bound)
+
+    def forward(self, x: Tensor, routing: ModalityRouting | None = None) -> Tensor:
+        """x (B, C, L) -> (B, C, L), causal: output t reads inputs t - K + 1 .. t."""
+        K, L = self.kernel_size, x.shape[-1]
+        if self.n_modalities == 1:
+            return F.conv1d(x, self.weight, self.bias, padding=K - 1, groups=self.channels)[..., :L]
+        if routing is None:
+            raise ValueError(f"this conv has {self.n_modalities} modality experts: pass the batch's routing")
+        biases = self.bias.unbind(0) if self.bias is not None else (None,) * self.n_modalities
+        ids = F.pad(routing.modality_ids, (0, K - 1))[:, None]  # (B, 1, L + K - 1), as the padded conv's outputs
+        out = None
+        for m, (w, b) in enumerate(zip(self.weight.unbind(0), biases, strict=True)):
+            y = F.conv1d(x, w, b, padding=K - 1, groups=self.channels)
+            out = y if out is None else torch.where(ids == m, y, out)
+        return out[..., :L]  # cut where the dense conv is cut: the same memory layout, so the same results after it
+
+    def step(self, window: Tensor, routing: ModalityRouting | None = None) -> Tensor:
+        """The conv's output for the newest position of `window` (B, C, K), the last K inputs: (B, C)."""
+        if self.n_modalities == 1:
+            weight, bias = self.weight[:, 0], self.bias
+        else:  # each sequence's newest token's kernel
+            weight = routing.per_token(self.weight.flatten(1))[:, -1].view(-1, self.channels, self.kernel_size)
+            bias = None if self.bias is None else routing.per_token(self.bias)[:, -1]
+        out = (window * weight).sum(-1)
+        return out if bias is None else out + bias
+
+    def expert_parameters(self) -> dict[str, int]:
+        """Its parameters with a leading modality axis (`expert_parameters`)."""
+        names = ("weight", "bias") if self.bias is not None else ("weight",)
+        return dict.fromkeys(names, self.n_modalities) if self.n_modalities > 1 else {}
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, kernel_size={self.kernel_size}, n_modalities={self.n_modalities}"
 
 
 def validate_parts(decouple: Iterable[str], valid: tuple[str, ...], family: str) -> tuple[str, ...]:
@@ -301,24 +371,22 @@ def validate_parts(decouple: Iterable[str], valid: tuple[str, ...], family: str)
     return tuple(p for p in valid if p in chosen)
 
 
-SPARSE_LAYERS = (ModalityLinear, ModalityRMSNorm)
-
-
-def _sparse_keys(module: nn.Module) -> dict[str, int]:
-    """State-dict keys of `module` that carry a leading modality axis, with their number of modalities."""
+def expert_parameters(module: nn.Module) -> dict[str, int]:
+    """State-dict keys of `module`'s parameters that carry a leading modality axis, with their number of experts:
+    whatever each submodule's own `expert_parameters()` ({its parameter name: M}) lists (the Modality* layers here,
+    and any block that holds per-modality parameters of its own)."""
     keys = {}
     for name, sub in module.named_modules():
-        if isinstance(sub, SPARSE_LAYERS) and sub.n_modalities > 1:
-            prefix = f"{name}." if name else ""
-            for pname, _ in sub.named_parameters(recurse=False):
-                keys[prefix + pname] = sub.n_modalities
+        own = getattr(sub, "expert_parameters", None)
+        for pname, n in (own() if callable(own) else {}).items():
+            keys[f"{name}.{pname}" if name else pname] = n
     return keys
 
 
 def upcycle_state_dict(sparse: nn.Module, dense_state: dict[str, Tensor]) -> dict[str, Tensor]:
     """A dense module's state dict (same keys, no modality axis), turned into one that `sparse` (any module holding
-    ModalityLinear / ModalityRMSNorm layers) loads with strict=True: every expert gets the dense weights."""
-    target, sparse_keys = sparse.state_dict(), _sparse_keys(sparse)
+    per-modality parameters, `expert_parameters`) loads with strict=True: every expert gets the dense weights."""
+    target, sparse_keys = sparse.state_dict(), expert_parameters(sparse)
     own = {name for name, _ in sparse.named_buffers()}  # routing state a dense model has not (the token-hash table)
     missing = sorted(set(target) - set(dense_state) - own)
     unexpected = sorted(set(dense_state) - set(target))
@@ -338,7 +406,7 @@ def upcycle_state_dict(sparse: nn.Module, dense_state: dict[str, Tensor]) -> dic
 
 def expert_state_dict(sparse: nn.Module, k: int) -> dict[str, Tensor]:
     """Expert k of a sparse module, exported as the state dict of the dense module (shared parts unchanged)."""
-    sparse_keys = _sparse_keys(sparse)
+    sparse_keys = expert_parameters(sparse)
     out = {}
     for key, value in sparse.state_dict().items():
         if key in sparse_keys:

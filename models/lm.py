@@ -24,12 +24,12 @@ from torch import Tensor, nn
 
 from models.config import ModelConfig, ParamCount
 from models.layers import (
-    SPARSE_LAYERS,
     ModalityLinear,
     ModalityRMSNorm,
     ModalityRouting,
     image_attention_mask,
     upcast,
+    expert_parameters,
     upcycle_state_dict,
     validate_modality_ids,
 )
@@ -260,12 +260,8 @@ class MultiModalLM(nn.Module):
     def param_count(self) -> ParamCount:
         """(total, active per token) from the modules themselves: a sparse layer's token uses one of its M copies."""
         total = sum(p.numel() for p in self.parameters())
-        inactive = sum(
-            p.numel() * (m.n_modalities - 1) // m.n_modalities
-            for m in self.modules()
-            if isinstance(m, SPARSE_LAYERS)
-            for p in m.parameters(recurse=False)
-        )
+        state = self.state_dict(keep_vars=True)
+        inactive = sum(state[key].numel() * (n - 1) // n for key, n in expert_parameters(self).items())
         return ParamCount(total, total - inactive)
 
 

@@ -14,7 +14,7 @@ from models.transformer import mlp_hidden
 from tests.helpers import interleaved_ids
 
 V, P, B, L = 96, 12, 2, 32
-PRICED_OPS = {"linear", "conv", "selective_scan", "scaled_dot_product_attention"}
+PRICED_OPS = {"linear", "conv", "selective_scan", "ssd_scan", "scaled_dot_product_attention"}
 
 
 class _Scan(nn.Module):
@@ -77,7 +77,7 @@ def test_no_silent_zeros(arch):
     counted, analytic = counted_and_analytic(arch, patches=True)
     assert set(counted.unsupported) <= set(IGNORED_OPS), set(counted.unsupported) - set(IGNORED_OPS)
     assert set(counted.by_operator) <= PRICED_OPS  # e.g. a matmul traced from inside the scan would double count
-    mixer_ops = ("selective_scan", "conv") if analytic.scan else ("scaled_dot_product_attention",)
+    mixer_ops = {op.label for op in ARMS[arch].family.flop_ops.values()}  # the scan and conv, or attention
     for op in ("linear", *mixer_ops):
         assert counted.by_operator.get(op, 0) > 0, (op, counted.by_operator)
 
