@@ -27,9 +27,9 @@ from models.layers import (
     ModalityLinear,
     ModalityRMSNorm,
     ModalityRouting,
+    expert_parameters,
     image_attention_mask,
     upcast,
-    expert_parameters,
     upcycle_state_dict,
     validate_modality_ids,
 )

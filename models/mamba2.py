@@ -220,7 +220,8 @@ class Mamba2Block(nn.Module):
         super().__init__()
         self.norm = ModalityRMSNorm(cfg.d_model, eps=cfg.norm_eps)
         # The mixer's other arguments are the ModelConfig fields of the same names.
-        same = "d_state d_conv expand headdim ngroups chunk_size dt_min dt_max dt_init_floor conv_bias bias scan_backend"
+        same = "d_state d_conv expand headdim ngroups chunk_size dt_min dt_max dt_init_floor conv_bias bias"
+        same += " scan_backend"
         kwargs = {name: getattr(cfg, name) for name in same.split()}
         n_modalities = cfg.n_modalities if cfg.is_sparse else 1
         self.mixer = Mamba2Mixer(cfg.d_model, norm_eps=cfg.norm_eps, n_modalities=n_modalities,

@@ -42,8 +42,9 @@ def test_dense_state_dict_has_mamba_ssm_names_and_shapes():
     names with a leading modality axis."""
     E, H, G, N = 2 * D_MODEL, 4, 2, D_STATE
     conv = E + 2 * G * N
-    want = {"in_proj.weight": (2 * E + 2 * G * N + H, D_MODEL), "conv1d.weight": (conv, 1, 4), "conv1d.bias": (conv,),
-            "dt_bias": (H,), "A_log": (H,), "D": (H,), "norm.weight": (E,), "out_proj.weight": (D_MODEL, E)}  # fmt: skip
+    want = {"in_proj.weight": (2 * E + 2 * G * N + H, D_MODEL), "conv1d.weight": (conv, 1, 4),
+            "conv1d.bias": (conv,), "dt_bias": (H,), "A_log": (H,), "D": (H,), "norm.weight": (E,),
+            "out_proj.weight": (D_MODEL, E)}  # fmt: skip
     assert {k: tuple(v.shape) for k, v in mixer(ngroups=2).state_dict().items()} == want
     sparse = mixer(3, ngroups=2)
     assert {k: tuple(v.shape) for k, v in sparse.state_dict().items()} == {k: (3, *s) for k, s in want.items()}
