@@ -1,4 +1,5 @@
-"""What a training step costs per arm on the CPU: the four arms' tiny models side by side, 1 and 2 threads.
+"""What a training step costs per arm on the CPU: the six arms' tiny models side by side (the papers' four and the
+Mamba-2 pair, mamba2 and mom2), 1 and 2 threads.
 
     python benchmarks/bench_step.py [--rounds 15 --threads 1,2 --backends cpu,torch --precisions bf16-mixed,32-true
                                      --batches 1 --nan-fill]
@@ -100,6 +101,7 @@ def main() -> None:
     batches = [make_batch(seed) for seed in range(args.batches)]
     arms = [("transformer", "auto"), ("mot", "auto")]
     arms += [(arch, backend) for backend in backends for arch in ("mamba", "mom")]
+    arms += [("mamba2", "auto"), ("mom2", "auto")]  # the SSD scan: torch on the CPU
     steps = {}
     for precision in precisions:
         for arch, b in arms:
@@ -129,12 +131,14 @@ def main() -> None:
         print(f"{'arm':<26}{'median ms':>10}{'vs transformer':>16}")
         for name in steps:
             print(f"{name:<26}{statistics.median(times[name]) * 1e3:>10.0f}{ratio(name, 'transformer'):>15.2f}x")
-        print(f"mom / mamba {ratio('mom', 'mamba'):.2f}x, mot / transformer {ratio('mot', 'transformer'):.2f}x")
+        print(f"mom / mamba {ratio('mom', 'mamba'):.2f}x, mot / transformer {ratio('mot', 'transformer'):.2f}x, "
+              f"mom2 / mamba2 {ratio('mom2', 'mamba2'):.2f}x, mamba2 / mamba {ratio('mamba2', 'mamba'):.2f}x")
         if args.nan_fill:
             gains = ", ".join(f"{a} {ratio(f'{a} (NaN fill)', a):.2f}x" for a in ("transformer", "mot", "mamba", "mom"))
             print(f"without the NaN fill: {gains} faster")
         for other in precisions[1:]:
-            gains = ", ".join(f"{a} {ratio(f'{a} ({other})', a):.2f}x" for a in ("transformer", "mot", "mamba", "mom"))
+            arches = ("transformer", "mot", "mamba", "mom", "mamba2", "mom2")
+            gains = ", ".join(f"{a} {ratio(f'{a} ({other})', a):.2f}x" for a in arches)
             print(f"{precisions[0]} vs {other}: {gains} faster")
 
 

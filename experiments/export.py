@@ -3,11 +3,11 @@
     python experiments/export.py runs/chameleon/tiny/200steps-efcc3e/mamba/seed0 --out exports/mamba     # dense Mamba
     python experiments/export.py runs/chameleon/tiny/200steps-efcc3e/mom/seed0 --out exports/mom         # any arm
 
-A dense Mamba run (no patch layers) becomes a Hugging Face `MambaForCausalLM` folder (`save_pretrained`: config.json
-and model.safetensors; its keys are ours under `backbone.`, mamba-ssm's names). Every other arm (MoM, MoT, the
-transformer, Transfusion models) is written in the suite's own layout: config.json (the `ModelConfig`) and
-model.safetensors, loaded by `load_exported(folder)` into a `MultiModalLM`. `--format own` writes a dense Mamba run
-in the own layout too.
+A dense Mamba or Mamba-2 run (no patch layers) becomes a Hugging Face `MambaForCausalLM` / `Mamba2ForCausalLM`
+folder (`save_pretrained`: config.json and model.safetensors; its keys are ours under `backbone.`, mamba-ssm's names).
+Every other arm (MoM, MoM-2, MoT, the transformer, Transfusion models) is written in the suite's own layout: config.json (the `ModelConfig`) and
+model.safetensors, loaded by `load_exported(folder)` into a `MultiModalLM`. `--format own` writes a dense Mamba or
+Mamba-2 run in the own layout too.
 """
 
 from __future__ import annotations
@@ -68,14 +68,28 @@ def load_run_module(run_dir: str | Path, trust: bool = False) -> LitMultiModalLM
         return LitMultiModalLM.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=not trust)
 
 
-def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
-    """A dense Mamba model as a Hugging Face MambaForCausalLM folder; the keys map by prefix."""
-    try:
-        from transformers import MambaConfig, MambaForCausalLM
-    except ImportError as exc:
-        raise ExportError(f"the Hugging Face export needs transformers ({exc}); pip install transformers") from None
+def _hf_state(model: MultiModalLM) -> dict[str, torch.Tensor]:
+    """Our state dict under Hugging Face's Mamba / Mamba-2 names: the blocks' keys are mamba-ssm's (ours) under
+    `backbone.`, the embedding is `embeddings`."""
     state = {("lm_head.weight" if k == "lm_head.weight" else f"backbone.{k}"): v for k, v in model.state_dict().items()}
     state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")
+    return state
+
+
+def _save_hf(model: MultiModalLM, hf_class: str, config: object, out: Path) -> Path:
+    """Load our weights strictly into transformers' `hf_class` built from `config`, and save it to `out`."""
+    import transformers
+
+    hf = getattr(transformers, hf_class)(config)
+    hf.load_state_dict(_hf_state(model), strict=True)
+    hf.save_pretrained(out)
+    return out
+
+
+def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
+    """A dense Mamba model as a Hugging Face MambaForCausalLM folder."""
+    from transformers import MambaConfig
+
     cfg = model.cfg
     config = MambaConfig(
         vocab_size=cfg.vocab_size,
@@ -92,14 +106,39 @@ def export_hf_mamba(model: MultiModalLM, out: Path) -> Path:
         tie_word_embeddings=False,
         residual_in_fp32=True,
     )
-    hf = MambaForCausalLM(config)
-    hf.load_state_dict(state, strict=True)
-    hf.save_pretrained(out)
-    return out
+    return _save_hf(model, "MambaForCausalLM", config, out)
+
+
+def export_hf_mamba2(model: MultiModalLM, out: Path) -> Path:
+    """A dense Mamba-2 model as a Hugging Face Mamba2ForCausalLM folder (its gated norm shares our epsilon)."""
+    from transformers import Mamba2Config
+
+    cfg = model.cfg
+    config = Mamba2Config(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        state_size=cfg.d_state,
+        num_hidden_layers=cfg.n_block,
+        expand=cfg.expand,
+        head_dim=cfg.headdim,
+        num_heads=cfg.d_inner // cfg.headdim,
+        n_groups=cfg.ngroups,
+        chunk_size=cfg.chunk_size,
+        conv_kernel=cfg.d_conv,
+        use_bias=cfg.bias,
+        use_conv_bias=cfg.conv_bias,
+        layer_norm_epsilon=cfg.norm_eps,
+        time_step_min=cfg.dt_min,
+        time_step_max=cfg.dt_max,
+        time_step_floor=cfg.dt_init_floor,
+        tie_word_embeddings=False,
+        residual_in_fp32=True,
+    )
+    return _save_hf(model, "Mamba2ForCausalLM", config, out)
 
 
 # Family.hf_class -> the function writing that class's folder
-HF_EXPORTERS = {"MambaForCausalLM": export_hf_mamba}
+HF_EXPORTERS = {"MambaForCausalLM": export_hf_mamba, "Mamba2ForCausalLM": export_hf_mamba2}
 
 
 def exports_to_hugging_face(cfg: ModelConfig) -> bool:
@@ -114,6 +153,10 @@ def export_hf(model: MultiModalLM, out: Path) -> Path:
         raise ExportError(f"only a dense model without patch layers of a family with a Hugging Face class exports to "
                           f"Hugging Face; this is {cfg.arch!r}{' with patch layers' if cfg.patch_dim else ''}: use "
                           f"--format own")  # fmt: skip
+    try:
+        import transformers  # noqa: F401  (the exporters need it)
+    except ImportError as exc:
+        raise ExportError(f"the Hugging Face export needs transformers ({exc}); pip install transformers") from None
     return HF_EXPORTERS[cfg.family.hf_class](model, out)
 
 
@@ -148,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder (runs/<setting>/<scale>/<recipe>/<variant>/seed<k>)")
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--format", choices=("auto", "hf", "own"), default="auto",
-                        help="auto: Hugging Face for a dense Mamba run, the own layout otherwise")  # fmt: skip
+                        help="auto: Hugging Face for a dense Mamba or Mamba-2 run, the own layout otherwise")  # fmt: skip
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     args = parser.parse_args(argv)
     try:

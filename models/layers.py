@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import cpu_kernels
+
 
 class _PermuteRows(torch.autograd.Function):
     """rows[index] whose backward is a gather with the inverse permutation.
@@ -328,20 +330,32 @@ class ModalityConv1d(nn.Module):
                 bound = 1 / math.sqrt(self.kernel_size)
                 nn.init.uniform_(self.bias if self.n_modalities == 1 else self.bias[m], -bound, bound)
 
-    def forward(self, x: Tensor, routing: ModalityRouting | None = None) -> Tensor:
-        """x (B, C, L) -> (B, C, L), causal: output t reads inputs t - K + 1 .. t."""
+    def forward(self, x: Tensor, routing: ModalityRouting | None = None, silu: bool = False) -> Tensor:
+        """x (B, C, L) -> (B, C, L), causal: output t reads inputs t - K + 1 .. t. With `silu`, SiLU of it: on the CPU
+        in the compiled kernel of the Mamba mixer's conv (models/cpu_kernels.py, float32) where it is built, except
+        while the FLOP counter traces (it prices the conv op)."""
         K, L = self.kernel_size, x.shape[-1]
+        compiled = silu and x.device.type == "cpu" and cpu_kernels.available() and not torch.jit.is_tracing()
+
+        def conv(w: Tensor, b: Tensor | None) -> Tensor:  # (B, C, L) from the kernel, else (B, C, L + K - 1)
+            if compiled:
+                return cpu_kernels.causal_conv1d_silu_cpu(upcast(x), w[:, 0], b)
+            y = F.conv1d(x, w, b, padding=K - 1, groups=self.channels)
+            return F.silu(y) if silu else y
+
         if self.n_modalities == 1:
-            return F.conv1d(x, self.weight, self.bias, padding=K - 1, groups=self.channels)[..., :L]
+            return conv(self.weight, self.bias)[..., :L]
         if routing is None:
             raise ValueError(f"this conv has {self.n_modalities} modality experts: pass the batch's routing")
         biases = self.bias.unbind(0) if self.bias is not None else (None,) * self.n_modalities
-        ids = F.pad(routing.modality_ids, (0, K - 1))[:, None]  # (B, 1, L + K - 1), as the padded conv's outputs
         out = None
         for m, (w, b) in enumerate(zip(self.weight.unbind(0), biases, strict=True)):
-            y = F.conv1d(x, w, b, padding=K - 1, groups=self.channels)
-            out = y if out is None else torch.where(ids == m, y, out)
-        return out[..., :L]  # cut where the dense conv is cut: the same memory layout, so the same results after it
+            y = conv(w, b)
+            # Selected on the full outputs and cut where the dense conv is cut: the same memory layout as the dense
+            # output, so the same results in everything after it.
+            out = y if out is None else torch.where(F.pad(routing.modality_ids, (0, y.shape[-1] - L))[:, None] == m,
+                                                    y, out)  # fmt: skip
+        return out[..., :L]
 
     def step(self, window: Tensor, routing: ModalityRouting | None = None) -> Tensor:
         """The conv's output for the newest position of `window` (B, C, K), the last K inputs: (B, C)."""

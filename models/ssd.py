@@ -120,27 +120,30 @@ def ssd_chunked(
         t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
         return t.view(batch, -1, Q, *t.shape[2:])
 
-    xc, Bc, Cc = chunks(xdt), chunks(B.to(ct)), chunks(C.to(ct))  # (B, c, Q, H, P), (B, c, Q, G, N) x 2
+    G = B.shape[2]
+    # Heads grouped as (G, R = H / G): the heads of a group read its B and C as they are, never copied per head.
+    xc = chunks(xdt).view(batch, -1, Q, G, H // G, P)  # (B, c, Q, G, R, P)
+    Bc, Cc = chunks(B.to(ct)), chunks(C.to(ct))  # (B, c, Q, G, N)
     a = chunks(dA).transpose(2, 3)  # (B, c, H, Q)
-    decay = torch.exp(_segsum(a))  # (B, c, H, Q, Q): the decay from step j to step i within a chunk
+    decay = torch.exp(_segsum(a)).view(batch, -1, G, H // G, Q, Q)  # from step j to step i within a chunk
 
     # Within a chunk: y_i = sum_{j <= i} (C_i · B_j) decay_ij Δ_j x_j, the C·B scores once per group.
     scores = torch.einsum("bcign,bcjgn->bcgij", Cc, Bc)
-    scores = scores.repeat_interleave(H // scores.shape[2], dim=2)  # (B, c, H, Q, Q)
-    y = torch.einsum("bchij,bcjhp->bcihp", scores * decay, xc)
+    y = torch.einsum("bcgrij,bcjgrp->bcigrp", scores[:, :, :, None] * decay, xc)
 
     # Each chunk's own contribution to the state at its end, then the recurrence from chunk to chunk.
-    Bh, Ch = _heads(Bc, H), _heads(Cc, H)  # (B, c, Q, H, N)
-    written = torch.einsum("bchj,bcjhn,bcjhp->bchpn", decay[..., -1, :], Bh, xc)
-    chunk_decay = torch.exp(a.sum(-1))  # (B, c, H)
-    state, entering = written.new_zeros(batch, H, P, B.shape[-1]), []
+    to_end = decay[..., -1, :].permute(0, 1, 4, 2, 3)[..., None]  # (B, c, Q, G, R, 1): from step j to the chunk's end
+    written = torch.einsum("bcjgn,bcjgrp->bcgrpn", Bc, xc * to_end)
+    chunk_decay = torch.exp(a.sum(-1)).view(batch, -1, G, H // G)  # (B, c, G, R)
+    state, entering = written.new_zeros(written[:, 0].shape), []
     for c in range(written.shape[1]):
         entering.append(state)
-        state = chunk_decay[:, c, :, None, None] * state + written[:, c]
-    entering = torch.stack(entering, dim=1)  # (B, c, H, P, N): the state each chunk starts from
+        state = chunk_decay[:, c, ..., None, None] * state + written[:, c]
+    entering = torch.stack(entering, dim=1)  # (B, c, G, R, P, N): the state each chunk starts from
 
     # The state a chunk starts from, decayed to step i and read out by C_i.
-    y = y + torch.einsum("bcihn,bchpn,bchi->bcihp", Ch, entering, torch.exp(torch.cumsum(a, dim=-1)))
+    from_start = torch.exp(torch.cumsum(a, dim=-1)).view(batch, -1, G, H // G, Q).permute(0, 1, 4, 2, 3)
+    y = y + torch.einsum("bcign,bcgrpn->bcigrp", Cc, entering) * from_start[..., None]
     y = y.reshape(batch, -1, H, P)[:, :L]
     if D is not None:
         y = y + D[..., None] * xs

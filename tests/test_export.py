@@ -1,5 +1,6 @@
-"""experiments/export.py: a dense Mamba run round-trips through Hugging Face's MambaForCausalLM (same logits), every
-other arm through the suite's own config + safetensors layout (same logits, patches included), without the run."""
+"""experiments/export.py: a dense Mamba (Mamba-2) run round-trips through Hugging Face's MambaForCausalLM
+(Mamba2ForCausalLM): same logits, and its `generate` gives our greedy tokens; every other arm through the suite's own
+config + safetensors layout (same logits, patches included), without the run."""
 
 import pytest
 import torch
@@ -14,25 +15,40 @@ from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
 def runs(tmp_path_factory, small_cache):
     root = tmp_path_factory.mktemp("export")
     data = {**SMALL_DATA, "cache_dir": small_cache}
-    plan = (("chameleon", "mamba"), ("chameleon", "mot"), ("transfusion", "mom"))
+    plan = (("chameleon", "mamba"), ("chameleon", "mot"), ("transfusion", "mom"), ("chameleon", "mamba2"),
+            ("chameleon", "mom2"))  # fmt: skip
     for setting, arm in plan:
         module = {"model_overrides": TINY_MODEL}
         train_run(RunRequest(setting, arm, max_steps=2, val_every=2, root=root, data=data, module=module))
     return {arm: trained_folder(root, setting, arm) for setting, arm in plan}
 
 
-def test_dense_mamba_round_trips_through_hugging_face(runs, tmp_path):
+def greedy(model, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """Our greedy continuation of `prompt` (1, L) by `new` tokens, through the generation cache."""
+    cache = model.allocate_inference_cache(1, prompt.shape[1] + new)
+    tokens, step = prompt, prompt
+    for _ in range(new):
+        step = model(step, torch.zeros_like(step), cache=cache).logits[:, -1:].argmax(-1)
+        tokens = torch.cat([tokens, step], dim=1)
+    return tokens
+
+
+@pytest.mark.parametrize("arm, hf_class", [("mamba", "MambaForCausalLM"), ("mamba2", "Mamba2ForCausalLM")])
+def test_dense_mamba_round_trips_through_hugging_face(runs, tmp_path, arm, hf_class):
     transformers = pytest.importorskip("transformers")
-    assert main([str(runs["mamba"]), "--out", str(tmp_path / "hf")]) == 0
-    ours = load_checkpoint_model(runs["mamba"])
-    theirs = transformers.MambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert main([str(runs[arm]), "--out", str(tmp_path / "hf")]) == 0
+    ours = load_checkpoint_model(runs[arm])
+    theirs = getattr(transformers, hf_class).from_pretrained(tmp_path / "hf").eval()
     tokens = torch.randint(0, ours.cfg.vocab_size, (2, 33))
     with torch.no_grad():
         a, b = ours(tokens, torch.zeros_like(tokens)).logits, theirs(tokens).logits
-    assert (a - b).norm() / a.norm() < 1e-5
+        assert (a - b).norm() / a.norm() < 1e-5
+        prompt = tokens[:1, :7]
+        generated = theirs.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+        assert torch.equal(generated, greedy(ours, prompt, 12))
 
 
-@pytest.mark.parametrize("arm", ["mot", "mom"])
+@pytest.mark.parametrize("arm", ["mot", "mom", "mom2"])
 def test_sparse_arms_round_trip_through_the_own_layout(runs, tmp_path, arm):
     assert main([str(runs[arm]), "--out", str(tmp_path / arm)]) == 0
     ours, back = load_checkpoint_model(runs[arm]), load_exported(tmp_path / arm)
