@@ -14,6 +14,8 @@ The convention (docs/design.md, "FLOPs"), the project's contract; it never chang
 * The selective scan's elementwise work is counted: 7 FLOPs per element of (B, E, L, N) and 6 per element of
   (B, E, L), itemised beside the scan (`models.scan.scan_flops`, the only place these numbers live). Both the
   analytic formula and the fvcore handle use it.
+* Mamba-2's SSD scan counts the chunked algorithm's arithmetic (`models.ssd.ssd_flops`, the only place those numbers
+  live; docs/design.md spells them out), per step, per group and per chunk; its conv counts as Mamba's.
 * The depthwise causal conv is counted: 2·d_conv·E per token per Mamba block, for the L outputs that are kept (the
   padded nn.Conv1d also computes d_conv - 1 outputs per sequence that it discards; they are not counted).
 * Not counted, as fvcore ignores them too: norms, activations outside the scan (SiLU after the conv, SwiGLU's
@@ -53,7 +55,7 @@ IGNORED_OPS: dict[str, str] = {
     # free by convention
     "aten::embedding": "embedding lookups are free; also the per-modality norm-scale gather",
     "aten::masked_scatter": "places patch embeddings into the sequence; data movement",
-    "aten::pad": "zero padding of the timestep embedding",
+    "aten::pad": "zero padding of the timestep embedding; the positions' modalities beside a padded conv's outputs",
     # routing: no arithmetic
     "prim::PythonOp._PermuteRows": "modality routing's row permutation (index_select)",
     "aten::argsort": "modality routing's sort of the tokens",
@@ -68,7 +70,7 @@ IGNORED_OPS: dict[str, str] = {
     "aten::__rshift__": "position-hash routing key (hash arms): integer arithmetic on the position indices",
     # the attention mask of continuous images (Transfusion): boolean index arithmetic, no FLOPs
     "aten::cumsum": "numbering the images of a sequence for the attention mask",
-    "aten::where": "image numbers at patch positions only",
+    "aten::where": "image numbers at patch positions only; each position's kernel of a decoupled conv (Mamba-2)",
     "aten::tril": "the causal part of the attention mask",
     "aten::__or__": "causal or same-image",
     # elementwise work outside the scan, not counted (norms, activations, residuals, rotary, timestep embedding)

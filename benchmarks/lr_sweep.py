@@ -1,5 +1,6 @@
-"""The learning-rate sweep the default recipe's peak lr is taken from: the dense arms alone (Mamba, transformer), each
-family on its own, every setting, the recipe's other values unchanged (or its batch size set by --batch-size).
+"""The learning-rate sweep the default recipe's peak lr is taken from: the dense arms alone (Mamba, transformer,
+Mamba-2), each family on its own, every setting, the recipe's other values unchanged (or its batch size set by
+--batch-size).
 
     python benchmarks/lr_sweep.py --lrs 1e-3,2e-3,4e-3,8e-3 --seeds 2
 
@@ -25,7 +26,7 @@ from analysis.pairs import final_losses  # noqa: E402
 from analysis.results import evaluation_grid, load_results  # noqa: E402
 from experiments.recipes import RECIPES  # noqa: E402
 
-FAMILIES = {"mamba": "Mamba", "transformer": "transformer"}
+FAMILIES = {"mamba": "Mamba", "transformer": "transformer", "mamba2": "Mamba-2"}
 
 
 def sweep_out(batch_size: int, lr: float) -> Path:
@@ -61,7 +62,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="2", help="compare.py --seeds")
     parser.add_argument("--batch-size", type=int, default=RECIPES["tiny"].batch_size,
                         help="sequences per step (default: the tiny recipe's)")  # fmt: skip
-    parser.add_argument("--families", default=",".join(FAMILIES), help="the dense arms to train (both are read)")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="the dense arms to train (every family is read)")
     parser.add_argument("--no-train", action="store_true", help="only read the sweep's results folders")
     args = parser.parse_args()
     lrs = [float(v) for v in args.lrs.split(",")]

@@ -5,9 +5,9 @@
 
 A dense Mamba or Mamba-2 run (no patch layers) becomes a Hugging Face `MambaForCausalLM` / `Mamba2ForCausalLM`
 folder (`save_pretrained`: config.json and model.safetensors; its keys are ours under `backbone.`, mamba-ssm's names).
-Every other arm (MoM, MoM-2, MoT, the transformer, Transfusion models) is written in the suite's own layout: config.json (the `ModelConfig`) and
-model.safetensors, loaded by `load_exported(folder)` into a `MultiModalLM`. `--format own` writes a dense Mamba or
-Mamba-2 run in the own layout too.
+Every other arm (MoM, MoM-2, MoT, the transformer, Transfusion models) is written in the suite's own layout:
+config.json (the `ModelConfig`) and model.safetensors, loaded by `load_exported(folder)` into a `MultiModalLM`.
+`--format own` writes a dense Mamba or Mamba-2 run in the own layout too.
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder (runs/<setting>/<scale>/<recipe>/<variant>/seed<k>)")
     parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--format", choices=("auto", "hf", "own"), default="auto",
-                        help="auto: Hugging Face for a dense Mamba or Mamba-2 run, the own layout otherwise")  # fmt: skip
+                        help="auto: Hugging Face for a dense Mamba or Mamba-2 run, the own layout "
+                        "otherwise")  # fmt: skip
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     args = parser.parse_args(argv)
     try:

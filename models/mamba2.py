@@ -250,22 +250,11 @@ class Mamba2Cache(NamedTuple):
     ssm_state: Tensor
 
 
-def _ssd_macs(shapes: list) -> float:
-    """One SSD scan, `_SSDChunkedFn(x (B, L, H, P), dt, A, B (B, L, G, N), C, D, dt_bias, chunk_size, softplus)`:
-    `ssd_flops` of its shapes, in MACs. The chunk length is not a tensor, so it comes from the mixers' config."""
-    (batch, seqlen, heads, headdim), (_, _, groups, state) = shapes[0], shapes[3]
-    return ssd_flops(batch, seqlen, heads, headdim, state, groups, _tracing_chunk[0]) / 2
-
-
 def _conv_macs(shapes: list) -> int:
     """The depthwise causal conv, x (B, C, L) and weight (C, 1, K): one output per input position (the padded
     conv's discarded outputs are not counted)."""
     (batch, _, length), weight = shapes[0], shapes[1]
     return batch * length * math.prod(weight)
-
-
-# The chunk length of the model being traced (`Mamba2Family.traceable` sets it): the FLOP handle sees only tensors.
-_tracing_chunk = [0]
 
 
 class Mamba2Family(Family[ModelConfig]):
@@ -289,23 +278,32 @@ class Mamba2Family(Family[ModelConfig]):
         "1.4b": dict(d_model=2048, n_layer=24, vocab_size=32000, d_state=128, headdim=64, chunk_size=256),
     }
 
-    flop_ops = {
-        # torch.jit traces a torch.autograd.Function as "prim::PythonOp.<class name>": the whole scan, one op
-        "prim::PythonOp._SSDChunkedFn": FlopOp("ssd_scan", _ssd_macs),
-        "aten::_convolution": FlopOp("conv", _conv_macs),
-    }
+    def __init__(self) -> None:
+        self.flop_ops = {
+            # torch.jit traces a torch.autograd.Function as "prim::PythonOp.<class name>": the whole scan, one op
+            "prim::PythonOp._SSDChunkedFn": FlopOp("ssd_scan", self._ssd_macs),
+            "aten::_convolution": FlopOp("conv", _conv_macs),
+        }
+        self._traced_chunk: int | None = None  # the chunk length of the model being traced (`traceable`)
+
+    def _ssd_macs(self, shapes: list) -> float:
+        """One SSD scan, `_SSDChunkedFn(x (B, L, H, P), dt, A, B (B, L, G, N), C, D, dt_bias, chunk, softplus)`:
+        `ssd_flops` of its shapes, in MACs. The chunk length is no tensor, so the traced model's config gives it."""
+        (batch, seqlen, heads, headdim), (_, _, groups, state) = shapes[0], shapes[3]
+        return ssd_flops(batch, seqlen, heads, headdim, state, groups, self._traced_chunk) / 2
 
     @contextmanager
     def traceable(self, model: nn.Module) -> Iterator[None]:
-        """Every mixer on the "torch" scan (traced as one op, models/ssd.py), and the handle told the chunk length."""
+        """Every mixer on the "torch" scan (traced as one op, models/ssd.py), its chunk length known to the handle."""
         mixers = [m for m in model.modules() if isinstance(m, Mamba2Mixer)]
         backends = [m.scan_backend for m in mixers]
-        _tracing_chunk[0] = model.cfg.chunk_size
+        self._traced_chunk = model.cfg.chunk_size
         try:
             for m in mixers:
                 m.scan_backend = "torch"
             yield
         finally:
+            self._traced_chunk = None
             for m, backend in zip(mixers, backends, strict=True):
                 m.scan_backend = backend
 
