@@ -13,7 +13,9 @@ Writes <out>/gpu_check.json and <out>/gpu_check.log. Sections of the JSON:
                 mamba-ssm's `Mamba` holding the same state dict (output, input and weight gradients). Entries whose
                 kernel cannot run say "skipped: <why>". code_check runs the same comparison code
                 against the project's own references (torch scan vs `selective_scan_ref`, mixer on "torch" vs
-                "ref"), so the comparison itself is exercised everywhere, --dry-run included.
+                "ref"), so the comparison itself is exercised everywhere, --dry-run included. ssd_scan: Mamba-2's
+                chunked "torch" SSD vs mamba-ssm's `mamba_chunk_scan_combined` (output and the gradients of all seven
+                inputs, float32 and bf16; its code_check: against the sequential `ssd_ref`).
   scan_speed    forward + backward time of the scan alone at the 163m mixer's shape (bf16 inputs), per backend
                 that runs here ("torch", "triton", "cuda"), and each one's speed-up over "torch"
   throughput    per scale (163m, 760m) and arm (mamba, mom): training steps on synthetic interleaved batches
@@ -51,6 +53,7 @@ from analysis.flops import flops_per_token
 from models import ModelConfig, build_model
 from models.mamba import MambaMixer
 from models.scan import mamba_ssm_available, mamba_ssm_import_error, resolve_backend, selective_scan, selective_scan_ref
+from models.ssd import resolve_ssd_backend, ssd_ref, ssd_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,6 +155,33 @@ def compare_scan(other, inputs: dict, tol: float) -> dict:
     return {"status": "ok" if worst <= tol else "mismatch", "tolerance": tol, "worst_rel_err": worst, **results}
 
 
+def ssd_inputs(batch: int, seqlen: int, heads: int, headdim: int, groups: int, d_state: int, device, dtype) -> dict:
+    """Inputs of an SSD scan as a Mamba-2 mixer makes them: x, dt, B, C in `dtype`; A, D, dt_bias per head."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g)).to(device)
+
+    A = -torch.empty(heads).uniform_(1, 16, generator=g).to(device)
+    return {"x": rand(batch, seqlen, heads, headdim).to(dtype), "dt": rand(batch, seqlen, heads).to(dtype), "A": A,
+            "B": rand(batch, seqlen, groups, d_state).to(dtype), "C": rand(batch, seqlen, groups, d_state).to(dtype),
+            "D": rand(heads), "dt_bias": rand(heads, scale=0.5) - 4}  # fmt: skip
+
+
+def compare_ssd(other, inputs: dict, chunk: int, tol: float) -> dict:
+    """The project's chunked "torch" SSD vs `other` (ssd_scan's arguments): output and every input's gradient."""
+    outs, grads = [], []
+    for fn in (lambda **kw: ssd_scan(**kw, backend="torch"), other):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        y = fn(**leaves, chunk_size=chunk, dt_softplus=True)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y))
+        outs.append(y)
+        grads.append({k: v.grad for k, v in leaves.items()})
+    results = {"out": rel_err(outs[0], outs[1])} | {f"grad_{k}": rel_err(grads[0][k], grads[1][k]) for k in inputs}
+    worst = max(results.values())
+    return {"status": "ok" if worst <= tol else "mismatch", "tolerance": tol, "worst_rel_err": worst, **results}
+
+
 def compare_mixers(ours: torch.nn.Module, other: torch.nn.Module, x: torch.Tensor, tol: float) -> dict:
     """Two mixers holding the same state dict: output, input gradient and every weight gradient."""
     other.load_state_dict(ours.state_dict(), strict=True)  # same keys and shapes by design (docs/design.md)
@@ -230,6 +260,21 @@ def parity(device: torch.device, dry_run: bool) -> dict:
             theirs = Mamba(d_model=d_model, d_state=16, d_conv=4, expand=2).to(device)
             mixer[f"ours_{backend}_backend"] = guarded(compare_mixers, ours, theirs, x, 1e-3)
         out["mamba_mixer"] = mixer
+    # Mamba-2's SSD: B, L, H, P, G, N and the chunk of a 163m Mamba-2 mixer (a dry run: tiny).
+    shape = (1, 40, 2, 4, 1, 8, 16) if dry_run else (2, 2048, 24, 64, 1, 128, 256)
+    try:
+        resolve_ssd_backend("cuda", device)
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        def chunk_scan(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus):
+            return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
+
+        out["ssd_scan"] = {"shape_BLHPGN_chunk": list(shape)} | {
+            name: guarded(compare_ssd, chunk_scan, ssd_inputs(*shape[:6], device, dtype), shape[6], tol)
+            for name, dtype, tol in (("float32", torch.float32, 1e-3), ("bfloat16", torch.bfloat16, 3e-2))
+        }
+    except RuntimeError as exc:
+        out["ssd_scan"] = {"status": f"skipped: {exc}"}
     # The comparison code against the project's references: runs everywhere, so a dry run exercises it.
     small = dict(B=1, E=8, N=4, L=33) if dry_run else dict(B=2, E=64, N=16, L=256)
     inputs = scan_inputs(small["B"], small["E"], small["N"], small["L"], device, torch.float32)
@@ -240,6 +285,8 @@ def parity(device: torch.device, dry_run: bool) -> dict:
     out["code_check"] = {
         "selective_scan_vs_ref": guarded(compare_scan, selective_scan_ref, inputs, 1e-4),
         "mamba_mixer_torch_vs_ref": guarded(compare_mixers, ours, ref, x, 1e-4),
+        "ssd_torch_vs_ref": guarded(compare_ssd, lambda chunk_size, **kw: ssd_ref(**kw),
+                                    ssd_inputs(1, 40, 2, 4, 1, 8, device, torch.float32), 16, 1e-4),  # fmt: skip
     }
     return out
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_dry_run_writes_every_section(tmp_path):
     """The dry run exits 0 and its JSON holds environment, peak, parity (mamba-ssm entries ok or skipped, the
-    comparison code checked against our references; the Triton scan, under its interpreter, against the torch scan),
+    comparison code checked against our references, Mamba-2's SSD included; the Triton scan, under its interpreter, against the torch scan),
     the scan's forward + backward time per backend with the speed-ups over "torch", throughput with step time,
     tokens/s, MFU and peak memory for 163m and 760m x mamba and mom, and the MoM / dense step-time ratios; the log
     is written."""
@@ -38,9 +38,11 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
             assert set(parity[name]) == {"status"}, parity[name]
             reason = parity[name]["status"].removeprefix("skipped: ")
             assert reason != parity[name]["status"] and ("mamba_ssm" in reason or "CUDA" in reason), reason
-    for name in ("selective_scan_vs_ref", "mamba_mixer_torch_vs_ref"):
+    for name in ("selective_scan_vs_ref", "mamba_mixer_torch_vs_ref", "ssd_torch_vs_ref"):
         assert parity["code_check"][name]["status"] == "ok", parity["code_check"][name]
         assert "grad_u" in parity["code_check"][name] or "grad_x" in parity["code_check"][name]
+    if importlib.util.find_spec("mamba_ssm") is None or not torch.cuda.is_available():  # Mamba-2's kernel: skipped
+        assert parity["ssd_scan"]["status"].startswith("skipped: ") and "mamba-ssm" in parity["ssd_scan"]["status"]
     for dtype in ("float32", "bfloat16"):
         assert parity["triton_scan"][dtype]["status"] == "ok", parity["triton_scan"][dtype]
         assert set(parity["triton_scan"][dtype]) >= {"out", "grad_u", "grad_A", "grad_delta_bias"}
