@@ -353,8 +353,8 @@ class ModalityConv1d(nn.Module):
             y = conv(w, b)
             # Selected on the full outputs and cut where the dense conv is cut: the same memory layout as the dense
             # output, so the same results in everything after it.
-            out = y if out is None else torch.where(F.pad(routing.modality_ids, (0, y.shape[-1] - L))[:, None] == m,
-                                                    y, out)  # fmt: skip
+            ids = F.pad(routing.modality_ids, (0, 0 if compiled else K - 1))[:, None]  # beside y's positions
+            out = y if out is None else torch.where(ids == m, y, out)
         return out[..., :L]
 
     def step(self, window: Tensor, routing: ModalityRouting | None = None) -> Tensor:

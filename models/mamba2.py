@@ -264,7 +264,7 @@ class Mamba2Family(Family[ModelConfig]):
     name = "mamba2"
     parts = MAMBA2_PARTS
     blocks_per_layer = 2
-    ablation_groups = (("in_proj", "out_proj"), ("dt_bias", "A_log", "D"), ("in_proj", "dt_bias", "out_proj"))
+    ablation_groups = (("in_proj", "out_proj"), ("dt_bias", "A_log", "D"))
     recurrent = True
     cpu_step_cost = 2.2  # a tiny Mamba-2 step against a tiny transformer step on the CPU (bench_step.py)
     hf_class = "Mamba2ForCausalLM"

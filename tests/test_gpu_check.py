@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_dry_run_writes_every_section(tmp_path):
     """The dry run exits 0 and its JSON holds environment, peak, parity (mamba-ssm entries ok or skipped, the
-    comparison code checked against our references, Mamba-2's SSD included; the Triton scan, under its interpreter, against the torch scan),
-    the scan's forward + backward time per backend with the speed-ups over "torch", throughput with step time,
-    tokens/s, MFU and peak memory for 163m and 760m x mamba and mom, and the MoM / dense step-time ratios; the log
-    is written."""
+    comparison code checked against our references, Mamba-2's SSD included; the Triton scan, under its interpreter,
+    against the torch scan), the scan's forward + backward time per backend with the speed-ups over "torch",
+    throughput with step time, tokens/s, MFU and peak memory for 163m and 760m x mamba and mom, and the MoM / dense
+    step-time ratios; the log is written."""
     out = tmp_path / "gc"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(out)]
     env = os.environ | {"TRITON_INTERPRET": "1"}

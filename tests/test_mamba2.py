@@ -201,6 +201,18 @@ def test_fvcore_equals_the_analytic_count_and_sparse_costs_dense(arch):
     assert counted.by_operator["ssd_scan"] > 0
 
 
+@pytest.mark.parametrize("decouple", [MAMBA2_PARTS, ("conv1d", "A_log")], ids="+".join)
+def test_fvcore_equals_the_analytic_count_for_ablation_variants(decouple):
+    """A decoupled conv runs each of the M kernels: M times the dense conv's FLOPs, in both counts."""
+    cfg = ModelConfig.from_scale("tiny", arch="mom2", vocab_size=96, n_modalities=3, d_model=64, chunk_size=16,
+                                 decouple=decouple)  # fmt: skip
+    counted = count_flops(build_model(cfg), {"tokens": torch.randint(0, 96, (2, 40)),
+                                             "modality_ids": interleaved_ids(2, 40, 3)})  # fmt: skip
+    analytic = analytic_flops(cfg, 40)
+    assert counted.per_token == pytest.approx(analytic.forward_per_token, rel=1e-12)
+    assert analytic.conv == 3 * analytic_flops(cfg.dense(), 40).conv
+
+
 def test_ssd_flops_known_answer():
     """One head of P = 2, N = 3, one group, Q = 4, L = 6 (two chunks): per step 4 + 3·4 + 2·4·2 + 4·3·2 + 6·2 = 68 and
     the scores 2·4·3 = 24; per chunk 1 + 2·2·3 = 13."""
