@@ -72,12 +72,14 @@ def test_global_batch_shard_gives_each_step_the_single_process_batch():
     assert shard.epoch == 3 and list(shard)[0][0] == 3
 
 
-def test_every_parameter_gets_a_gradient_when_a_modality_is_absent():
+@pytest.mark.parametrize("arch", ["mom", "mom2"])
+def test_every_parameter_gets_a_gradient_when_a_modality_is_absent(arch):
     """A text-only Transfusion batch gives every parameter of the sparse model a gradient (zero where unused, never
     None): the image experts, the patch projection, timestep MLP and patch head included, so DDP needs no
-    find_unused_parameters."""
+    find_unused_parameters. MoM-2 with every part decoupled: its per-modality conv and per-head parameters too."""
     P, V = 12, 64
-    cfg = ModelConfig(arch="mom", vocab_size=V, n_modalities=2, patch_dim=P, **TINY_MODEL)
+    decouple = {"mom2": ("in_proj", "conv1d", "dt_bias", "A_log", "D", "norm", "out_proj")}.get(arch)
+    cfg = ModelConfig(arch=arch, vocab_size=V, n_modalities=2, patch_dim=P, decouple=decouple, **TINY_MODEL)
     model = build_model(cfg)
     B, L = 2, 16
     tokens = torch.randint(0, V, (B, L))
