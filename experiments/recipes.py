@@ -67,7 +67,8 @@ class Recipe:
 # (benchmarks/power_splits.py, docs/statistics.md); 10 evaluations place the crossing (tests/test_matching.py), and
 # 32 validation sequences put the evaluation noise of a loss gap below the seed noise (benchmarks/README.md,
 # "Validation"). The peak learning rates are each family's best on its dense arm alone at this batch
-# (benchmarks/lr_sweep.py), which its sparse arms share. Speech utterances (~110 units) fit one sequence.
+# (benchmarks/lr_sweep.py), which its sparse arms share; Mamba-2's sweep tied `lr` with twice it, and it keeps `lr`
+# (docs/statistics.md). Speech utterances (~110 units) fit one sequence.
 # Paper scales: Transfusion's published optimiser and sequences of 4096 (docs/papers.md); batch per device.
 _PAPER = Recipe(
     max_steps=250_000,
