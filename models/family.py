@@ -1,9 +1,9 @@
-"""`Family`: what one architecture family (Mamba, transformer) owns, side by side (torchtitan style).
+"""`Family`: what one architecture family (Mamba, Mamba-2, transformer) owns, side by side (torchtitan style).
 
 A family knows its residual block and that block's initialisation, the parts a sparse arm may decouple per
 modality, its named sizes, its parameter count and its FLOPs formula. Everything above it (the config, the model, the
 FLOPs accounting, the comparison) asks the family instead of branching on its name, so a new family is one new
-subclass in one file plus its arms in `models/arms.py`.
+subclass in one file beside its block, with the arms its module registers (`models/mamba2.py` is one).
 
 The FLOPs convention every `block_flops` follows is stated once, in `analysis/flops.py`.
 """
@@ -51,7 +51,7 @@ class Family(ABC, Generic[Config]):
     methods.
 
     Attributes:
-        name: the family's name ("mamba", "transformer").
+        name: the family's name ("mamba", "mamba2", "transformer").
         parts: the names a sparse arm may decouple per modality (`ModelConfig.decouple`), in canonical order.
         blocks_per_layer: residual blocks per transformer-layer equivalent (`ModelConfig.n_layer`).
         ablation_groups: the multi-part subsets an ablation tries beside each part alone.
