@@ -134,10 +134,9 @@ class Mamba2Mixer(nn.Module):
 
         # Δ's bias: the inverse softplus of a log-uniform draw in [dt_min, dt_max]; A in [1, 16] (mamba-ssm's
         # A_init_range), kept as log and in float32. Each expert of a decoupled part draws its own.
-        rows = max(experts(name) for name in ("dt_bias", "A_log"))
-        dt = torch.exp(torch.rand(rows, H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = torch.exp(torch.rand(experts("dt_bias"), H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = per_head("dt_bias", (dt + torch.log(-torch.expm1(-dt)))[: experts("dt_bias")])
+        self.dt_bias = per_head("dt_bias", dt + torch.log(-torch.expm1(-dt)))
         self.dt_bias._no_reinit = True  # model-level init must not zero it like other biases
         self.A_log = per_head("A_log", torch.log(torch.empty(experts("A_log"), H).uniform_(1, 16)))
         self.D = per_head("D", torch.ones(experts("D"), H))
