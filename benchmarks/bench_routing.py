@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from models.layers import ModalityLinear, ModalityRouting, upcycle_state_dict
+from models.experts import upcycle_state_dict
+from models.layers import ModalityLinear, ModalityRouting
 from models.mamba import MambaMixer
 
 

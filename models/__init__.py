@@ -8,8 +8,9 @@ out = model(tokens, modality_ids)          # out.logits: (B, L, V)
 
 from models.arms import ARMS, ROUTINGS, Arm, get_arm, register_arm
 from models.config import ModelConfig, ParamCount, param_count
+from models.experts import expert_state_dict, upcycle_state_dict
 from models.family import SCALES, Family, check_scale
-from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting, expert_state_dict, upcycle_state_dict
+from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting
 from models.lm import LMOutput, MultiModalLM, build_model, position_hash_ids
 from models.mamba import MAMBA, MAMBA_PARTS, MambaMixer
 from models.mamba2 import MAMBA2, MAMBA2_PARTS, Mamba2Mixer

@@ -23,14 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ModelConfig, ParamCount
+from models.experts import expert_parameters, upcycle_state_dict
 from models.layers import (
     ModalityLinear,
     ModalityRMSNorm,
     ModalityRouting,
-    expert_parameters,
     image_attention_mask,
     upcast,
-    upcycle_state_dict,
     validate_modality_ids,
 )
 

@@ -6,13 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from models.experts import expert_state_dict, upcycle_state_dict
 from models.layers import (
     ModalityLinear,
     ModalityRMSNorm,
     ModalityRouting,
-    expert_state_dict,
     row_bucket,
-    upcycle_state_dict,
 )
 from tests.helpers import interleaved_ids
 

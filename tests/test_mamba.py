@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.layers import ModalityRouting, expert_state_dict, upcycle_state_dict
+from models.experts import expert_state_dict, upcycle_state_dict
+from models.layers import ModalityRouting
 from models.mamba import MAMBA_PARTS, MambaMixer
 from tests.helpers import interleaved_ids
 

@@ -9,7 +9,8 @@ import torch
 from analysis.flops import analytic_flops, count_flops
 from experiments.lit_module import decay_groups
 from models import ModelConfig, build_model
-from models.layers import ModalityRouting, expert_state_dict, upcycle_state_dict
+from models.experts import expert_state_dict, upcycle_state_dict
+from models.layers import ModalityRouting
 from models.mamba2 import MAMBA2_PARTS, Mamba2Mixer
 from models.ssd import ssd_chunked, ssd_ref, ssd_scan
 from tests.helpers import interleaved_ids

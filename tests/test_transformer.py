@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from models.layers import ModalityRouting, expert_state_dict, image_attention_mask, upcycle_state_dict
+from models.experts import expert_state_dict, upcycle_state_dict
+from models.layers import ModalityRouting, image_attention_mask
 from models.transformer import TRANSFORMER_PARTS, TransformerBlock, apply_rotary, mlp_hidden, rotary_cos_sin
 from tests.helpers import interleaved_ids
 
