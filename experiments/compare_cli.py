@@ -57,6 +57,13 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "from benchmarks/lr_sweep.py)",
     )
     parser.add_argument(
+        "--schedule",
+        choices=("cosine", "wsd"),
+        default="cosine",
+        help="the learning-rate schedule of every run: cosine decay (the papers', the default) or warmup-stable-decay "
+        "(the peak held, then a cooldown over the last 20%% of the steps; docs/comparison.md)",
+    )
+    parser.add_argument(
         "--ablation",
         nargs="?",
         const="basic",
@@ -146,6 +153,8 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
         recipe = replace(recipe, val_every=args.val_every)
     if args.precision is not None:
         recipe = replace(recipe, precision=args.precision)
+    if args.schedule != "cosine":
+        recipe = replace(recipe, schedule=args.schedule)
     if args.lr is not None:
         if not (math.isfinite(args.lr) and 0 < args.lr < 1):
             raise ValueError(f"--lr must be a peak learning rate between 0 and 1; got {args.lr:g}")

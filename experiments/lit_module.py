@@ -20,6 +20,9 @@ from experiments.losses import loss_positions, multimodal_losses
 from models import ModelConfig, build_model
 from models.layers import ModalityConv1d, ModalityLinear
 
+# The learning-rate schedules `LitMultiModalLM(schedule=...)` knows (`warmup_cosine`, `warmup_stable_decay`).
+SCHEDULES = ("cosine", "wsd")
+
 
 class NonFiniteLoss(RuntimeError):
     """A training loss became NaN or infinite; the message names the step and the modality."""
@@ -32,7 +35,10 @@ class LitMultiModalLM(L.LightningModule):
         arch: a registered arm (models.ARMS: "mamba", "mom", "transformer", "mot", the controls "mom_hash", "mot_hash").
         scale: a named scale of ModelConfig ("tiny", "small", "163m", ...).
         vocab_size, n_modalities, patch_dim: from the datamodule (state them once: LightningCLI links them).
-        lr: peak learning rate; min_lr_ratio: the cosine decays to the peak * min_lr_ratio at the trainer's max_steps.
+        lr: peak learning rate; min_lr_ratio: the schedule ends at the peak * min_lr_ratio at the trainer's max_steps.
+        schedule: "cosine" (warmup, then cosine decay over the rest of the run: the papers' and the recipes') or
+            "wsd" (warmup, then the peak held, then a cooldown over the last `decay_fraction` of the steps:
+            Hägele et al. 2024; `warmup_stable_decay`).
         family_lr: (family, peak learning rate) pairs that replace `lr` for the model families they name: each dense
             arm's tuned rate, which its sparse arms share (`peak_lr`).
         warmup_steps: linear warmup from 0.
@@ -56,6 +62,8 @@ class LitMultiModalLM(L.LightningModule):
         family_lr: tuple[tuple[str, float], ...] = (("transformer", 1.28e-1),),
         min_lr_ratio: float = 0.1,
         warmup_steps: int = 20,
+        schedule: str = "cosine",
+        decay_fraction: float = 0.2,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         diffusion_weight: float = 5.0,
@@ -64,6 +72,10 @@ class LitMultiModalLM(L.LightningModule):
         image_sources: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; valid choices are {list(SCHEDULES)}")
+        if not 0 < decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
         self.save_hyperparameters()
         dims = dict(vocab_size=vocab_size, n_modalities=n_modalities, patch_dim=patch_dim)
         self.cfg = ModelConfig.from_scale(scale, arch=arch, **dims, **(model_overrides or {}))
@@ -178,9 +190,17 @@ class LitMultiModalLM(L.LightningModule):
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=tuple(hp.betas))
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 1000
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
-        )
+        if hp.schedule == "wsd":
+            decay = max(1, round(hp.decay_fraction * total))
+
+            def multiplier(step: int) -> float:
+                return warmup_stable_decay(step, hp.warmup_steps, total, hp.min_lr_ratio, decay)
+        else:
+
+            def multiplier(step: int) -> float:
+                return warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
@@ -203,3 +223,18 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_stable_decay(step: int, warmup: int, total: int, min_ratio: float, decay: int) -> float:
+    """Learning-rate multiplier of a warmup-stable-decay schedule (Hägele et al. 2024, "Scaling Laws and
+    Compute-Optimal Training Beyond Fixed Training Durations"): linear from 0 to 1 over `warmup` steps, 1 until the
+    last `decay` steps, then down to `min_ratio` at `total` along their (1 - sqrt) cooldown. Every step before the
+    cooldown is independent of `total`: a longer run's first steps are a shorter run's, and a cooldown may branch
+    from any of them."""
+    if step < warmup:
+        return (step + 1) / warmup
+    start = total - decay
+    if step < start:
+        return 1.0
+    progress = min(1.0, (step - start) / decay)
+    return min_ratio + (1 - min_ratio) * (1 - math.sqrt(progress))

@@ -33,11 +33,16 @@ class Recipe:
     seq_len: int
     batch_size: int  # sequences per device and step
     val_sequences: int  # fixed validation sequences per validation set
-    lr: float  # peak; linear warmup, then cosine decay to the peak * min_lr_ratio at max_steps
+    lr: float  # peak; linear warmup, then `schedule`'s decay to the peak * min_lr_ratio at max_steps
     warmup_steps: int
     # (family, peak lr) pairs replacing `lr` for the families they name: the dense arms' own, their sparse arms' too
     family_lr: tuple[tuple[str, float], ...] = ()
     min_lr_ratio: float = 0.1
+    # "cosine" (the papers') or "wsd" (warmup-stable-decay, its cooldown the last `decay_fraction` of the steps;
+    # LitMultiModalLM). Only a non-cosine schedule reaches the module and the recipe's name, so that adding the
+    # option left every cosine recipe's run folders where they were.
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     # Lightning's precision: float32 weights and optimiser, bf16 matmuls (autocast). On GPUs the papers' choice; on a
@@ -53,7 +58,10 @@ class Recipe:
         return {name: getattr(self, name) for name in self.DATA}
 
     def module(self) -> dict:
-        return {name: getattr(self, name) for name in self.MODULE}
+        module = {name: getattr(self, name) for name in self.MODULE}
+        if self.schedule != "cosine":
+            module |= {"schedule": self.schedule, "decay_fraction": self.decay_fraction}
+        return module
 
     def trainer(self) -> dict:
         return {name: getattr(self, name) for name in self.TRAINER}

@@ -13,7 +13,13 @@ from datamodules.multimodal import MultiModalDataModule
 from datamodules.sequences import next_token_targets
 from datamodules.settings import SETTINGS
 from datamodules.vocab import IGNORE, PAD
-from experiments.lit_module import LitMultiModalLM, NonFiniteLoss, decay_groups, warmup_cosine
+from experiments.lit_module import (
+    LitMultiModalLM,
+    NonFiniteLoss,
+    decay_groups,
+    warmup_cosine,
+    warmup_stable_decay,
+)
 from experiments.losses import multimodal_losses
 from models import ARMS
 from tests.helpers import SMALL_DATA, TINY_MODEL
@@ -180,3 +186,31 @@ def test_image_loss_per_source_known_answer():
     error = ((pred - noise[mask]) ** 2).mean(-1)
     torch.testing.assert_close(tf["loss_image/0"], error[1])
     torch.testing.assert_close(tf["loss_image/1"], (error[0] + error[2]) / 2)
+
+
+def test_warmup_stable_decay_schedule():
+    """Linear warmup, the peak held, then the (1 - sqrt) cooldown over the last `decay` steps to min_ratio; every step
+    before the cooldown is the same for any total (a cooldown can branch from a longer run)."""
+    assert warmup_stable_decay(0, 10, 100, 0.1, 20) == pytest.approx(0.1)
+    assert warmup_stable_decay(9, 10, 100, 0.1, 20) == pytest.approx(1.0)
+    assert warmup_stable_decay(79, 10, 100, 0.1, 20) == 1.0
+    assert warmup_stable_decay(85, 10, 100, 0.1, 20) == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.25)))
+    assert warmup_stable_decay(100, 10, 100, 0.1, 20) == pytest.approx(0.1)
+    for step in range(80):
+        assert warmup_stable_decay(step, 10, 100, 0.1, 20) == warmup_stable_decay(step, 10, 1000, 0.1, 20)
+
+
+def test_the_module_runs_the_schedule_it_is_given():
+    """The optimiser's learning rate per step follows `schedule`; an unknown name is refused, saying what is valid."""
+    with pytest.raises(ValueError, match=r"unknown schedule 'linear'; valid choices are \['cosine', 'wsd'\]"):
+        LitMultiModalLM(schedule="linear", model_overrides=TINY_MODEL)
+    for name, expected in (("cosine", lambda s: warmup_cosine(s, 5, 50, 0.1)),
+                           ("wsd", lambda s: warmup_stable_decay(s, 5, 50, 0.1, 10))):  # fmt: skip
+        lit = LitMultiModalLM(schedule=name, warmup_steps=5, lr=1e-3, family_lr=(), model_overrides=TINY_MODEL)
+        lit.trainer = type("T", (), {"max_steps": 50})()
+        config = lit.configure_optimizers()
+        optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+        for step in range(50):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * expected(step)), (name, step)
+            optimizer.step()
+            scheduler.step()

@@ -14,6 +14,7 @@ from analysis.run_record import CHECKPOINT, METRICS, read_summary
 from datamodules.multimodal import MultiModalDataModule
 from experiments import run as run_module
 from experiments.checkpoints import AtomicCheckpointIO
+from experiments.lit_module import warmup_stable_decay
 from experiments.recipes import RunRequest
 from experiments.run import train_run
 from tests.helpers import SMALL_DATA, TINY_MODEL, trained_folder
@@ -63,11 +64,11 @@ def data(small_cache):
     return {**SMALL_DATA, "cache_dir": small_cache}
 
 
-def run(root, data, arm="mom", callbacks=(), sequences=SEQUENCES, seed=0):
+def run(root, data, arm="mom", callbacks=(), sequences=SEQUENCES, seed=0, module=None):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run_module, "MultiModalDataModule", few_sequences(sequences))
         request = RunRequest("chameleon", arm, seed=seed, max_steps=STEPS, val_every=VAL_EVERY, root=root,
-                             data=data, module={"model_overrides": TINY_MODEL},
+                             data=data, module={"model_overrides": TINY_MODEL, **(module or {})},
                              trainer={"callbacks": list(callbacks)})  # fmt: skip
         return train_run(request)
 
@@ -156,3 +157,20 @@ def test_the_batch_order_digest_is_the_seeds_whatever_the_arm(tmp_path, data, st
     run(tmp_path, data, arm="mamba", seed=1)
     order = {s: read_summary(trained_folder(tmp_path, "chameleon", "mamba", seed=s)).batch_order for s in (0, 1)}
     assert order[0] == read_summary(straight).batch_order != order[1]
+
+
+def test_a_warmup_stable_decay_run_resumes_to_the_uninterrupted_run(tmp_path, data):
+    """The WSD schedule (2 warmup steps, its cooldown the last 3 of 14) resumes like the cosine one: stopped in the
+    stable phase and again inside the cooldown, the run ends with the uninterrupted run's rows (learning rate
+    included) and weights, and its learning rates are the schedule's."""
+    wsd = {"schedule": "wsd", "decay_fraction": 0.2, "warmup_steps": 2}
+    run(tmp_path / "straight", data, module=wsd)
+    for step in (7, 12):
+        assert run(tmp_path / "stopped", data, callbacks=[_StopAt(step)], module=wsd).status == "interrupted"
+    assert run(tmp_path / "stopped", data, module=wsd).status == "finished"
+    straight, resumed = (trained_folder(tmp_path / name, "chameleon", "mom") for name in ("straight", "stopped"))
+    assert_same_run(resumed, straight)
+    logged = {int(r["step"]): float(r["optim/lr"]) for r in rows(straight) if r.get("optim/lr")}
+    assert len(logged) == STEPS
+    for step, lr in logged.items():
+        assert lr == pytest.approx(8e-3 * warmup_stable_decay(step, 2, STEPS, 0.1, 3)), step
