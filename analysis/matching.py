@@ -24,6 +24,20 @@ The rule, stated once (docs/design.md, "FLOPs-to-match"):
   statistic: every pair has one, and it stays well-conditioned where FLOPs-to-match does not (on a flat dense
   curve any FLOPs along the flat part match it).
 
+The budget-matched FLOPs-to-match (`budget_match`) reads no curve: it asks at what training budget a sparse run,
+with a schedule of its own run to the end, reaches the dense run's final loss. Within one run, a loss part-way
+through a cosine schedule is not what a run of that budget reaches (its learning rate has not decayed), so the
+within-run rule above carries the schedule's effect; this one does not. Its inputs are final losses (each run's
+smoothed loss at its last evaluation) of the sparse arm at several budgets and of the dense arm at its own:
+
+* Fit: the sparse final losses against log-budget, made non-increasing by the pool-adjacent-violators algorithm
+  (isotonic regression): a longer budget never counts as worse, and noise that says otherwise is averaged away.
+* Match: the budget at which the fit, linear in log-budget between adjacent budgets, comes down to the dense final
+  loss, over the dense budget. Never extrapolated: a target below the fit at the largest budget is *not reached*
+  (at least the largest budget), one above the fit at the smallest budget is *below* (at most the smallest).
+* Withheld (*flat*): when either budget beside the crossing was pooled (the raw finals turned up there), the
+  budget at which they cross is not determined.
+
 Over seeds (sparse seed k against dense seed k): the loss gap's mean, Student-t 95% interval and p-value
 (`mean_interval`, `t_test`); FLOPs-to-match's geometric mean with the Student-t interval of its log
 (`log_interval`); Holm's adjustment of a report's p-values (`holm`).
@@ -204,3 +218,61 @@ def at_flops(flops: Sequence[float], values: Sequence[float], at: float) -> floa
     if len(f) == 0 or not f[0] * (1 - 1e-9) <= at <= f[-1] * (1 + 1e-9):
         return None
     return float(np.interp(math.log(at), np.log(f), v))
+
+
+class BudgetMatch(NamedTuple):
+    """The budget-matched FLOPs-to-match of one sparse arm's runs at several budgets against one dense run."""
+
+    fraction: float | None  # the matching budget over the dense budget; None unless status is "matched"
+    status: str  # "matched", "not reached" (beyond the largest budget), "below" (the smallest is enough), "flat"
+    bound: float | None  # "not reached": the largest budget over the dense one (a lower bound); "below": the smallest
+    # (an upper bound); else None
+    fit: tuple[float, ...]  # the non-increasing fit of the sparse final losses, in budget order
+
+
+def pool_adjacent_violators(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The non-increasing least-squares fit of `values` (equal weights), and each value's block id (values pooled
+    into one block share it)."""
+    blocks: list[list[float]] = []  # [sum, count, first index]
+    for i, v in enumerate(values):
+        blocks.append([float(v), 1.0, i])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            total, count, _ = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    fit, ids = np.empty(len(values)), np.empty(len(values), dtype=int)
+    for b, (total, count, first) in enumerate(blocks):
+        fit[first : first + int(count)] = total / count
+        ids[first : first + int(count)] = b
+    return fit, ids
+
+
+def budget_match(
+    dense_budget: float, dense_final: float, sparse_budgets: Sequence[float], sparse_finals: Sequence[float]
+) -> BudgetMatch:
+    """The budget-matched FLOPs-to-match (module docstring): budgets in FLOPs (or any unit both share), final losses
+    in one loss's unit; the sparse budgets need not be sorted."""
+    budgets, finals = np.asarray(sparse_budgets, dtype=np.float64), np.asarray(sparse_finals, dtype=np.float64)
+    if budgets.shape != finals.shape or budgets.ndim != 1 or len(budgets) < 2:
+        raise ValueError(f"sparse budgets and final losses must be 1-D of one length >= 2, got {budgets.shape} and "
+                         f"{finals.shape}")  # fmt: skip
+    order = np.argsort(budgets)
+    b, v = _check(budgets[order], finals[order], "sparse budgets")
+    if not (dense_budget > 0 and math.isfinite(dense_budget) and math.isfinite(dense_final)):
+        raise ValueError(f"dense budget and final loss must be finite (the budget positive): {dense_budget}, "
+                         f"{dense_final}")  # fmt: skip
+    fit, blocks = pool_adjacent_violators(v)
+    target, tolerance = dense_final, TOLERANCE * abs(dense_final)
+    if fit[-1] > target + tolerance:
+        return BudgetMatch(None, "not reached", float(b[-1] / dense_budget), tuple(map(float, fit)))
+    i = int(np.flatnonzero(fit <= target + tolerance)[0])  # fit[i - 1] > target >= fit[i]
+    if i == 0:  # at the smallest budget already: matched there if at the target, else only bounded
+        at = fit[0] >= target - tolerance
+        return BudgetMatch(b[0] / dense_budget if at else None, "matched" if at else "below",
+                           None if at else float(b[0] / dense_budget), tuple(map(float, fit)))  # fmt: skip
+    if (blocks == blocks[i - 1]).sum() > 1 or (blocks == blocks[i]).sum() > 1:  # pooled at the crossing
+        return BudgetMatch(None, "flat", None, tuple(map(float, fit)))
+    t = (fit[i - 1] - target) / (fit[i - 1] - fit[i])
+    log_budget = math.log(b[i - 1]) + t * (math.log(b[i]) - math.log(b[i - 1]))
+    return BudgetMatch(math.exp(log_budget) / dense_budget, "matched", None, tuple(map(float, fit)))
+

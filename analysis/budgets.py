@@ -1,0 +1,89 @@
+"""The budget-matched FLOPs-to-match over seeds: each sparse arm's final losses at several training budgets (each
+budget a run with its own full schedule) against its dense partner's final loss at the dense arm's full budget.
+
+`run_finals` reads the runs of one or more results folders (one per budget) into final losses; `budget_pairs`
+applies the rule (`analysis.matching.budget_match`, stated in analysis/matching.py) to every sparse run family
+(setting, variant, seed, loss) against the dense run of its seed; `summarise_budgets` gives, per setting, loss and
+variant, the geometric mean of the matched fractions and the Student-t interval of their log, as the within-run rule's
+summary does. The dense arm against its own budgets matches at exactly 100%, and its null control (the twin arm at
+the same budgets) is paired like a sparse arm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.labels import dense_partner
+from analysis.matching import SMOOTHING_POINTS, budget_match, log_interval, smooth
+from analysis.results import Results, evaluation_grid, run_curves
+from analysis.run_record import LossKey
+
+LOSS = list(LossKey._fields)
+FINAL_COLUMNS = ["setting", "arm", "variant", "seed", *LOSS, "budget", "final_loss"]
+
+
+def run_finals(results: Results, points: int = SMOOTHING_POINTS) -> pd.DataFrame:
+    """One row per finished run and loss: its identity, `budget` (its training FLOPs: steps times FLOPs per step)
+    and `final_loss` (its smoothed loss at its last evaluation, as every report number smooths)."""
+    finished = {(r.setting, r.variant, r.seed): r for r in results.finished.itertuples()}
+    rows = [
+        {"setting": setting, "arm": finished[(setting, variant, seed)].arm, "variant": variant, "seed": seed}
+        | key._asdict()
+        | {
+            "budget": float(
+                finished[(setting, variant, seed)].steps * finished[(setting, variant, seed)].train_flops_per_step
+            )
+        }
+        | {"final_loss": float(smooth(curve.flops, curve.loss, points)[-1])}
+        for (setting, variant, seed), curves in run_curves(evaluation_grid(results)).items()
+        if (setting, variant, seed) in finished
+        for key, curve in curves.items()
+    ]
+    return pd.DataFrame(rows, columns=FINAL_COLUMNS)
+
+
+def budget_pairs(finals: pd.DataFrame) -> pd.DataFrame:
+    """One row per (setting, loss, sparse or twin variant, seed) with runs at two budgets or more whose dense partner
+    of that seed has a run: the sparse arm's budgets and final losses against the dense run at its largest budget,
+    through `budget_match`. Columns: the identity, `dense_arm`, `budgets` (the sparse budgets over the dense one),
+    `fraction`, `status`, `bound`."""
+    rows = []
+    keys = ["setting", *LOSS, "seed"]
+    for identity, group in finals.groupby(keys, sort=False, dropna=False):
+        by_variant = {variant: runs for variant, runs in group.groupby("variant", sort=False)}
+        for variant, runs in by_variant.items():
+            dense = dense_partner(runs["arm"].iloc[0])
+            if dense not in by_variant or runs["budget"].nunique() < 2:  # a baseline; or nothing to fit
+                continue
+            full = by_variant[dense].loc[by_variant[dense]["budget"].idxmax()]
+            match = budget_match(full["budget"], full["final_loss"], runs["budget"], runs["final_loss"])
+            rows.append(
+                dict(zip(keys, identity, strict=True))
+                | {"variant": variant, "arm": runs["arm"].iloc[0], "dense_arm": dense}
+                | {"budgets": " ".join(f"{b / full['budget']:.3g}" for b in sorted(runs["budget"]))}
+                | {"fraction": match.fraction, "status": match.status, "bound": match.bound}
+            )
+    return pd.DataFrame(rows, columns=[*keys, "variant", "arm", "dense_arm", "budgets", "fraction", "status", "bound"])
+
+
+def summarise_budgets(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per setting, loss and variant over seeds: `seeds`, `n_matched`, `fraction_mean` / `_low` / `_high` (the
+    geometric mean and the 95% interval of the log, when every seed matched) and `statuses` ("3 matched", "2 matched,
+    1 not reached (≥ 100%)" ...)."""
+    rows = []
+    identity = ["setting", *LOSS, "variant", "arm", "dense_arm"]
+    for values, group in pairs.groupby(identity, sort=False, dropna=False):
+        fractions = group["fraction"].to_numpy(dtype=np.float64)
+        mean, low, high = log_interval(fractions) if np.isfinite(fractions).all() else (None, None, None)
+        counts = []
+        for status, runs in group.groupby("status", sort=False):
+            bound = "" if runs["bound"].isna().all() else f" ({'≥' if status == 'not reached' else '≤'} "
+            bound += f"{100 * runs['bound'].max():.0f}%)" if bound else ""
+            counts.append(f"{len(runs)} {status}{bound}")
+        rows.append(
+            dict(zip(identity, values, strict=True))
+            | {"seeds": " ".join(map(str, group["seed"])), "n_matched": int((group["status"] == "matched").sum())}
+            | {"fraction_mean": mean, "fraction_low": low, "fraction_high": high, "statuses": ", ".join(counts)}
+        )
+    return pd.DataFrame(rows)
