@@ -2,13 +2,16 @@
 budget-matched one (analysis/budgets.py), per setting, loss and sparse arm, with the twins as the null control.
 
     python benchmarks/budget_study.py --budgets 80,120 --seeds 3
+    python benchmarks/budget_study.py --no-train --wsd results/wsd      # and the dense arms under WSD vs cosine
 
 It runs compare.py at the recipe's budget (every arm given) and at each shorter budget (the sparse and twin arms
 only, each run with its own full warmup-and-cosine schedule, validated ten times: --max-steps N --val-every N/10),
 into results/budget-study/steps<N>/, then reads the final losses of every budget (`analysis.budgets`) and prints,
 for the training loss (the papers' measure) and the primary validation loss, each cell's within-run FLOPs-to-match
 (the full-budget report's) and its budget-matched FLOPs-to-match, and writes both to
-results/budget-study/budget_study.csv. docs/statistics.md has the measurement.
+results/budget-study/budget_study.csv. With --wsd FOLDER (a comparison of the dense arms trained with
+`compare.py --schedule wsd`), it also sets each dense arm's final loss under WSD beside its cosine one (paired by
+seed: the mean difference and its 95% interval). docs/statistics.md has the measurement.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis.budgets import budget_pairs, run_finals, summarise_budgets  # noqa: E402
+from analysis.matching import mean_interval  # noqa: E402
 from analysis.results import load_results  # noqa: E402
 from experiments.recipes import RECIPES  # noqa: E402
 from models import ARMS  # noqa: E402
@@ -51,11 +55,30 @@ def within_run(folder: Path) -> pd.DataFrame:
     return summary.assign(within_run=text)[[*CELL, "within_run"]]
 
 
+def schedules(cosine: Path, wsd: Path) -> pd.DataFrame:
+    """Each dense arm's final loss per setting and loss under both schedules, paired by seed: means and the mean
+    difference (WSD minus cosine) with its 95% interval."""
+    finals = [run_finals(load_results(folder)).assign(schedule=name) for name, folder in (("cosine", cosine),
+                                                                                          ("wsd", wsd))]  # fmt: skip
+    frame = pd.concat(finals, ignore_index=True)
+    frame = frame[frame["variant"].isin(["mamba", "transformer"]) & (frame["source"].fillna("") == "")]
+    frame = frame[frame["valset"].fillna("").isin(["", "val"])]
+    wide = frame.pivot_table(index=[*CELL, "seed"], columns="schedule", values="final_loss").dropna().reset_index()
+    rows = []
+    for cell, group in wide.groupby(CELL, sort=False):
+        mean, low, high = mean_interval(group["wsd"] - group["cosine"])
+        rows.append(dict(zip(CELL, cell, strict=True)) | {"cosine": group["cosine"].mean(), "wsd": group["wsd"].mean(),
+                                                          "wsd_minus_cosine": f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]",
+                                                          "seeds": len(group)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", default="80,120", help="the shorter budgets, in steps (comma list)")
     parser.add_argument("--seeds", default="3", help="compare.py --seeds")
     parser.add_argument("--no-train", action="store_true", help="only read the study's results folders")
+    parser.add_argument("--wsd", type=Path, help="a results folder of the dense arms trained with --schedule wsd")
     args = parser.parse_args()
     full = RECIPES["tiny"].max_steps
     budgets = sorted({int(b) for b in args.budgets.split(",")} | {full})
@@ -83,6 +106,9 @@ def main() -> int:
     with pd.option_context("display.width", 250, "display.max_colwidth", 60, "display.max_rows", 200):
         print(f"budgets {budgets} steps; within-run (the report's) vs budget-matched FLOPs-to-match")
         print(table.to_string(index=False))
+        if args.wsd:
+            print("\ndense arms' final loss, WSD vs cosine (the recipe's budget)")
+            print(schedules(folders[full], args.wsd).round(4).to_string(index=False))
     return 0
 
 
