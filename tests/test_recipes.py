@@ -99,3 +99,17 @@ def test_a_run_request_resolves_its_recipe_names_its_folder_and_says_how_a_folde
     for bad, match in (("setting", "unknown setting 'dalle'"), ("arm", "unknown arm 'dalle'"), ("scale", "'dalle'")):
         with pytest.raises(ValueError, match=match):
             RunRequest(**{"setting": "chameleon", "arm": "mom", bad: "dalle"})
+
+
+def test_a_wsd_recipe_reaches_the_module_and_names_its_own_folders(tmp_path):
+    """`--schedule wsd` sets the recipe's schedule: the module gets it with its cooldown share, and its runs get a
+    recipe name of their own; the cosine recipe's module arguments and name are what they were before the option."""
+    args = build_parser().parse_args(["--settings", "chameleon", "--arms", "mamba,mom", "--schedule", "wsd",
+                                      "--root", str(tmp_path)])  # fmt: skip
+    comparison = plan_comparison(args)
+    request = comparison.request(comparison.runs[0])
+    assert (request.module["schedule"], request.module["decay_fraction"]) == ("wsd", 0.2)
+    assert "schedulewsd" in request.recipe_id and request.recipe_id != RunRequest("chameleon", "mom").recipe_id
+    assert "schedule" not in RECIPES["tiny"].module()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--schedule", "linear"])
