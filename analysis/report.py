@@ -246,8 +246,8 @@ def how_to_read(results: Results, summary: pd.DataFrame, points: int, val_every:
         "seed that never reaches the target is counted, not dropped: the cell then reads *k/n reach; ≥ x%*, x the "
         "geometric mean with each such seed at its whole budget (a lower bound). It is read inside each run, as the "
         "papers read it: part-way through a decaying learning-rate schedule a curve lies above what a run of that "
-        "budget reaches with its own schedule, so this rule overstates the saving of a shorter sparse run "
-        "(`docs/statistics.md`, \"Within-run against budget-matched\", measures by how much).",
+        "budget reaches with its own schedule, so where a sparse arm reaches the target early this rule overstates "
+        "its saving (`docs/statistics.md`, \"Within-run against budget-matched\", sets the two side by side).",
         f"- **Smoothing (one rule for every number here)**: each evaluation's loss is the value of a quadratic in "
         f"log-FLOPs fitted (tricube weights) to the {points} evaluations around it (one-sided at the ends; "
         f"validation every {val_every} steps), on both arms: no lag. Implemented once, in `analysis/matching.py`; "
