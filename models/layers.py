@@ -198,6 +198,17 @@ def image_attention_mask(patch_mask: Tensor) -> Tensor:
     return (causal | same_image)[:, None]
 
 
+def init_experts(weight: Tensor, bias: Tensor | None, n_modalities: int, fan_in: int) -> None:
+    """torch's default initialisation of nn.Linear / nn.Conv1d (kaiming-uniform weights, biases uniform within
+    1/sqrt(fan_in)), applied to each expert of a stacked weight ([M, ...], or one expert without the axis)."""
+    weights = weight.unsqueeze(0) if n_modalities == 1 else weight
+    for m, w in enumerate(weights):
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        if bias is not None:
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(bias if n_modalities == 1 else bias[m], -bound, bound)
+
+
 class ModalityLinear(nn.Module):
     """A linear layer with one weight copy per modality; token t uses the copy of modality_ids[t].
 
@@ -218,12 +229,7 @@ class ModalityLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         # nn.Linear's own initialisation, applied to each expert as if it were a separate layer.
-        weights = self.weight.unsqueeze(0) if self.n_modalities == 1 else self.weight
-        for m, w in enumerate(weights):
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            if self.bias is not None:
-                bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-                nn.init.uniform_(self.bias if self.n_modalities == 1 else self.bias[m], -bound, bound)
+        init_experts(self.weight, self.bias, self.n_modalities, self.in_features)
 
     def forward(self, x: Tensor, routing: ModalityRouting | None = None) -> Tensor:
         """x (..., in) in sequence order -> (..., out). `routing` is required when n_modalities > 1."""
@@ -323,12 +329,7 @@ class ModalityConv1d(nn.Module):
 
     def reset_parameters(self) -> None:
         # nn.Conv1d's own initialisation (fan_in = K for a depthwise conv), for each expert as its own layer.
-        weights = self.weight.unsqueeze(0) if self.n_modalities == 1 else self.weight
-        for m, w in enumerate(weights):
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            if self.bias is not None:
-                bound = 1 / math.sqrt(self.kernel_size)
-                nn.init.uniform_(self.bias if self.n_modalities == 1 else self.bias[m], -bound, bound)
+        init_experts(self.weight, self.bias, self.n_modalities, self.kernel_size)
 
     def forward(self, x: Tensor, routing: ModalityRouting | None = None, silu: bool = False) -> Tensor:
         """x (B, C, L) -> (B, C, L), causal: output t reads inputs t - K + 1 .. t. With `silu`, SiLU of it: on the CPU

@@ -244,7 +244,8 @@ class MambaBlock(nn.Module):
 
 
 class MambaCache(NamedTuple):
-    """A Mamba block's generation state: the conv window (B, E, d_conv) and the SSM state (B, E, N)."""
+    """A Mamba block's generation state: the conv window (B, E, d_conv) and the SSM state (B, E, N) (a Mamba-2
+    block's: (B, E + 2GN, d_conv) and (B, H, P, N))."""
 
     conv_state: Tensor
     ssm_state: Tensor

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +33,7 @@ from models.layers import (
     upcast,
     validate_parts,
 )
+from models.mamba import MambaBlock, _conv_macs
 from models.ssd import SSD_BACKENDS, resolve_ssd_backend, ssd_flops, ssd_scan, ssd_step
 
 MAMBA2_PARTS = ("in_proj", "conv1d", "dt_bias", "A_log", "D", "norm", "out_proj")
@@ -212,11 +212,13 @@ class Mamba2Mixer(nn.Module):
                 f"decouple={list(self.decouple)}, scan_backend={self.scan_backend!r}")  # fmt: skip
 
 
-class Mamba2Block(nn.Module):
-    """x + mixer(RMSNorm(x)): mamba-ssm's block (pre-norm, shared norm)."""
+class Mamba2Block(MambaBlock):
+    """x + mixer(RMSNorm(x)): mamba-ssm's block (pre-norm, shared norm) around a Mamba-2 mixer; its forward and
+    generation cache are the Mamba block's (`MambaCache`: here a conv window (B, E + 2GN, d_conv) and the SSM state
+    (B, H, P, N))."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.norm = ModalityRMSNorm(cfg.d_model, eps=cfg.norm_eps)
         # The mixer's other arguments are the ModelConfig fields of the same names.
         same = "d_state d_conv expand headdim ngroups chunk_size dt_min dt_max dt_init_floor conv_bias bias"
@@ -225,35 +227,6 @@ class Mamba2Block(nn.Module):
         n_modalities = cfg.n_modalities if cfg.is_sparse else 1
         self.mixer = Mamba2Mixer(cfg.d_model, norm_eps=cfg.norm_eps, n_modalities=n_modalities,
                                  decouple=cfg.decouple, **kwargs)  # fmt: skip
-
-    def forward(self, x: Tensor, routing: ModalityRouting | None, cache: Mamba2Cache | None = None) -> Tensor:
-        """x (B, L, D) -> (B, L, D). With a `cache` the L tokens continue the cached sequences, one recurrent step
-        each (generation: a prompt, then a token at a time)."""
-        if cache is None:
-            return x + self.mixer(self.norm(x), routing)
-        ids = routing.modality_ids if routing is not None else None
-        steps = [
-            self.mixer.step(self.norm(x[:, t : t + 1]), None if ids is None else ids[:, t : t + 1], *cache)
-            for t in range(x.shape[1])
-        ]
-        return x + torch.cat(steps, dim=1)
-
-    def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype: torch.dtype | None = None):
-        return Mamba2Cache(*self.mixer.allocate_inference_cache(batch_size, dtype))
-
-
-class Mamba2Cache(NamedTuple):
-    """A Mamba-2 block's generation state: the conv window (B, E + 2GN, d_conv) and the SSM state (B, H, P, N)."""
-
-    conv_state: Tensor
-    ssm_state: Tensor
-
-
-def _conv_macs(shapes: list) -> int:
-    """The depthwise causal conv, x (B, C, L) and weight (C, 1, K): one output per input position (the padded
-    conv's discarded outputs are not counted)."""
-    (batch, _, length), weight = shapes[0], shapes[1]
-    return batch * length * math.prod(weight)
 
 
 class Mamba2Family(Family[ModelConfig]):
