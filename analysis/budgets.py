@@ -7,20 +7,41 @@ applies the rule (`analysis.matching.budget_match`, stated in analysis/matching.
 variant, the geometric mean of the matched fractions and the Student-t interval of their log, as the within-run rule's
 summary does. The dense arm against its own budgets matches at exactly 100%, and its null control (the twin arm at
 the same budgets) is paired like a sparse arm.
+
+`compare.py --budgets` writes the runs of each shorter budget as a results folder of their own,
+`<out>/budgets/<steps>steps/` (`budget_folder`); `budget_summary` reads them beside `<out>`'s own runs and
+`budget_section` is the report's section on them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from analysis.labels import dense_partner
+from analysis.labels import dense_partner, is_twin, loss_label, modality_rank, pair_label, percent
 from analysis.matching import SMOOTHING_POINTS, budget_match, log_interval, smooth
-from analysis.results import Results, evaluation_grid, run_curves
+from analysis.pairs import fraction_verdict, interval, n_seeds
+from analysis.results import Results, evaluation_grid, load_results, run_curves
 from analysis.run_record import LossKey
+from analysis.tables import fraction_cell, markdown_table, with_interval
+from datamodules.settings import SETTINGS
 
 LOSS = list(LossKey._fields)
 FINAL_COLUMNS = ["setting", "arm", "variant", "seed", *LOSS, "budget", "final_loss"]
+
+
+def budget_folder(out: str | Path, steps: int) -> Path:
+    """The results folder of a comparison's runs at a shorter budget of `steps`."""
+    return Path(out) / "budgets" / f"{steps}steps"
+
+
+def budget_results(out: str | Path) -> list[Results]:
+    """The results folders of `out`'s shorter budgets, shortest first; [] when it has none."""
+    found = [(int(p.parent.name.removesuffix("steps")), p.parent) for p in budget_folder(out, 0).parent.glob(
+        "*steps/comparison.json")]  # fmt: skip
+    return [load_results(folder) for _, folder in sorted(found)]
 
 
 def run_finals(results: Results, points: int = SMOOTHING_POINTS) -> pd.DataFrame:
@@ -87,3 +108,51 @@ def summarise_budgets(pairs: pd.DataFrame) -> pd.DataFrame:
             | {"fraction_mean": mean, "fraction_low": low, "fraction_high": high, "statuses": ", ".join(counts)}
         )
     return pd.DataFrame(rows)
+
+
+def budget_summary(
+    results: Results, shorter: list[Results], points: int = SMOOTHING_POINTS
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`results` (the comparison at its own budget) with its `shorter` budgets' results: the per-seed pairs
+    (`budget_pairs`) and their summary over seeds (`summarise_budgets`), on every training and validation loss."""
+    finals = pd.concat([run_finals(r, points) for r in [*shorter, results]], ignore_index=True)
+    pairs = budget_pairs(finals)
+    return pairs, summarise_budgets(pairs) if len(pairs) else pd.DataFrame()
+
+
+def budget_section(summary: pd.DataFrame, budgets: pd.DataFrame, steps: list[int], full: int) -> list[str]:
+    """The report's section: per setting, loss and sparse arm (and twin), the within-run FLOPs-to-match of the
+    tables above (`summary`, analysis.pairs.summarise) beside the budget-matched one (`budgets`), on the training
+    loss and the primary validation set."""
+    head = [
+        "## Budget-matched FLOPs-to-match (the learning-rate schedule's confound)",
+        "",
+        f"Each sparse arm (and twin) was also trained for {', '.join(map(str, steps))} steps, each run with its own "
+        f"full warmup-and-decay schedule, beside its {full}-step run. **Budget-matched**: the training FLOPs at which "
+        "its *final* loss, as a function of its budget (made non-increasing, interpolated in log-budget, never "
+        "extrapolated), equals the dense arm's final loss, over the dense arm's FLOPs; over seeds the geometric mean "
+        "and the 95% interval of its log, or how many seeds matched and the bound of the others. **Within-run**: the "
+        "tables above, read inside one run as the papers read it, where part-way through a decaying schedule a curve "
+        "lies above what a run of that budget reaches. The twins' rows should read 100%. The rule: `docs/design.md`; "
+        "the two measured side by side on the default recipe: `docs/statistics.md`.",
+        "",
+    ]
+    if budgets.empty:
+        return head + ["No sparse arm has runs at two budgets or more with its dense partner's run beside them.", ""]
+    keys = ["setting", *LOSS, "variant"]
+    primary = budgets[(budgets["source"].fillna("") == "") & budgets["valset"].fillna("").isin(["", "val"])]
+    within = {tuple(r[k] for k in keys): r for r in summary.to_dict("records")} if len(summary) else {}
+    rows = []
+    records = primary.to_dict("records")  # training loss first, then by setting and modality, each twin last
+    settings = list(dict.fromkeys([*SETTINGS, *primary["setting"]]))
+    records.sort(key=lambda r: (r["kind"] != "train", settings.index(r["setting"]), modality_rank(r["modality"]),
+                                is_twin(r["arm"])))  # fmt: skip
+    for r in records:
+        fraction = interval(r, "fraction")  # None unless every seed matched
+        matched = "–" if fraction is None else f"{with_interval(fraction, n_seeds(r), percent)} {fraction_verdict(r)}"
+        other = within.get(tuple(r[k] for k in keys))
+        rows.append([r["setting"], f"{r['kind']} {loss_label(LossKey(*(r[k] for k in LOSS)))}",
+                     pair_label(r["variant"]), "–" if other is None else fraction_cell(other), matched.strip(),
+                     r["statuses"]])  # fmt: skip
+    header = ["setting", "loss", "pair", "within-run", "budget-matched", "seeds (budget-matched)"]
+    return [*head, markdown_table(header, rows), ""]

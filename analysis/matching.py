@@ -275,4 +275,3 @@ def budget_match(
     t = (fit[i - 1] - target) / (fit[i - 1] - fit[i])
     log_budget = math.log(b[i - 1]) + t * (math.log(b[i]) - math.log(b[i - 1]))
     return BudgetMatch(math.exp(log_budget) / dense_budget, "matched", None, tuple(map(float, fit)))
-

@@ -3,6 +3,7 @@
     python experiments/compare.py --settings all                    # the default CPU recipe, all three settings
     python experiments/compare.py --settings chameleon --arms mamba,mom,mom_hash --seeds 3
     python experiments/compare.py --settings chameleon --arms mamba,mom --ablation        # which projections matter
+    python experiments/compare.py --settings all --budgets 0.4,0.6   # and the budget-matched FLOPs-to-match
     python experiments/compare.py --scale 760m --accelerator gpu --devices 8 --strategy ddp
 
 It plans the matrix (setting x seed x arm, plus ablation variants), checks every name and every existing run folder
@@ -25,6 +26,7 @@ from dataclasses import replace
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from analysis.budgets import budget_folder
 from analysis.report import write_report
 from analysis.run_record import ComparisonMeta
 from common.files import write_json
@@ -56,24 +58,29 @@ def main(argv: list[str] | None = None) -> int:
     except DATA_ERRORS as exc:
         parser.error(str(exc))
 
+    main_runs = [s for s in c.runs if s.decouple is None and s.steps is None]
     meta = ComparisonMeta(
         scale=c.scale,
         seeds=tuple(dict.fromkeys(s.seed for s in c.runs)),
         max_steps=c.recipe.max_steps,
-        settings=tuple(dict.fromkeys(s.setting for s in c.runs if s.decouple is None)),
-        arms=tuple(dict.fromkeys(s.arm for s in c.runs if s.decouple is None)),
+        settings=tuple(dict.fromkeys(s.setting for s in main_runs)),
+        arms=tuple(dict.fromkeys(s.arm for s in main_runs)),
         ablation=args.ablation,
         ablation_setting=args.ablation_setting if args.ablation else None,
         ablation_arm=args.ablation_arm,
-        recipe=c.meta_recipe,
+        recipe=c.meta_recipe(),
         command="python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
         versions=versions(),
         other={"parallel": c.parallel, "threads_per_run": c.threads, "root": str(c.root)},
     )
-    refs = [
-        {"setting": s.setting, "arm": s.arm, "variant": s.variant, "seed": s.seed, "folder": str(c.folder(s))}
-        for s in c.runs
-    ]
+    refs = {  # each budget's runs are a results folder of their own: the report reads the shorter ones beside
+        steps: [  # its own (analysis/budgets.py)
+            {"setting": s.setting, "arm": s.arm, "variant": s.variant, "seed": s.seed, "folder": str(c.folder(s))}
+            for s in c.runs
+            if s.steps == steps
+        ]
+        for steps in [None, *c.budgets]
+    }
     # Under DDP every process runs this whole command (Lightning's launcher, torchrun or SLURM); one writes results.
     main_process = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
     # The results folder's lock, held for the whole command: a second compare.py on the same folder waits, then finds
@@ -91,18 +98,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def run_comparison(c: Comparison, meta: ComparisonMeta, refs: list[dict], main_process: bool, started: float,
-                   samples: bool = True) -> int:  # fmt: skip
+def run_comparison(c: Comparison, meta: ComparisonMeta, refs: dict[int | None, list[dict]], main_process: bool,
+                   started: float, samples: bool = True) -> int:  # fmt: skip
     """Train what is not finished, sample from the first seed's runs (`samples`) and write the report (its wall
-    clock counted from `started`); the exit code."""
+    clock counted from `started`); the exit code. `refs`: the runs of each budget (None: the recipe's)."""
     if main_process:
         c.out.mkdir(parents=True, exist_ok=True)
-        write_json(c.out / "comparison.json", {"meta": meta.as_json(), "runs": refs})
+        write_json(c.out / "comparison.json", {"meta": meta.as_json(), "runs": refs[None]})
+        for steps in c.budgets:
+            budget_folder(c.out, steps).mkdir(parents=True, exist_ok=True)
+            at_budget = replace(meta, max_steps=steps, recipe=c.meta_recipe(steps), ablation=None)
+            write_json(budget_folder(c.out, steps) / "comparison.json", {"meta": at_budget.as_json(),
+                                                                          "runs": refs[steps]})  # fmt: skip
 
     todo = [s for s in c.runs if c.status(s) != "finished"]
+    budgets = f"; the sparse arms also at {', '.join(map(str, c.budgets))} steps" if c.budgets else ""
     print(
         f"compare.py: {len(c.runs)} runs planned, {len(c.runs) - len(todo)} finished already, {len(todo)} to "
-        f"train ({c.recipe.max_steps} steps of {c.data['batch_size']}x{c.data['seq_len']} tokens each) -> {c.out}"
+        f"train ({c.recipe.max_steps} steps of {c.data['batch_size']}x{c.data['seq_len']} tokens each{budgets}) -> "
+        f"{c.out}"
     )
     for folder, problems in c.damaged().items():
         print(f"compare.py: {folder} is damaged ({'; '.join(problems)}); it will be trained again", file=sys.stderr)
@@ -115,7 +129,8 @@ def run_comparison(c: Comparison, meta: ComparisonMeta, refs: list[dict], main_p
               "rest, then waits for those (and trains any the other left unfinished)")  # fmt: skip
     # The report's samples come from each arm's first-seed run; a worker draws them once the run is finished, beside
     # the training of the others.
-    to_draw = [s for s in c.runs if s.decouple is None and s.seed == c.runs[0].seed] if samples and main_process else []
+    to_draw = [s for s in c.runs if s.decouple is None and s.steps is None and s.seed == c.runs[0].seed] if (
+        samples and main_process) else []  # fmt: skip
     drawn: dict[RunSpec, ReportSample] = {}
     try:
         train(c, [s for s in todo if s not in elsewhere], to_draw, drawn)
@@ -132,7 +147,7 @@ def run_comparison(c: Comparison, meta: ComparisonMeta, refs: list[dict], main_p
     unfinished = {label: status for label, status in statuses.items() if status != "finished"}
     if main_process:
         meta = replace(meta, wall_clock_s=time.perf_counter() - started)
-        write_json(c.out / "comparison.json", {"meta": meta.as_json(), "runs": refs})
+        write_json(c.out / "comparison.json", {"meta": meta.as_json(), "runs": refs[None]})
         if samples:
             silence_lightning()  # each run's data notes were printed above, once per setting
             done = [s for s in to_draw if statuses[s.label] == "finished"]

@@ -64,6 +64,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "(the peak held, then a cooldown over the last 20%% of the steps; docs/comparison.md)",
     )
     parser.add_argument(
+        "--budgets",
+        help="also train every sparse arm (and twin) at these fractions of the step budget, e.g. 0.4,0.6, each run "
+        "with its own full schedule: the report then gives the budget-matched FLOPs-to-match beside the within-run one "
+        "(docs/comparison.md); these runs add the fractions' sum times the sparse arms' training time",
+    )
+    parser.add_argument(
         "--ablation",
         nargs="?",
         const="basic",
@@ -189,10 +195,11 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
         if folder is not None:
             check_writable_folder(flag, Path(folder))
     recipe = replace(recipe, max_steps=max_steps)
+    budgets = parse_budgets(args.budgets, max_steps, arms) if args.budgets is not None else ()
     name = recipe_name(args.scale, recipe, data, model_overrides)
     default_out = f"results/{args.scale}" if name == recipe_name(args.scale, RECIPES[args.scale]) else f"results/{name}"
     return Comparison(
-        runs=plan(settings, arms, seeds, args.ablation, args.ablation_setting, args.ablation_arm),
+        runs=plan(settings, arms, seeds, args.ablation, args.ablation_setting, args.ablation_arm, budgets),
         scale=args.scale,
         root=Path(args.root),
         out=Path(args.out or default_out),
@@ -203,6 +210,27 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
         parallel=parallel,
         threads=threads,
     )
+
+
+def parse_budgets(text: str, max_steps: int, arms: list[str]) -> tuple[int, ...]:
+    """--budgets '0.4,0.6' -> the shorter step budgets (80, 120 of 200); ValueError naming the flag, the value and
+    what is valid when a fraction is not in (0, 1), two round to one budget, or no arm of `arms` has its dense
+    partner there to be matched against."""
+    try:
+        fractions = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--budgets takes a comma list of fractions of the step budget (0.4,0.6); got {text!r}"
+        ) from None
+    steps = [round(f * max_steps) for f in fractions if 0 < f < 1]
+    if len(steps) < len(fractions) or not all(1 <= s < max_steps for s in steps) or len(set(steps)) < len(steps):
+        raise ValueError(
+            f"--budgets {text}: each must be a fraction strictly between 0 and 1 giving a distinct step budget of "
+            f"at least 1 step below the {max_steps} of the recipe; got {steps} steps"
+        )
+    if not any(ARMS[a].dense in arms for a in arms):
+        raise ValueError(f"--budgets needs a sparse arm (or twin) and its dense arm in --arms; got {','.join(arms)}")
+    return tuple(sorted(steps))
 
 
 MAX_STEPS = 10**9  # no recipe comes near it (the papers' is 250k): a budget above it is a typo

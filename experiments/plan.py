@@ -28,10 +28,11 @@ class RunSpec:
     seed: int
     variant: str
     decouple: tuple[str, ...] | None = None  # the ablation variant's decoupled parts; None = the arm's default
+    steps: int | None = None  # a shorter budget, trained with its own schedule (--budgets); None = the recipe's
 
     @property
     def label(self) -> str:
-        return f"{self.setting}/{self.variant}/seed{self.seed}"
+        return f"{self.setting}/{self.variant}/seed{self.seed}" + (f"@{self.steps}steps" if self.steps else "")
 
 
 def ablation_variants(arm: str, full: bool = False) -> list[tuple[str, ...]]:
@@ -51,10 +52,18 @@ def ablation_variants(arm: str, full: bool = False) -> list[tuple[str, ...]]:
 
 
 def plan(
-    settings, arms, seeds, ablation: str | None, ablation_setting: str, ablation_arm: str = ComparisonMeta.ablation_arm
+    settings,
+    arms,
+    seeds,
+    ablation: str | None,
+    ablation_setting: str,
+    ablation_arm: str = ComparisonMeta.ablation_arm,
+    budgets: tuple[int, ...] = (),
 ) -> list[RunSpec]:
     """Settings outermost (a stopped comparison has whole settings done), then arms, the longest runs first
-    (`schedule.slowest_first`), then seeds; ablation last."""
+    (`schedule.slowest_first`), then seeds; ablation last, then the shorter `budgets` (in steps) of every arm with
+    a dense partner (sparse arms and twins) whose partner is among `arms`: the budget-matched FLOPs-to-match's runs
+    (analysis/budgets.py)."""
     arms = sorted(arms, key=slowest_first)  # stable: equal arms keep the order they were given in
     runs = [RunSpec(s, a, seed, a) for s in settings for a in arms for seed in seeds]
     if ablation:
@@ -65,6 +74,8 @@ def plan(
                 RunSpec(ablation_setting, ablation_arm, seed, f"{ablation_arm}-{'+'.join(p)}", p)
                 for p in ablation_variants(ablation_arm, full=ablation == "full")
             ]
+    paired = [a for a in arms if ARMS[a].dense in arms]
+    runs += [RunSpec(s, a, seed, a, steps=b) for b in budgets for s in settings for a in paired for seed in seeds]
     return list(dict.fromkeys(runs))
 
 
@@ -86,9 +97,19 @@ class Comparison:
     def folder(self, spec: RunSpec) -> Path:
         return self.request(spec).folder
 
+    def recipe_of(self, spec: RunSpec) -> Recipe:
+        """The run's recipe: the comparison's, at the run's own budget where it has one."""
+        return self.recipe if spec.steps is None else self.recipe.at_budget(spec.steps)
+
+    @property
+    def budgets(self) -> list[int]:
+        """The shorter budgets (steps) the comparison trains beside its own, shortest first."""
+        return sorted({spec.steps for spec in self.runs if spec.steps is not None})
+
     def request(self, spec: RunSpec, own_device: bool = False) -> RunRequest:
         """One run of the matrix; `own_device`: the run's process sees one GPU of its own."""
         overrides = self.model_overrides | ({"decouple": list(spec.decouple)} if spec.decouple is not None else {})
+        recipe = self.recipe_of(spec)
         return RunRequest(
             setting=spec.setting,
             arm=spec.arm,
@@ -96,8 +117,8 @@ class Comparison:
             seed=spec.seed,
             root=self.root,
             variant=spec.variant,
-            max_steps=self.recipe.max_steps,
-            val_every=self.recipe.val_every,
+            max_steps=recipe.max_steps,
+            val_every=recipe.val_every,
             data=self.data,
             module=self.recipe.module() | ({"model_overrides": overrides} if overrides else {}),
             trainer={k: v for k, v in self.trainer.items() if not (own_device and k == "devices")}
@@ -159,12 +180,13 @@ class Comparison:
         summary = read_summary(self.folder(spec))
         return summary.steps if summary else 0
 
-    @property
-    def meta_recipe(self) -> dict:
-        """What makes two comparisons' results comparable; a results folder holds one recipe."""
+    def meta_recipe(self, steps: int | None = None) -> dict:
+        """What makes two comparisons' results comparable (a results folder holds one recipe); `steps`: of the runs
+        at that shorter budget."""
         data = {k: v for k, v in self.data.items() if k != "cache_dir"}
-        recipe = {"scale": self.scale, **self.recipe.as_dict(), "data": data, "model_overrides": self.model_overrides}
-        return as_stored(recipe)
+        recipe = self.recipe if steps is None else self.recipe.at_budget(steps)
+        overrides = self.model_overrides
+        return as_stored({"scale": self.scale, **recipe.as_dict(), "data": data, "model_overrides": overrides})
 
     def problems(self) -> list[str]:
         """Existing results this comparison would mix with: a results folder or run folders of another recipe, or
@@ -179,7 +201,7 @@ class Comparison:
                 found.append(f"{path}: unreadable ({exc})")
             found += [
                 f"{path}: {k} was {stored.get(k)!r}, now {v!r}"
-                for k, v in self.meta_recipe.items()
+                for k, v in self.meta_recipe().items()
                 if stored and stored.get(k) != v
             ]
         for spec in self.runs:

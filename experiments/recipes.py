@@ -69,6 +69,10 @@ class Recipe:
     def as_dict(self) -> dict:
         return {"max_steps": self.max_steps, "val_every": self.val_every} | self.data() | self.module() | self.trainer()
 
+    def at_budget(self, steps: int) -> Recipe:
+        """This recipe trained for `steps`: its schedule stretched over them, validated as many times per run."""
+        return replace(self, max_steps=steps, val_every=max(1, steps * self.val_every // self.max_steps))
+
 
 # tiny: the default CPU recipe, a budget the whole matrix trains on two cores. Its split between seeds and tokens is
 # the one that gave the narrowest loss-gap intervals with the dense curves still falling at the end

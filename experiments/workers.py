@@ -100,7 +100,7 @@ def silence_lightning() -> None:
 
 
 def steps_left(c: Comparison, todo: list[RunSpec]) -> dict[RunSpec, int]:
-    return {spec: c.recipe.max_steps - c.steps_done(spec) for spec in todo}
+    return {spec: c.recipe_of(spec).max_steps - c.steps_done(spec) for spec in todo}
 
 
 def _drain(events, display: MatrixProgress, workers: dict[RunSpec, int]) -> None:

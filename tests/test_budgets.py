@@ -1,6 +1,7 @@
 """The budget-matched FLOPs-to-match: the rule on final losses with known answers (and its monotone fit against
 scipy's isotonic regression), then over seeds on synthetic run folders at three budgets whose answer is known."""
 
+import json
 import math
 
 import numpy as np
@@ -8,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy.optimize import isotonic_regression
 
-from analysis.budgets import budget_pairs, run_finals, summarise_budgets
+from analysis.budgets import budget_folder, budget_pairs, run_finals, summarise_budgets
 from analysis.matching import budget_match, pool_adjacent_violators
+from analysis.report import write_report
 from analysis.results import load_results
 from tests.test_report import STEPS, write_comparison, write_run
 
@@ -97,3 +99,42 @@ def test_over_seeds_on_run_folders_at_three_budgets(tmp_path):
     assert mean == pytest.approx(math.sqrt(0.5 * 0.8), rel=1e-9) and low < mean < high
     assert summary.loc[("mom", "image"), "statuses"] == "2 not reached (≥ 100%)"
     assert summary.loc[("mom", "image"), "n_matched"] == 0 and np.isnan(summary.loc[("mom", "image"), "fraction_mean"])
+
+
+def test_the_report_sets_the_budget_matched_measure_beside_the_within_run_one(tmp_path):
+    """A comparison with its shorter budgets in `<out>/budgets/<steps>steps/` (as compare.py --budgets writes them):
+    the report's section gives MoM's text at the geometric mean of 50% and 80% over the two seeds, the twin at 100%,
+    the image *not reached*, and both CSVs."""
+    out = tmp_path / "results"
+    for fraction in BUDGETS:
+        steps, root = round(STEPS * fraction), tmp_path / f"b{fraction}"
+        runs = []
+        for seed, speedup in ((0, 2.0), (1, 1.25)):
+            if fraction == 1.0:
+                runs.append(write_run(root, "chameleon", "mamba", seed, steps=steps))
+            runs.append(write_run(root, "chameleon", "mamba_twin", seed, steps=steps))
+            runs.append(write_run(root, "chameleon", "mom", seed, {"text": speedup, "image": 0.5}, steps=steps))
+        folder = write_comparison(out if fraction == 1.0 else budget_folder(out, steps), runs, ["chameleon"], None,
+                                  [0, 1])  # fmt: skip
+        comparison = json.loads((folder / "comparison.json").read_text())
+        comparison["meta"]["max_steps"] = steps
+        (folder / "comparison.json").write_text(json.dumps(comparison))
+    report = write_report(out).read_text()
+    section = report.split("## Budget-matched FLOPs-to-match")[1].split("\n## ")[0]
+    assert f"trained for {round(STEPS * 0.4)}, {round(STEPS * 0.6)} steps" in section
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): line for line in section.splitlines()
+            if line.startswith("| chameleon")}  # fmt: skip
+    mean = 100 * math.sqrt(0.5 * 0.8)
+    assert f"{mean:.1f}% [" in rows[("chameleon", "val text", "MoM vs Mamba")]
+    assert "2 matched" in rows[("chameleon", "val text", "MoM vs Mamba")]
+    assert "100.0% [100.0%, 100.0%]" in rows[("chameleon", "val image", "Mamba vs Mamba (null)")]
+    assert "2 not reached (≥ 100%)" in rows[("chameleon", "val image", "MoM vs Mamba")]
+    summary = pd.read_csv(out / "budget_matched_summary.csv")
+    assert len(pd.read_csv(out / "budget_matched.csv")) == 2 * len(summary)  # two seeds per cell
+
+
+def test_a_report_without_shorter_budgets_has_no_such_section(tmp_path):
+    runs = [write_run(tmp_path, "chameleon", arm, seed) for arm in ("mamba", "mom") for seed in (0, 1)]
+    report = write_report(write_comparison(tmp_path / "results", runs, ["chameleon"], None, [0, 1])).read_text()
+    assert "## Budget-matched" not in report and "--budgets 0.4,0.6" in report
+    assert not (tmp_path / "results" / "budget_matched.csv").exists()

@@ -126,6 +126,32 @@ def test_another_recipe_trains_beside_and_never_into_a_results_folder_of_another
     assert "2steps" in first and {Path(k).parts[2] for k in after} - {first}
 
 
+def test_shorter_budgets_train_beside_and_the_report_matches_on_them(tmp_path, cache, capsys):
+    """--budgets 0.5: MoM also trains 3 of the 6 steps with its own schedule (validated as often per run), in its own
+    recipe folder and results folder; the main results list only the full-budget runs, the report gains the
+    budget-matched section, and a rerun trains nothing."""
+    args = small(tmp_path, cache, "--settings", "chameleon", "--arms", "mamba,mom", "--max-steps", "6",
+                 "--budgets", "0.5")  # fmt: skip
+    assert main(args) == 0
+    assert "the sparse arms also at 3 steps" in capsys.readouterr().out
+    runs = {k: read_summary(tmp_path / "runs" / k) for k in summaries(tmp_path / "runs")}
+    assert sorted((Path(k).parts[3], s.steps) for k, s in runs.items()) == [("mamba", 6), ("mom", 3), ("mom", 6)]
+    short = next(k for k, s in runs.items() if s.steps == 3)
+    config = json.loads((tmp_path / "runs" / short / "config.json").read_text())
+    assert config["val_every"] == 1 and Path(short).parts[2].startswith("3steps")
+    results = tmp_path / "results"
+    listed = json.loads((results / "comparison.json").read_text())["runs"]
+    assert sorted(r["variant"] for r in listed) == ["mamba", "mom"]
+    budget = json.loads((results / "budgets" / "3steps" / "comparison.json").read_text())
+    assert [r["folder"] for r in budget["runs"]] == [str(tmp_path / "runs" / short)]
+    assert budget["meta"]["max_steps"] == 3 and budget["meta"]["recipe"]["val_every"] == 1
+    assert "## Budget-matched FLOPs-to-match" in (results / "report.md").read_text()
+    assert (results / "budget_matched_summary.csv").is_file()
+    before = summaries(tmp_path / "runs")
+    assert main(args) == 0
+    assert "0 to train" in capsys.readouterr().out and summaries(tmp_path / "runs") == before
+
+
 def readme_comparisons() -> list[list[str]]:
     """The compare.py commands of the README, in order, as argument lists."""
     lines = (ROOT / "README.md").read_text().splitlines()
@@ -237,6 +263,10 @@ def test_bad_names_are_refused_before_anything_runs(tmp_path, capsys, flag, valu
         (["--seeds", "0,-1"], ["--seeds", "0,-1", ">= 0"]),
         (["--lr", "0"], ["--lr", "between 0 and 1", "got 0"]),
         (["--lr", "inf"], ["--lr", "between 0 and 1", "got inf"]),
+        (["--budgets", "0.4,1"], ["--budgets 0.4,1", "strictly between 0 and 1"]),
+        (["--budgets", "0.5,0.501"], ["--budgets 0.5,0.501", "distinct", "[100, 100]"]),
+        (["--budgets", "half"], ["--budgets", "fractions", "'half'"]),
+        (["--arms", "mamba,transformer", "--budgets", "0.5"], ["--budgets needs a sparse arm", "mamba,transformer"]),
     ],
 )
 def test_bad_budgets_are_refused_before_anything_runs(tmp_path, capsys, args, words):
