@@ -47,6 +47,7 @@ from analysis.tables import (
     verdicts,
 )
 from common.files import atomic_write
+from models import PAPER_SCALES
 
 __all__ = ["ReportError", "render_report", "write_report"]
 
@@ -85,7 +86,7 @@ def _preamble(results: Results, own: bool) -> list[str]:
         f"{meta.max_steps or '?'} steps per run. Command: `{meta.command}`.",
     ]
     notes = []
-    if meta.scale in ("tiny", "small"):
+    if meta.scale not in PAPER_SCALES:
         notes.append(
             f"*These are {meta.scale} models trained for {meta.max_steps or '?'} steps: the numbers show whether the "
             "trend of the papers appears at this size; they are not a reproduction of the papers' scale.*"

@@ -5,11 +5,13 @@
     python experiments/compare.py --settings chameleon --arms mamba,mom --ablation        # which projections matter
     python experiments/compare.py --settings all --budgets 0.4,0.6   # and the budget-matched FLOPs-to-match
     python experiments/compare.py --scale 760m --accelerator gpu --devices 8 --strategy ddp
+    python experiments/compare.py --scales nano,tiny,mini --settings chameleon --seeds 3 --budgets 0.4,0.6  # vs scale
 
 It plans the matrix (setting x seed x arm, plus ablation variants), checks every name and every existing run folder
 before anything trains, skips finished runs, resumes unfinished ones and trains the rest: on the CPU one
 single-threaded run per core at a time, on GPUs one run after the other (`--parallel K`: K at a time, one GPU each),
-then writes the report (analysis/report.py) into `--out`. Interrupt it and
+then writes the report (analysis/report.py) into `--out`; with `--scales`, one comparison per scale into
+`<out>/<scale>/`, then the savings-versus-scale report (analysis/scaling.py) into `<out>`. Interrupt it and
 run the same command again: it continues where it stopped. Every arm of one comparison gets the same data, seed,
 token budget and optimiser: the recipe of its scale (experiments/recipes.py), which `--max-steps` / `--tokens` may
 override. Its flags and their checks live in experiments/compare_cli.py, the run matrix in experiments/plan.py; what
@@ -29,9 +31,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from analysis.budgets import budget_folder
 from analysis.report import write_report
 from analysis.run_record import ComparisonMeta
+from analysis.scaling import write_scaling_report
 from common.files import write_json
 from datamodules.errors import DATA_ERRORS
-from experiments.compare_cli import build_parser, plan_comparison
+from experiments.compare_cli import build_parser, plan_comparisons, sweep_folder
+from experiments.estimate import estimate_seconds, plan_lines
 from experiments.plan import Comparison, RunSpec
 from experiments.run import versions
 from experiments.sample import ReportSample, draw_report_sample, write_comparison_samples
@@ -43,23 +47,64 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(__doc__)
     args = parser.parse_args(argv)
     try:
-        c = plan_comparison(args)
+        comparisons = plan_comparisons(args)
     except ValueError as exc:
         parser.error(str(exc))
-    if problems := c.problems():  # everything that could refuse to run is checked before the first step
+    if problems := [p for c in comparisons for p in c.problems()]:  # all that could refuse, before the first step
         print("compare.py: existing results were made with a different configuration:", file=sys.stderr)
         print("\n".join(f"  {p}" for p in problems), file=sys.stderr)
         print("Use another --root / --out, or delete those folders.", file=sys.stderr)
         return 2
+    sweep = sweep_folder(comparisons)
+    if args.dry_run or sweep:
+        print("\n".join(f"compare.py: {line}" for line in plan_lines(comparisons)))
+    if args.dry_run:
+        return 0
     started = time.perf_counter()
     silence_lightning()  # setup's notes on what the data leave out: the runs record them, and the end prints them once
     try:  # own data that cannot serve the runs fail here, before anything is written
-        c.prepare_data()
+        for c in comparisons:
+            c.prepare_data()
     except DATA_ERRORS as exc:
         parser.error(str(exc))
+    if sweep and comparisons[0].threads is not None:  # on the CPU
+        eta = estimate_seconds(comparisons)
+        print(f"compare.py: about {eta / 60:.0f} min to train on this machine (each arm's step timed at each scale)")
 
+    command = "python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    # Under DDP every process runs this whole command (Lightning's launcher, torchrun or SLURM); one writes results.
+    main_process = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+    # The results folder's lock, held for the whole command: a second compare.py on the same folder waits, then finds
+    # the runs the first one finished.
+    out = sweep or comparisons[0].out
+    waiting = f"compare.py: another process is writing {out}; waiting for it to end"
+    lock = run_lock(out, wait=True, waiting=lambda: print(waiting, flush=True)) if main_process else nullcontext()
+    try:
+        with lock:
+            codes = []
+            for i, c in enumerate(comparisons):  # each comparison's wall clock from its own start
+                begun = started if i == 0 else time.perf_counter()
+                meta, refs = comparison_meta(c, args, command), run_refs(c)
+                codes.append(run_comparison(c, meta, refs, main_process, begun, not args.no_samples))
+                if codes[-1] == 130:  # interrupted: the same command continues where it stopped
+                    return 130
+            if sweep and main_process:
+                write_json(sweep / "sweep.json", {"command": command, "wall_clock_s": time.perf_counter() - started,
+                                                  "scales": [c.scale for c in comparisons]})  # fmt: skip
+                print(f"compare.py: savings versus scale written to {write_scaling_report(sweep)}")
+            return max(codes)
+    except OSError as exc:
+        full = disk_full(exc, out, 16 * 2**20) if not isinstance(exc, DiskFull) else exc
+        if full is None:
+            raise
+        print(f"compare.py: {full.strerror}", file=sys.stderr)
+        return 1
+
+
+def comparison_meta(c: Comparison, args, command: str) -> ComparisonMeta:
+    """What comparison.json records of `c`: its plan and recipe (analysis.run_record.ComparisonMeta)."""
     main_runs = [s for s in c.runs if s.decouple is None and s.steps is None]
-    meta = ComparisonMeta(
+    return ComparisonMeta(
         scale=c.scale,
         seeds=tuple(dict.fromkeys(s.seed for s in c.runs)),
         max_steps=c.recipe.max_steps,
@@ -69,33 +114,23 @@ def main(argv: list[str] | None = None) -> int:
         ablation_setting=args.ablation_setting if args.ablation else None,
         ablation_arm=args.ablation_arm,
         recipe=c.meta_recipe(),
-        command="python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        command=command,
         versions=versions(),
         other={"parallel": c.parallel, "threads_per_run": c.threads, "root": str(c.root)},
     )
-    refs = {  # each budget's runs are a results folder of their own: the report reads the shorter ones beside
-        steps: [  # its own (analysis/budgets.py)
+
+
+def run_refs(c: Comparison) -> dict[int | None, list[dict]]:
+    """The runs comparison.json lists, per budget (None: the recipe's). Each budget's runs are a results folder of
+    their own: the report reads the shorter ones beside its own (analysis/budgets.py)."""
+    return {
+        steps: [
             {"setting": s.setting, "arm": s.arm, "variant": s.variant, "seed": s.seed, "folder": str(c.folder(s))}
             for s in c.runs
             if s.steps == steps
         ]
         for steps in [None, *c.budgets]
     }
-    # Under DDP every process runs this whole command (Lightning's launcher, torchrun or SLURM); one writes results.
-    main_process = rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
-    # The results folder's lock, held for the whole command: a second compare.py on the same folder waits, then finds
-    # the runs the first one finished.
-    waiting = f"compare.py: another process is writing {c.out}; waiting for it to end"
-    lock = run_lock(c.out, wait=True, waiting=lambda: print(waiting, flush=True)) if main_process else nullcontext()
-    try:
-        with lock:
-            return run_comparison(c, meta, refs, main_process, started, samples=not args.no_samples)
-    except OSError as exc:
-        full = disk_full(exc, c.out, 16 * 2**20) if not isinstance(exc, DiskFull) else exc
-        if full is None:
-            raise
-        print(f"compare.py: {full.strerror}", file=sys.stderr)
-        return 1
 
 
 def run_comparison(c: Comparison, meta: ComparisonMeta, refs: dict[int | None, list[dict]], main_process: bool,

@@ -42,7 +42,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--settings", default="all", help=f"'all' or a comma list of {', '.join(SETTINGS)}")
     default_arms = ",".join(name for name, arm in ARMS.items() if arm.default)
     parser.add_argument("--arms", default=default_arms, help=f"comma list of {', '.join(ARMS)}")
-    parser.add_argument("--scale", default="tiny", help=f"one of {', '.join(SCALES)} (sets the recipe)")
+    parser.add_argument("--scale", help=f"one of {', '.join(SCALES)} (sets the recipe; default tiny)")
+    parser.add_argument(
+        "--scales",
+        help="a comma list of scales: the comparison at each (each its own recipe), then the report's savings versus "
+        "scale (docs/scaling.md); e.g. nano,tiny,mini on the CPU, 163m,760m,1.4b on GPUs",
+    )
     parser.add_argument(
         "--seeds", help="a count (3 -> seeds 0,1,2) or a comma list of seeds (default: the scale's recipe; tiny: 6)"
     )
@@ -96,6 +101,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-samples", action="store_true", help="skip the report's samples (text and images from every arm)"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (runs, steps, tokens and training FLOPs per scale) and stop; nothing is written, and the "
+        "Trainer flags are not checked against this machine",
+    )
     lightning = parser.add_argument_group("passed to lightning.Trainer")
     lightning.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto, ...")
     lightning.add_argument("--devices", help="e.g. 1, 8, 'auto'")
@@ -140,8 +151,38 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def plan_comparisons(args: argparse.Namespace) -> list[Comparison]:
+    """compare.py's arguments -> the comparison, or with --scales one per scale (each into `<out>/<scale>`, with
+    its own recipe and the seeds all of them share); a ValueError names any bad value and the valid choices."""
+    if args.scales is None:
+        return [plan_comparison(args)]
+    if args.scale is not None:
+        raise ValueError(f"--scale {args.scale} and --scales {args.scales}: give one of them")
+    scales = parse_list(args.scales, SCALES, "scale")
+    if len(scales) < 2:
+        raise ValueError(f"--scales needs two scales or more; got {args.scales!r}")
+    for flag in ("max_steps", "tokens", "val_every", "lr", "model"):
+        if getattr(args, flag):
+            raise ValueError(
+                f"--{flag.replace('_', '-')} cannot be combined with --scales: each scale trains its own recipe and "
+                "model (experiments/recipes.py); run one scale with --scale to change them"
+            )
+    seeds = args.seeds or str(min(RECIPES[scale].seeds for scale in scales))
+    out = Path(args.out or f"results/scales-{'-'.join(scales)}")
+    return [
+        plan_comparison(argparse.Namespace(**vars(args) | {"scale": scale, "seeds": seeds, "out": str(out / scale)}))
+        for scale in scales
+    ]
+
+
+def sweep_folder(comparisons: list[Comparison]) -> Path | None:
+    """The results folder of a --scales sweep (its comparisons' parent); None for one comparison."""
+    return comparisons[0].out.parent if len(comparisons) > 1 else None
+
+
 def plan_comparison(args: argparse.Namespace) -> Comparison:
-    """compare.py's arguments -> Comparison; a ValueError names any bad value and the valid choices."""
+    """compare.py's arguments (one scale) -> Comparison; a ValueError names any bad value and the valid choices."""
+    args = argparse.Namespace(**vars(args) | {"scale": args.scale or "tiny"})
     settings = parse_list(args.settings, SETTINGS, "setting", all_means=SETTINGS)
     arms = parse_list(args.arms, ARMS, "arm")
     check_scale(args.scale)
@@ -180,7 +221,8 @@ def plan_comparison(args: argparse.Namespace) -> Comparison:
     parallel, threads = schedule(args.parallel, args.accelerator, devices, args.strategy)
     given = dict(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy)
     trainer = {k: v for k, v in given.items() if v is not None}
-    check_trainer(trainer | recipe.trainer())
+    if not args.dry_run:  # a plan for other hardware (GPUs) is printed on any machine
+        check_trainer(trainer | recipe.trainer())
     for setting in settings:  # the classes' own checks, on the values every run will get
         try:
             MultiModalDataModule(setting=setting, **data)

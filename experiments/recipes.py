@@ -93,6 +93,21 @@ _PAPER = Recipe(
     min_lr_ratio=0.05,
 )
 RECIPES = {
+    # The CPU scale ladder (compare.py --scales nano,tiny,mini): tiny's batch, sequences and validation, and its
+    # tokens per non-embedding parameter of dense Mamba (0.44), so the budget grows with the model; 10% warmup and
+    # 10 evaluations as tiny. Each family's peak rate is its dense arm's best at that scale (benchmarks/lr_sweep.py
+    # --scale, docs/scaling.md).
+    "nano": Recipe(
+        max_steps=60,
+        val_every=6,
+        seq_len=256,
+        batch_size=4,
+        val_sequences=32,
+        lr=1.6e-2,
+        family_lr=(("transformer", 2.56e-1),),
+        warmup_steps=6,
+        seeds=3,
+    ),
     "tiny": Recipe(
         max_steps=200,
         val_every=20,
@@ -103,6 +118,17 @@ RECIPES = {
         family_lr=(("transformer", 1.28e-1),),
         warmup_steps=20,
         seeds=6,
+    ),
+    "mini": Recipe(
+        max_steps=750,
+        val_every=75,
+        seq_len=256,
+        batch_size=4,
+        val_sequences=32,
+        lr=4e-3,
+        family_lr=(("transformer", 3.2e-2),),
+        warmup_steps=75,
+        seeds=3,
     ),
     "small": Recipe(
         max_steps=1000, val_every=25, seq_len=512, batch_size=16, val_sequences=64, lr=1e-3, warmup_steps=100

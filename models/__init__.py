@@ -7,9 +7,9 @@ out = model(tokens, modality_ids)          # out.logits: (B, L, V)
 """
 
 from models.arms import ARMS, ROUTINGS, Arm, get_arm, register_arm
-from models.config import ModelConfig, ParamCount, param_count
+from models.config import ModelConfig, ParamCount, non_embedding_params, param_count
 from models.experts import expert_state_dict, upcycle_state_dict
-from models.family import SCALES, Family, check_scale
+from models.family import PAPER_SCALES, SCALES, Family, check_scale
 from models.layers import ModalityLinear, ModalityRMSNorm, ModalityRouting
 from models.lm import LMOutput, MultiModalLM, build_model, position_hash_ids
 from models.mamba import MAMBA, MAMBA_PARTS, MambaMixer
@@ -24,6 +24,7 @@ __all__ = [
     "MAMBA2",
     "MAMBA2_PARTS",
     "MAMBA_PARTS",
+    "PAPER_SCALES",
     "ROUTINGS",
     "SCALES",
     "TRANSFORMER",
@@ -44,6 +45,7 @@ __all__ = [
     "check_scale",
     "expert_state_dict",
     "get_arm",
+    "non_embedding_params",
     "param_count",
     "position_hash_ids",
     "register_arm",

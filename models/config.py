@@ -172,3 +172,9 @@ def param_count(cfg: ModelConfig) -> ParamCount:
     total = shared + cfg.n_block * sum(n * (M if part in cfg.decouple else 1) for part, n in per_part.items())
     active = shared + cfg.n_block * sum(per_part.values())
     return ParamCount(total, active)
+
+
+def non_embedding_params(cfg: ModelConfig) -> int:
+    """Active parameters less the token embedding and the LM head: the model size N of scaling laws (Kaplan et al.
+    2020), which a scale ladder is measured in; independent of the vocabulary."""
+    return param_count(cfg).active - 2 * cfg.vocab_size * cfg.d_model

@@ -22,8 +22,10 @@ from torch import nn
 # `MambaFamily(Family[ModelConfig])`, so that this module needs no import of it).
 Config = TypeVar("Config")
 
-# Named sizes every family provides, from the CPU default to the papers' scales.
-SCALES = ("tiny", "small", "163m", "760m", "1.4b")
+# Named sizes every family provides, from the CPU default to the papers' scales. nano, tiny and mini are the CPU
+# scale ladder (compare.py --scales): the tiny depth at d_model 64, 128 and 256.
+SCALES = ("nano", "tiny", "mini", "small", "163m", "760m", "1.4b")
+PAPER_SCALES = ("163m", "760m", "1.4b")  # the GPU ladder, the papers' sizes
 
 
 def check_scale(scale: str) -> str:

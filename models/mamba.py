@@ -278,7 +278,9 @@ class MambaFamily(Family[ModelConfig]):
     # n_layer counts transformer-layer equivalents. At 163m and 760m, 30 and 44 blocks (not 2 per layer, which would
     # overshoot the names by 4% and 7%) keep dense Mamba within 3% of the name; docs/papers.md derives the widths.
     scales = {
+        "nano": dict(d_model=64, n_layer=2, vocab_size=4096),
         "tiny": dict(d_model=128, n_layer=2, vocab_size=4096),
+        "mini": dict(d_model=256, n_layer=2, vocab_size=4096),
         "small": dict(d_model=256, n_layer=4, vocab_size=8192),
         "163m": dict(d_model=768, n_layer=15, vocab_size=32000),
         "760m": dict(d_model=1536, n_layer=22, vocab_size=32000),

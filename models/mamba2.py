@@ -243,7 +243,9 @@ class Mamba2Family(Family[ModelConfig]):
     # mamba-ssm's Mamba-2 configs at the paper scales (state 128, headdim 64, expand 2); the widths are the Mamba
     # family's and the depths match dense Mamba's active parameters (docs/papers.md, "Presets").
     scales = {
+        "nano": dict(d_model=64, n_layer=2, vocab_size=4096, d_state=64, headdim=32, chunk_size=64),
         "tiny": dict(d_model=128, n_layer=2, vocab_size=4096, d_state=64, headdim=64, chunk_size=64),
+        "mini": dict(d_model=256, n_layer=2, vocab_size=4096, d_state=64, headdim=64, chunk_size=64),
         "small": dict(d_model=256, n_layer=4, vocab_size=8192, d_state=64, headdim=64, chunk_size=64),
         "163m": dict(d_model=768, n_layer=15, vocab_size=32000, d_state=128, headdim=64, chunk_size=256),
         "760m": dict(d_model=1536, n_layer=22, vocab_size=32000, d_state=128, headdim=64, chunk_size=256),

@@ -240,7 +240,9 @@ class TransformerFamily(Family[ModelConfig]):
     # The paper scales reproduce their names with the Transfusion setting's 32k vocabulary and untied embeddings
     # (docs/papers.md). Head counts are not published: head_dim 64 at 163m and 128 above are our choice.
     scales = {
+        "nano": dict(d_model=64, n_layer=2, n_head=2, mlp_multiple_of=64, vocab_size=4096),
         "tiny": dict(d_model=128, n_layer=2, n_head=4, mlp_multiple_of=64, vocab_size=4096),
+        "mini": dict(d_model=256, n_layer=2, n_head=8, mlp_multiple_of=64, vocab_size=4096),
         "small": dict(d_model=256, n_layer=4, n_head=4, mlp_multiple_of=64, vocab_size=8192),
         "163m": dict(d_model=768, n_layer=16, n_head=12, vocab_size=32000),
         "760m": dict(d_model=1536, n_layer=24, n_head=12, vocab_size=32000),

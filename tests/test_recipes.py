@@ -14,7 +14,7 @@ from experiments.compare import build_parser
 from experiments.compare_cli import plan_comparison
 from experiments.lit_module import LitMultiModalLM
 from experiments.recipes import RECIPE_FIELDS, RECIPES, RunRequest
-from models import ARMS, SCALES
+from models import ARMS, SCALES, ModelConfig, non_embedding_params
 
 CONFIGS = Path(__file__).parents[1] / "experiments" / "configs"
 SMOKE_TESTS = {"debug.yaml"}  # deliberately not a recipe; trained end to end in tests/test_train_cli.py
@@ -113,3 +113,29 @@ def test_a_wsd_recipe_reaches_the_module_and_names_its_own_folders(tmp_path):
     assert "schedule" not in RECIPES["tiny"].module()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--schedule", "linear"])
+
+
+LADDER = ("nano", "tiny", "mini")
+
+
+def test_the_cpu_ladder_grows_its_budget_with_the_model_at_one_tokens_per_parameter_ratio():
+    """The ladder spans at least 8x in dense Mamba's non-embedding parameters; every rung trains tiny's tokens per
+    non-embedding parameter (within 10%: whole steps of 10), with tiny's batch, sequences and validation size, ten
+    evaluations and a 10% warmup."""
+    sizes = {s: non_embedding_params(ModelConfig.from_scale(s, arch="mamba")) for s in LADDER}
+    assert sizes["mini"] / sizes["nano"] >= 8 and sizes["nano"] < sizes["tiny"] < sizes["mini"]
+    tokens = {s: RECIPES[s].max_steps * RECIPES[s].batch_size * RECIPES[s].seq_len for s in LADDER}
+    ratio = tokens["tiny"] / sizes["tiny"]
+    for scale in LADDER:
+        recipe = RECIPES[scale]
+        assert tokens[scale] / sizes[scale] == pytest.approx(ratio, rel=0.1), scale
+        assert recipe.data() == RECIPES["tiny"].data() and recipe.max_steps // recipe.val_every == 10
+        assert recipe.warmup_steps == recipe.max_steps // 10
+
+
+def test_each_rung_resolves_to_a_folder_of_its_own():
+    requests = [RunRequest("chameleon", arm, scale) for scale in LADDER for arm in ("mamba", "mom")]
+    assert len({r.folder for r in requests}) == len(requests)
+    assert len({r.recipe_id for r in requests}) == len(LADDER)
+    for r in requests:
+        assert r.max_steps == RECIPES[r.scale].max_steps and r.module["lr"] == RECIPES[r.scale].lr
