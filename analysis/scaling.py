@@ -175,8 +175,8 @@ def reading(fit: dict, largest: float) -> str:
         words += (f". Extrapolated, the exponent's line would reach the paper's {fit['paper']} (at "
                   f"{fit['paper_scale']}) at N ≈ {at_paper:.2g}, {math.log10(at_paper / largest):.1f} decades beyond "
                   "the largest scale measured: an extrapolation, not a prediction")  # fmt: skip
-    elif fit["paper"]:
-        words += f". The paper's {fit['paper']} (at {fit['paper_scale']}) is not approached: no negative exponent"
+    elif fit["paper"] and not np.isnan(fit["fraction_exponent"]):
+        words += f". The line does not approach the paper's {fit['paper']} (at {fit['paper_scale']}): it rises"
     return words + "."
 
 

@@ -22,7 +22,7 @@ from models import ModelConfig, build_model, non_embedding_params
 
 # A run's wall clock over its training steps' (10 validations of 32 sequences per set, checkpoints, a worker's
 # start): measured on the CPU scale ladder, benchmarks/README.md ("The sweep's estimate").
-RUN_OVERHEAD = 1.5
+RUN_OVERHEAD = 1.2
 TIMED_STEPS = 3
 
 

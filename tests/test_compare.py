@@ -18,7 +18,7 @@ from experiments import plan as plan_module
 from experiments import schedule as schedule_module
 from experiments.checkpoints import load_checkpoint
 from experiments.compare import build_parser, main
-from experiments.compare_cli import plan_comparison
+from experiments.compare_cli import plan_comparison, plan_comparisons
 from experiments.plan import ablation_variants, plan
 from experiments.progress import ProgressReporter
 from experiments.schedule import schedule
@@ -167,16 +167,15 @@ def test_the_readme_comparisons_never_refuse_each_other(tmp_path, cache):
     by_out: dict[Path, set[str]] = {}
     by_folder: dict[Path, set[str]] = {}
     for words in commands:
-        c = plan_comparison(
-            build_parser().parse_args([*words, "--root", str(tmp_path / "runs"), "--data-cache", cache])
-        )
-        name = plan_module.recipe_name(c.scale, c.recipe, c.data, c.model_overrides)
-        by_out.setdefault(c.out, set()).add(name)
-        for spec in c.runs:
-            by_folder.setdefault(c.folder(spec), set()).add(name)
+        args = build_parser().parse_args([*words, "--root", str(tmp_path / "runs"), "--data-cache", cache])
+        for c in plan_comparisons(args):
+            name = plan_module.recipe_name(c.scale, c.recipe, c.data, c.model_overrides)
+            by_out.setdefault(c.out, set()).add(name)
+            for spec in c.runs:
+                by_folder.setdefault(c.folder(spec), set()).add(name)
     assert all(len(names) == 1 for names in by_out.values()), by_out
     assert all(len(names) == 1 for names in by_folder.values())
-    assert len({n for names in by_out.values() for n in names}) == 3  # the default, 1M tokens, the wider model
+    assert len({n for names in by_out.values() for n in names}) == 5  # default, 1M tokens, wider, nano, mini
 
 
 def test_the_default_results_folder_is_the_recipes_own(tmp_path, cache):
