@@ -37,11 +37,15 @@ def budget_folder(out: str | Path, steps: int) -> Path:
     return Path(out) / "budgets" / f"{steps}steps"
 
 
-def budget_results(out: str | Path) -> list[Results]:
+def budget_folders(out: str | Path) -> list[Path]:
     """The results folders of `out`'s shorter budgets, shortest first; [] when it has none."""
-    found = [(int(p.parent.name.removesuffix("steps")), p.parent) for p in budget_folder(out, 0).parent.glob(
-        "*steps/comparison.json")]  # fmt: skip
-    return [load_results(folder) for _, folder in sorted(found)]
+    found = budget_folder(out, 0).parent.glob("*steps/comparison.json")
+    return [p.parent for p in sorted(found, key=lambda p: int(p.parent.name.removesuffix("steps")))]
+
+
+def budget_results(out: str | Path) -> list[Results]:
+    """`budget_folders(out)`, read."""
+    return [load_results(folder) for folder in budget_folders(out)]
 
 
 def run_finals(results: Results, points: int = SMOOTHING_POINTS) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from analysis.budgets import budget_results, budget_summary
+from analysis.budgets import budget_folders, budget_results, budget_summary
 from analysis.labels import arm_label, is_twin, modality_rank, pair_label, percent
 from analysis.matching import SMOOTHING_POINTS
 from analysis.pairs import match_runs
@@ -100,7 +100,7 @@ def seed_points(results: Results, budgets: bool, points: int = SMOOTHING_POINTS)
 def sweep_points(sweep: list[Results], points: int = SMOOTHING_POINTS) -> tuple[pd.DataFrame, str]:
     """Every scale's `seed_points`, and the FLOPs-to-match measure they carry ("budget-matched" when every scale
     trained shorter budgets, else "within-run")."""
-    budgets = all(budget_results(r.out) for r in sweep)
+    budgets = all(budget_folders(r.out) for r in sweep)
     frame = pd.concat([seed_points(r, budgets, points) for r in sweep], ignore_index=True)
     return frame, "budget-matched" if budgets else "within-run"
 

@@ -33,7 +33,7 @@ class LitMultiModalLM(L.LightningModule):
 
     Args:
         arch: a registered arm (models.ARMS: "mamba", "mom", "transformer", "mot", the controls "mom_hash", "mot_hash").
-        scale: a named scale of ModelConfig ("tiny", "small", "163m", ...).
+        scale: a named scale of ModelConfig ("nano", "tiny", "mini", "small", "163m", ...).
         vocab_size, n_modalities, patch_dim: from the datamodule (state them once: LightningCLI links them).
         lr: peak learning rate; min_lr_ratio: the schedule ends at the peak * min_lr_ratio at the trainer's max_steps.
         schedule: "cosine" (warmup, then cosine decay over the rest of the run: the papers' and the recipes') or
