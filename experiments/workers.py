@@ -132,6 +132,9 @@ def _worker_init(slots, events, threads: int | None, gpu: bool, arms: dict, sett
     if threads is not None:
         torch.set_num_threads(threads)
     silence_lightning()
+    # Progress events are best effort: at exit the worker does not wait for its unsent ones to be read (an
+    # interrupted comparison stops reading while it waits for its workers to exit).
+    events.cancel_join_thread()
     _WORKER.update(events=events, parent=parent, busy=False)
     threading.Thread(target=_exit_when_orphaned, daemon=True).start()
 
