@@ -31,11 +31,11 @@ from scipy import stats
 
 from analysis.budgets import budget_folders, budget_results, budget_summary
 from analysis.labels import arm_label, is_twin, modality_rank, pair_label, percent
-from analysis.matching import SMOOTHING_POINTS
+from analysis.matching import SMOOTHING_POINTS, log_interval, mean_interval
 from analysis.pairs import match_runs
 from analysis.papers import PAPER_NUMBERS
 from analysis.results import ReportError, Results, evaluation_grid, load_results
-from analysis.tables import markdown_table
+from analysis.tables import markdown_table, with_interval
 from common.files import atomic_write
 from models import ModelConfig, non_embedding_params
 
@@ -64,14 +64,16 @@ def fit_trend(x: np.ndarray, y: np.ndarray) -> Trend | None:
     return Trend(fit.slope, fit.slope - half, fit.slope + half, fit.intercept, len(x))
 
 
-def load_sweep(out: str | Path) -> list[Results]:
-    """The sweep's comparisons, smallest scale first (sweep.json's order). ReportError when it is not a sweep."""
+def load_sweep(out: str | Path) -> tuple[list[Results], str]:
+    """The sweep's comparisons, smallest scale first (sweep.json's order), and its command. ReportError when it is
+    not a sweep."""
     path = Path(out) / "sweep.json"
     try:
-        scales = json.loads(path.read_text())["scales"]
+        record = json.loads(path.read_text())
+        scales, command = record["scales"], record["command"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReportError(f"{path}: not a readable sweep record (run experiments/compare.py --scales) ({exc})") from exc
-    return [load_results(Path(out) / scale) for scale in scales]
+    return [load_results(Path(out) / scale) for scale in scales], command
 
 
 def seed_points(results: Results, budgets: bool, points: int = SMOOTHING_POINTS) -> pd.DataFrame:
@@ -114,19 +116,11 @@ def summarise_scales(frame: pd.DataFrame) -> pd.DataFrame:
         fraction = group["fraction"].to_numpy(dtype=np.float64)
         row = dict(zip(CELL, cell, strict=True)) | {"scale": scale, "params": group["params"].iloc[0]}
         row |= {"train_flops": group["train_flops"].mean(), "seeds": len(group)}
-        row |= dict(zip(("loss_gap_mean", "loss_gap_low", "loss_gap_high"), _interval(gap), strict=True))
-        log = _interval(np.log(fraction)) if np.isfinite(fraction).all() else (np.nan,) * 3
-        row |= dict(zip(("fraction_mean", "fraction_low", "fraction_high"), np.exp(log), strict=True))
+        row |= dict(zip(("loss_gap_mean", "loss_gap_low", "loss_gap_high"), mean_interval(gap), strict=True))
+        geometric = log_interval(fraction) if np.isfinite(fraction).all() else (np.nan,) * 3
+        row |= dict(zip(("fraction_mean", "fraction_low", "fraction_high"), geometric, strict=True))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _interval(values: np.ndarray) -> tuple[float, float, float]:
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, np.nan, np.nan
-    half = stats.t.ppf(0.975, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
 
 
 def fit_cells(frame: pd.DataFrame) -> pd.DataFrame:
@@ -228,7 +222,7 @@ def write_scaling_report(out: str | Path, points: int = SMOOTHING_POINTS) -> Pat
     """Read the sweep in `out`; write scaling.csv (per cell and scale), scaling_points.csv (per seed),
     scaling_fits.csv, plots/scaling_<setting>.png and report.md; return report.md's path."""
     out = Path(out)
-    sweep = load_sweep(out)
+    sweep, command = load_sweep(out)
     frame, measure = sweep_points(sweep, points)
     summary, fits = summarise_scales(frame), fit_cells(frame)
     atomic_write(out / "scaling_points.csv", frame.to_csv(index=False))
@@ -236,7 +230,7 @@ def write_scaling_report(out: str | Path, points: int = SMOOTHING_POINTS) -> Pat
     lines = ["# Savings versus scale", "", f"Scales {', '.join(r.meta.scale for r in sweep)} (each its own recipe and "
              f"report: {', '.join(f'[{r.meta.scale}]({r.meta.scale}/report.md)' for r in sweep)}); training loss, the "
              f"papers' measure; FLOPs-to-match is **{measure}** (`docs/scaling.md`). Command: "
-             f"`{json.loads((out / 'sweep.json').read_text())['command']}`."]  # fmt: skip
+             f"`{command}`."]  # fmt: skip
     atomic_write(out / "scaling_fits.csv", fits.to_csv(index=False))
     (out / "plots").mkdir(exist_ok=True)
     for setting in dict.fromkeys(summary["setting"]):
@@ -246,8 +240,8 @@ def write_scaling_report(out: str | Path, points: int = SMOOTHING_POINTS) -> Pat
         mine = sorted(summary[summary["setting"] == setting].itertuples(),
                       key=lambda r: (modality_rank(r.modality), arm_label(r.variant), r.params))  # fmt: skip
         rows = [[r.modality, pair_label(r.variant), r.scale, f"{r.params / 1e6:.3g}M", f"{r.train_flops:.3g}",
-                 _cell(r.loss_gap_mean, r.loss_gap_low, r.loss_gap_high, "{:+.3f}".format),
-                 _cell(r.fraction_mean, r.fraction_low, r.fraction_high, percent)] for r in mine]  # fmt: skip
+                 _cell(r, "loss_gap", r.seeds, "{:+.3f}".format), _cell(r, "fraction", r.seeds, percent)]
+                for r in mine]  # fmt: skip
         header = ["modality", "pair", "scale", "N", "training FLOPs", "loss gap", f"FLOPs-to-match ({measure})"]
         largest = summary["params"].max()
         trends = [f"- **{r['modality']}, {pair_label(r['variant'])}**: {reading(r, largest)}"
@@ -257,10 +251,10 @@ def write_scaling_report(out: str | Path, points: int = SMOOTHING_POINTS) -> Pat
     return atomic_write(out / "report.md", "\n".join(lines) + "\n")
 
 
-def _cell(mean: float, low: float, high: float, fmt) -> str:
-    if pd.isna(mean):
-        return "–"
-    return fmt(mean) if pd.isna(low) else f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"
+def _cell(row, name: str, seeds: int, fmt) -> str:
+    """A table cell: the mean and its interval (tables.with_interval), '–' where some seed has no value."""
+    mean, low, high = (getattr(row, f"{name}_{part}") for part in ("mean", "low", "high"))
+    return "–" if pd.isna(mean) else with_interval((mean, low, high), seeds, fmt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ def plan_lines(comparisons: list[Comparison]) -> list[str]:
     lines = []
     for c in comparisons:
         tokens = c.data["seq_len"] * c.data["batch_size"]
-        flops = sum(c.recipe_of(s).max_steps * tokens * _flops_per_token(c, s.arm) for s in c.runs)
+        per_token = {arm: _flops_per_token(c, arm) for arm in dict.fromkeys(s.arm for s in c.runs)}
+        flops = sum(c.recipe_of(s).max_steps * tokens * per_token[s.arm] for s in c.runs)
         size = non_embedding_params(ModelConfig.from_scale(c.scale, arch="mamba", **c.model_overrides))
         short = [s for s in c.runs if s.steps is not None]
         shorter = f", {len(short)} at {' and '.join(map(str, c.budgets))}" if short else ""

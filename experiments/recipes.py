@@ -81,6 +81,18 @@ class Recipe:
 # "Validation"). The peak learning rates are each family's best on its dense arm alone at this batch
 # (benchmarks/lr_sweep.py), which its sparse arms share; Mamba-2's sweep tied `lr` with twice it, and it keeps `lr`
 # (docs/statistics.md). Speech utterances (~110 units) fit one sequence.
+_TINY = Recipe(
+    max_steps=200,
+    val_every=20,
+    seq_len=256,
+    batch_size=4,
+    val_sequences=32,
+    lr=8e-3,
+    family_lr=(("transformer", 1.28e-1),),
+    warmup_steps=20,
+    seeds=6,
+)
+
 # Paper scales: Transfusion's published optimiser and sequences of 4096 (docs/papers.md); batch per device.
 _PAPER = Recipe(
     max_steps=250_000,
@@ -92,44 +104,21 @@ _PAPER = Recipe(
     warmup_steps=4000,
     min_lr_ratio=0.05,
 )
+
+
+def _rung(max_steps: int, mamba_lr: float, transformer_lr: float) -> Recipe:
+    """A rung of the CPU scale ladder (compare.py --scales nano,tiny,mini): tiny's batch, sequences and validation,
+    10 evaluations and a 10% warmup; `max_steps` keeps tiny's tokens per non-embedding parameter of dense Mamba
+    (0.44), so the budget grows with the model; the peak rates are each dense arm's best at that scale
+    (benchmarks/lr_sweep.py --scale, docs/scaling.md)."""
+    return replace(_TINY, max_steps=max_steps, val_every=max_steps // 10, warmup_steps=max_steps // 10, lr=mamba_lr,
+                   family_lr=(("transformer", transformer_lr),), seeds=3)  # fmt: skip
+
+
 RECIPES = {
-    # The CPU scale ladder (compare.py --scales nano,tiny,mini): tiny's batch, sequences and validation, and its
-    # tokens per non-embedding parameter of dense Mamba (0.44), so the budget grows with the model; 10% warmup and
-    # 10 evaluations as tiny. Each family's peak rate is its dense arm's best at that scale (benchmarks/lr_sweep.py
-    # --scale, docs/scaling.md).
-    "nano": Recipe(
-        max_steps=60,
-        val_every=6,
-        seq_len=256,
-        batch_size=4,
-        val_sequences=32,
-        lr=1.6e-2,
-        family_lr=(("transformer", 2.56e-1),),
-        warmup_steps=6,
-        seeds=3,
-    ),
-    "tiny": Recipe(
-        max_steps=200,
-        val_every=20,
-        seq_len=256,
-        batch_size=4,
-        val_sequences=32,
-        lr=8e-3,
-        family_lr=(("transformer", 1.28e-1),),
-        warmup_steps=20,
-        seeds=6,
-    ),
-    "mini": Recipe(
-        max_steps=750,
-        val_every=75,
-        seq_len=256,
-        batch_size=4,
-        val_sequences=32,
-        lr=4e-3,
-        family_lr=(("transformer", 3.2e-2),),
-        warmup_steps=75,
-        seeds=3,
-    ),
+    "nano": _rung(60, 1.6e-2, 2.56e-1),
+    "tiny": _TINY,
+    "mini": _rung(750, 4e-3, 3.2e-2),
     "small": Recipe(
         max_steps=1000, val_every=25, seq_len=512, batch_size=16, val_sequences=64, lr=1e-3, warmup_steps=100
     ),
